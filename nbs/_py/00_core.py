@@ -1,0 +1,174 @@
+# %% [markdown]
+# # Core checks
+# > Input validation shared by every chapter: clear errors at the public boundary, nothing clamped silently
+
+# %%
+#| default_exp core
+
+# %%
+#| export
+from __future__ import annotations
+import torch
+from torch import Tensor
+
+# %%
+#| hide
+from fastcore.test import test_eq, test_fail
+
+
+# %% [markdown]
+# Every public function of `netmoments` validates its tensors with the helpers below before any arithmetic, so a bad
+# input fails with a `ValueError` that names the argument, the rule it broke and what was found, rather than producing
+# a NaN three functions later. They never modify their inputs and return nothing unless stated.
+
+# %% [markdown]
+# ## Values
+
+# %%
+#| export
+def check_finite(
+    x:Tensor,  # any tensor
+    name:str,  # argument name used in the message
+):
+    "Raise `ValueError` if `x` holds NaN or infinite entries."
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        what = 'NaN' if torch.isnan(x).any() else 'infinite values'
+        raise ValueError(f'{name} must be finite; it holds {what} ({int(bad.sum())} of {x.numel()} entries)')
+
+
+# %%
+test_fail(lambda: check_finite(torch.tensor([1., float('nan')]), 'mu'), contains='mu must be finite; it holds NaN')
+test_fail(lambda: check_finite(torch.tensor([float('inf')]), 'A'), contains='infinite')
+check_finite(torch.zeros(3), 'mu')
+
+
+# %%
+#| export
+def check_var(
+    var:Tensor,  # variances
+    name:str,    # argument name used in the message
+):
+    "Raise `ValueError` unless every entry of `var` is finite and >= 0."
+    check_finite(var, name)
+    if (var < 0).any():
+        raise ValueError(f'{name} must be >= 0; smallest entry is {var.min().item():.3g}')
+
+
+# %%
+test_fail(lambda: check_var(torch.tensor([1., -0.3]), 'var'), contains='var must be >= 0; smallest entry is -0.3')
+check_var(torch.tensor([0., 2.]), 'var')
+
+
+# %% [markdown]
+# ## Tensors together
+# Functions that combine several tensors require one device and a floating dtype; python numbers are accepted and
+# converted to the dtype and device of the tensors beside them.
+
+# %%
+#| export
+def as_tensors(
+    *xs,                  # tensors or python numbers
+    names:tuple|list,     # one argument name per entry, for the messages
+)->tuple:                 # tensors of one floating dtype on one device
+    "Convert `xs` to tensors of their common floating dtype and device; raise on mixed devices or non-float tensors."
+    tensors = [x for x in xs if isinstance(x, Tensor)]
+    devices = {x.device for x in tensors}
+    if len(devices) > 1:
+        found = ', '.join(f'{n} on {x.device}' for n, x in zip(names, xs) if isinstance(x, Tensor))
+        raise ValueError(f'all tensors must be on one device; found {found}')
+    for n, x in zip(names, xs):
+        if isinstance(x, Tensor) and not (x.is_floating_point() or x.dtype in (torch.int64, torch.int32, torch.bool)):
+            raise TypeError(f'{n} must be a real floating tensor; got {x.dtype}')
+        if not isinstance(x, (Tensor, int, float)):
+            raise TypeError(f'{n} must be a tensor or a number; got {type(x).__name__}')
+    float_dtypes = [x.dtype for x in tensors if x.is_floating_point()]
+    dtype = torch.promote_types(*float_dtypes) if len(float_dtypes) > 1 else (
+        float_dtypes[0] if float_dtypes else torch.get_default_dtype())
+    device = tensors[0].device if tensors else torch.device('cpu')
+    return tuple(torch.as_tensor(x, dtype=dtype, device=device) for x in xs)
+
+
+# %%
+a, b = as_tensors(torch.ones(2, dtype=torch.float64), 3, names=('mu', 'var'))
+test_eq((a.dtype, b.dtype, b.item()), (torch.float64, torch.float64, 3.))
+test_eq(as_tensors(1, 2., names='ab')[0].dtype, torch.get_default_dtype())
+test_fail(lambda: as_tensors(torch.ones(2), 'x', names='ab'), contains='b must be a tensor or a number')
+
+# %% [markdown]
+# Mixed devices are refused (the `meta` device stands in for a GPU on a CPU-only machine):
+
+# %%
+test_fail(lambda: as_tensors(torch.ones(2), torch.ones(2, device='meta'), names=('mu', 'cov')),
+          contains='all tensors must be on one device; found mu on cpu, cov on meta')
+
+
+# %%
+#| export
+def check_broadcast(
+    names:tuple|list,  # argument names, for the message
+    *xs:Tensor,        # tensors that must broadcast together
+)->torch.Size:         # their broadcast shape
+    "Broadcast shape of `xs`, or a `ValueError` listing every shape."
+    try: return torch.broadcast_shapes(*(x.shape for x in xs))
+    except RuntimeError:
+        found = ', '.join(f'{n} {tuple(x.shape)}' for n, x in zip(names, xs))
+        raise ValueError(f'shapes do not broadcast: {found}') from None
+
+
+# %%
+test_eq(check_broadcast('ab', torch.ones(3, 1), torch.ones(4)), torch.Size([3, 4]))
+test_fail(lambda: check_broadcast(('mu1', 'var2'), torch.ones(3), torch.ones(4)),
+          contains='shapes do not broadcast: mu1 (3,), var2 (4,)')
+
+
+# %% [markdown]
+# ## Covariance matrices
+# A covariance must be square, symmetric and positive semi-definite. Round-off makes computed covariances (such as
+# $A\Sigma A^\top$ in float32) slightly asymmetric or slightly indefinite, so both checks allow a tolerance relative to
+# the matrix scale: asymmetry up to $100\,\epsilon\,\max|\Sigma|$ and eigenvalues down to $-10\,n\,\epsilon\,\lambda_{\max}$,
+# with $\epsilon$ the machine epsilon of the dtype. Anything beyond is an error, not a silent projection.
+
+# %%
+#| export
+def check_cov(
+    cov:Tensor,  # covariance matrices, shape (..., n, n)
+    name:str,    # argument name used in the message
+):
+    "Raise `ValueError` unless `cov` is a finite, symmetric, positive semi-definite batch of square matrices."
+    if cov.ndim < 2 or cov.shape[-1] != cov.shape[-2]:
+        raise ValueError(f'{name} must have shape (..., n, n); got {tuple(cov.shape)}')
+    check_finite(cov, name)
+    eps = torch.finfo(cov.dtype).eps
+    scale = cov.abs().amax(dim=(-2, -1), keepdim=True)
+    asym = (cov - cov.mT).abs()
+    if (asym > 100 * eps * scale).any():
+        raise ValueError(f'{name} must be symmetric; largest |cov - cov^T| is {asym.max().item():.3g}')
+    if (cov.diagonal(dim1=-2, dim2=-1) < 0).any():
+        raise ValueError(f'{name} must have a non-negative diagonal; smallest variance is '
+                         f'{cov.diagonal(dim1=-2, dim2=-1).min().item():.3g}')
+    eig = torch.linalg.eigvalsh((cov + cov.mT) / 2)
+    tol = 10 * cov.shape[-1] * eps * eig.abs().amax(-1, keepdim=True)
+    if (eig < -tol).any():
+        raise ValueError(f'{name} must be positive semi-definite; smallest eigenvalue is {eig.min().item():.3g}')
+
+
+# %% [markdown]
+# A valid covariance passes, and so does a singular one (rank 1); each broken rule is named:
+
+# %%
+check_cov(torch.tensor([[2., 1.], [1., 2.]]), 'cov')
+check_cov(torch.ones(2, 2, dtype=torch.float64), 'cov')
+test_fail(lambda: check_cov(torch.ones(2, 3), 'Sigma'), contains='Sigma must have shape (..., n, n); got (2, 3)')
+test_fail(lambda: check_cov(torch.tensor([[1., .5], [0., 1.]]), 'cov'), contains='cov must be symmetric')
+test_fail(lambda: check_cov(torch.tensor([[1., 2.], [2., 1.]]), 'cov'),
+          contains='cov must be positive semi-definite; smallest eigenvalue is -1')
+test_fail(lambda: check_cov(torch.tensor([[-1., 0.], [0., 1.]]), 'cov'), contains='non-negative diagonal')
+
+# %% [markdown]
+# ## Export -
+
+# %%
+#| hide
+#| eval: false
+import nbdev; nbdev.nbdev_export()

@@ -1,0 +1,29 @@
+# %% [markdown]
+# # netmoments
+# > Probabilistic moments of piecewise-linear neural networks under Gaussian input, as a book whose experiments reproduce the papers
+
+# %% [markdown]
+# `netmoments` computes what a ReLU network does to a Gaussian input $x \sim \mathcal N(\mu, \Sigma)$ in closed form:
+# the exact mean and covariance of $g(x) = B\,\mathrm{relu}(Ax + c_1) + c_2$, the Price's-theorem identities behind
+# them, and the Monte Carlo reference every formula is checked against. Each chapter derives its lemma with sympy,
+# checks it numerically in float64, exports the verified code to the `netmoments` package and tests it.
+#
+# ```python
+# import torch
+# from netmoments.ara import ara_moments
+# from netmoments.montecarlo import mc_moments
+# ```
+#
+# | chapter | what it holds | source |
+# |---|---|---|
+# | Core checks | input validation shared by all chapters | |
+# | Gaussian toolbox | normal pdf/cdf with accurate tails, bivariate normal CDF $\Phi_2$ (Genz BVND) | SPEC §1, §3 |
+# | Monte Carlo | the seeded, streaming reference estimator with standard errors | |
+# | ReLU moments | Remark 1, Lemma 1, Lemma 3 and the exact general-mean $\mathbb E[\mathrm{relu}(z_1)\mathrm{relu}(z_2)]$ | CVPR 2018, SPEC §2–3 |
+# | Lemma 4 series | the published truncated series and TPAMI Fig. 2 | TPAMI, SPEC §3 |
+# | Price's theorem | Lemma 2, symbolic and numeric checks | CVPR 2018, SPEC §4 |
+# | Affine-ReLU-Affine | Theorems 1–2 and the exact output mean and covariance | CVPR 2018, TPAMI, SPEC §3 |
+# | Benchmarks | speed of the exact moments against Monte Carlo and the series | |
+#
+# Install for development with `make setup`; `make check` compares the analytic moments of a random
+# Affine-ReLU-Affine network with Monte Carlo, and `make test` runs every notebook and the test suite.

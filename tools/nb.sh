@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Rebuild notebooks from their paired scripts: sync nbs/_py/NAME.py -> nbs/NAME.ipynb, export the package,
+# Restart & Run All (outputs stored for the book), clean, and re-sync so both sides agree.
+# Usage: tools/nb.sh 01_gaussian [02_relu ...]   (no argument: every notebook)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+names=("$@")
+if [ ${#names[@]} -eq 0 ]; then for f in nbs/_py/*.py; do names+=("$(basename "$f" .py)"); done; fi
+for n in "${names[@]}"; do jupytext --quiet --sync "nbs/_py/$n.py"; done
+nbdev_export
+for n in "${names[@]}"; do
+  echo "executing $n"
+  log=$(mktemp)
+  if ! (cd nbs && jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 "$n.ipynb") >"$log" 2>&1; then
+    tail -40 "$log"; echo "FAILED: $n"; exit 1
+  fi
+done
+nbdev_export
+nbdev_clean
+for n in "${names[@]}"; do jupytext --quiet --sync "nbs/$n.ipynb"; done
