@@ -4,6 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #6d349752
 from __future__ import annotations
+import functools
 import torch
 from torch import Tensor
 
@@ -48,8 +49,7 @@ def as_tensors(
         if not isinstance(x, (Tensor, int, float)):
             raise TypeError(f'{n} must be a tensor or a number; got {type(x).__name__}')
     float_dtypes = [x.dtype for x in tensors if x.is_floating_point()]
-    dtype = torch.promote_types(*float_dtypes) if len(float_dtypes) > 1 else (
-        float_dtypes[0] if float_dtypes else torch.get_default_dtype())
+    dtype = functools.reduce(torch.promote_types, float_dtypes) if float_dtypes else torch.get_default_dtype()
     device = tensors[0].device if tensors else torch.device('cpu')
     return tuple(torch.as_tensor(x, dtype=dtype, device=device) for x in xs)
 

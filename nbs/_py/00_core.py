@@ -8,6 +8,7 @@
 # %%
 #| export
 from __future__ import annotations
+import functools
 import torch
 from torch import Tensor
 
@@ -83,8 +84,7 @@ def as_tensors(
         if not isinstance(x, (Tensor, int, float)):
             raise TypeError(f'{n} must be a tensor or a number; got {type(x).__name__}')
     float_dtypes = [x.dtype for x in tensors if x.is_floating_point()]
-    dtype = torch.promote_types(*float_dtypes) if len(float_dtypes) > 1 else (
-        float_dtypes[0] if float_dtypes else torch.get_default_dtype())
+    dtype = functools.reduce(torch.promote_types, float_dtypes) if float_dtypes else torch.get_default_dtype()
     device = tensors[0].device if tensors else torch.device('cpu')
     return tuple(torch.as_tensor(x, dtype=dtype, device=device) for x in xs)
 
@@ -93,6 +93,7 @@ def as_tensors(
 a, b = as_tensors(torch.ones(2, dtype=torch.float64), 3, names=('mu', 'var'))
 test_eq((a.dtype, b.dtype, b.item()), (torch.float64, torch.float64, 3.))
 test_eq(as_tensors(1, 2., names='ab')[0].dtype, torch.get_default_dtype())
+test_eq(as_tensors(torch.ones(1), torch.ones(1), torch.ones(1, dtype=torch.float64), names='abc')[0].dtype, torch.float64)
 test_fail(lambda: as_tensors(torch.ones(2), 'x', names='ab'), contains='b must be a tensor or a number')
 
 # %% [markdown]
