@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
+export OMP_WAIT_POLICY ?= PASSIVE
 export NETMOMENTS_DATA ?= $(abspath ../shared/data)
 
 .PHONY: setup system check test sync sync-check test-nbs test-py bench book clean

@@ -20,18 +20,18 @@ The pipeline is nbdev's docs build with its last stage, Quarto, replaced by nbco
    what the TeX -> CommonHTML configuration loads, and referenced relatively: the book works from file:// and any
    static server, with no network.
 """
-import argparse, os, re, shutil, sys, tempfile
+import argparse, base64, os, re, shutil, sys, tempfile
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
 import nbdev.serve_drv, nbformat, yaml  # pyyaml is a dependency of nbdev
-from nbdev.processors import FilterDefaults
+from nbdev.processors import FilterDefaults, insert_warning
 
 ROOT = Path(__file__).resolve().parents[1]
 MATHJAX_DIR = Path(os.environ.get('MATHJAX_DIR', '/usr/share/javascript/mathjax'))
-MATHJAX_CONFIG = 'TeX-AMS_CHTML-full'
-MATHJAX_PARTS = ['MathJax.js', f'config/{MATHJAX_CONFIG}.js', 'extensions', 'jax/input/TeX', 'jax/element',
+MATHJAX_CONFIGS = ['TeX-AMS_CHTML-full', 'Safe']  # nbconvert's default configuration
+MATHJAX_PARTS = ['MathJax.js', *(f'config/{c}.js' for c in MATHJAX_CONFIGS), 'extensions', 'jax/input/TeX', 'jax/element',
                  'jax/output/CommonHTML', 'jax/output/PreviewHTML', 'fonts/HTML-CSS/TeX/woff']
 KINDS = {'fig': 'Figure', 'tbl': 'Table'}
 
@@ -51,7 +51,9 @@ def process(paths, dest):
         jobs = {p: pool.submit(nbdev.serve_drv.main, (p, dest/p.name, FilterDefaults)) for p in paths}
         for p, job in jobs.items():
             try: job.result(); done[p] = nbformat.read(dest/p.name, as_version=4)
-            except Exception as e: failed[p] = f'{type(e).__name__}: {e}' + (f'\n  caused by {e.__cause__!r}' if e.__cause__ else '')
+            except Exception as e:  # the worker's traceback comes as text in __cause__: keep its root error line
+                root = str(e.__cause__ or '').split('The above exception')[0].strip().splitlines()[-1:]
+                failed[p] = f'{type(e).__name__}: {e}' + ''.join(f'\n  caused by {r}' for r in root)
     return done, failed
 
 # --- What Quarto does with what nbdev leaves -------------------------------------------------------------------------
@@ -62,6 +64,7 @@ _re_attr = re.compile(r'\.([\w-]+)|#([\w-]+)|([\w-]+)=("[^"]*"|\S+)')
 _re_div = re.compile(r'^:::+[ \t]*(\{[^}\n]*\}|[\w-]+)?[ \t]*$', re.MULTILINE)
 _re_heading_attrs = re.compile(r'^(#{1,6}[ \t].*?)[ \t]*\{([^}\n]*)\}[ \t]*$', re.MULTILINE)
 _re_ref = re.compile(r'(?<![\w@.])@((?:fig|tbl)-[\w-]*\w)')
+_re_img = re.compile(r'(!\[[^\]\n]*\]\()([^)\s:]+\.(png|jpe?g|gif|svg))([)\s])')
 
 def split_options(src):
     "Quarto cell options `{key: value}` and the source without them."
@@ -85,8 +88,16 @@ def _div(m):
     if m[1] is None: return '\n</div>\n'
     return f'\n<div {_attrs(m[1].strip("{}") if m[1].startswith("{") else "." + m[1])}>\n'
 
-def pandoc_md(md, refs, page, doc_url):
+def _inline_img(m, folder):
+    "A markdown image of a local file as a data URI (nbconvert's `embed_images` would also split inline HTML tags)."
+    f = folder/m[2]
+    if not f.is_file(): return m[0]
+    mime = 'image/svg+xml' if m[3] == 'svg' else f'image/{m[3].replace("jpg", "jpeg")}'
+    return f'{m[1]}data:{mime};base64,{base64.b64encode(f.read_bytes()).decode()}{m[4]}'
+
+def pandoc_md(md, refs, page, doc_url, folder=ROOT):
     "Markdown with pandoc/Quarto-only syntax turned into what nbconvert's markdown renders."
+    md = _re_img.sub(lambda m: _inline_img(m, folder), md)
     md = _re_link_attrs.sub(lambda m: f'<a href="{m[2]}" {_attrs(m[3])}>{m[1]}</a>', md)
     md = md.replace(doc_url, '')
     md = _re_div.sub(_div, md)
@@ -102,6 +113,7 @@ def prepare(nb, page, fm, refs):
     counts, cells = dict.fromkeys(KINDS, 0), []
     for cell in nb.cells:
         if cell.cell_type == 'raw' and _re_fm.match(cell.source.strip()): continue  # nbdev's frontmatter, kept in `fm`
+        if cell.cell_type == 'markdown' and cell.source.strip() == insert_warning.content: continue  # an empty cell here
         if cell.cell_type == 'code':
             opts, cell.source = split_options(cell.source)
             if opts.get('include') is False: continue
@@ -112,11 +124,12 @@ def prepare(nb, page, fm, refs):
             cell.metadata.book = opts
         cells.append(cell)
     nb.cells, nb.metadata.title = cells, fm.get('title', page)
+    nb.metadata.pop('widgets', None)  # ipywidgets state that nbdev's exec_show_docs records; no widget runs offline
     return nb
 
-def finish(nb, page, refs, doc_url):
+def finish(nb, page, refs, doc_url, folder):
     "Second pass, once every chapter's labels are known: markdown fixes, captions, hidden inputs and outputs."
-    md = lambda s: pandoc_md(s, refs, page, doc_url)
+    md = lambda s: pandoc_md(s, refs, page, doc_url, folder)
     cells = []
     for cell in nb.cells:
         if cell.cell_type == 'markdown': cell.source = md(cell.source)
@@ -149,15 +162,17 @@ body.jp-Notebook { margin: 0; padding: 0; }
 .book-sidebar li a:hover { background: #e9e9ef; }
 .book-sidebar li a.active { background: #e1e8f7; color: #0d47a1; font-weight: 600; }
 main.book-main { margin-left: 15rem; padding: 1.5rem 2.5rem 3rem; max-width: 60rem; }
+.book-header { font-family: var(--jp-content-font-family); }
 .book-header h1 { font-size: 2.2rem; margin: .5rem 0; }
 .book-header .subtitle { color: #555; font-size: 1.15rem; margin: 0 0 1.5rem; }
 .book-pager { display: flex; justify-content: space-between; margin-top: 3rem; padding-top: 1rem;
   border-top: 1px solid #ddd; font-family: var(--jp-ui-font-family); }
 figure.book-figure { margin: 0; }
-figure.book-figure figcaption { margin: .3rem 0 1rem 1rem; color: #444; font-size: .95em; }
+figure.book-figure figcaption { margin: .3rem 0 1rem 1rem; color: #444; font: .95em/1.4 var(--jp-content-font-family); }
 figure.book-figure figcaption p { margin: 0; }
+.jp-InputArea-editor pre { white-space: pre-wrap; }  /* Quarto's code-overflow: wrap (_quarto.yml) */
 details.code-fold > summary { cursor: pointer; color: #555; font-size: .9em; padding: .2rem 0; }
-.callout { border-left: 4px solid #1e88e5; background: #f3f8fd; padding: .25rem 1rem; margin: 1rem 0; }
+div[class*="callout-"] { border-left: 4px solid #1e88e5; background: #f3f8fd; padding: .25rem 1rem; margin: 1rem 0; }
 .callout-warning, .callout-caution { border-left-color: #f0ad4e; background: #fdf8ef; }
 .callout-important { border-left-color: #d9534f; background: #fdf3f2; }
 .callout-tip { border-left-color: #43a047; background: #f3faf3; }
@@ -166,8 +181,8 @@ details.code-fold > summary { cursor: pointer; color: #555; font-size: .9em; pad
 """
 
 TEMPLATE = """{%- extends 'index.html.j2' -%}
-{% block html_head_js_requirejs %}{% endblock %}
-{% block extra_css %}<style type="text/css">{{ resources.book.css }}</style>{% endblock %}
+{% block html_head_js_requirejs %}{% endblock %}{% block jupyter_widgets %}{% endblock %}{% block html_head_js_mermaidjs %}{% endblock %}
+{% block extra_css %}<link rel="icon" href="data:,"><style type="text/css">{{ resources.book.css }}</style>{% endblock %}
 {%- block body_header -%}
 <body class="jp-Notebook" data-jp-theme-light="true" data-jp-theme-name="JupyterLab Light">
 <nav class="book-sidebar"><a class="book-name" href="index.html">{{ resources.book.name }}</a><ol>
@@ -200,6 +215,14 @@ TEMPLATE = """{%- extends 'index.html.j2' -%}
 {% endblock body_footer %}
 """
 
+def html_exporter():
+    "nbconvert's lab HTML exporter with the book template, no prompts, and the local MathJax."
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter  # imported here: slow, and not needed by the processing workers
+    return HTMLExporter(template_name='lab', extra_loaders=[DictLoader({'book.html.j2': TEMPLATE})],
+                        template_file='book.html.j2', exclude_input_prompt=True, exclude_output_prompt=True,
+                        mathjax_url=f'mathjax/MathJax.js?config={",".join(MATHJAX_CONFIGS)}')
+
 def copy_mathjax(out):
     "Copy the part of MathJax that the TeX -> CommonHTML configuration loads."
     if not (MATHJAX_DIR/'MathJax.js').exists():
@@ -219,7 +242,9 @@ def main(argv=None):
     from nbdev.config import get_config
     from nbdev.doclinks import _nbpath2html
     cfg = get_config()
-    doc_url = cfg.doc_host.rstrip('/') + '/' + cfg.doc_baseurl.strip('/') + '/'
+    doc_url = '/'.join(o for o in (cfg.doc_host.rstrip('/'), cfg.doc_baseurl.strip('/')) if o) + '/'  # nbdev's doc links
+    out.mkdir(parents=True, exist_ok=True)
+    copy_mathjax(out)
     paths = chapters()
     missing = [p for p in paths if not p.exists()]
     for p in missing: print(f'book: warning: chapter {p.relative_to(ROOT)} is listed in _quarto.yml but does not exist yet')
@@ -227,22 +252,16 @@ def main(argv=None):
         done, failed = process([p for p in paths if p.exists()], Path(tmp))
     pages, refs = [], {}
     for path, nb in done.items():
-        fm = yaml.safe_load(_re_fm.match(nb.cells[0].source.strip())[1]) if nb.cells and nb.cells[0].cell_type == 'raw' else {}
-        page = fm.get('output-file') or _nbpath2html(path.relative_to(cfg.nbs_path)).name
+        m = nb.cells and nb.cells[0].cell_type == 'raw' and _re_fm.match(nb.cells[0].source.strip())
+        fm = yaml.safe_load(m[1]) if m else {}
+        page = fm.get('output-file') or _nbpath2html(path).name
         pages.append((path, page, fm, prepare(nb, page, fm, refs)))
-    out.mkdir(parents=True, exist_ok=True)
-    copy_mathjax(out)
-    from jinja2 import DictLoader
-    from nbconvert import HTMLExporter  # imported here: slow, and not needed by the processing workers
-    exporter = HTMLExporter(template_name='lab', extra_loaders=[DictLoader({'book.html.j2': TEMPLATE})],
-                            template_file='book.html.j2', exclude_input_prompt=True, exclude_output_prompt=True,
-                            embed_images=True, mathjax_url=f'mathjax/MathJax.js?config={MATHJAX_CONFIG},Safe')
+    exporter = html_exporter()
     nav = [(page, fm.get('title', page)) for _, page, fm, _ in pages]
     for i, (path, page, fm, nb) in enumerate(pages):
         book = dict(name=cfg.title, css=CSS, nav=nav, page=page, title=fm.get('title', page), subtitle=fm.get('description'),
                     prev=nav[i-1] if i else None, next=nav[i+1] if i+1 < len(nav) else None)
-        html, _ = exporter.from_notebook_node(finish(nb, page, refs, doc_url),
-                                              resources={'book': book, 'metadata': {'path': str(path.parent)}})
+        html, _ = exporter.from_notebook_node(finish(nb, page, refs, doc_url, path.parent), resources={'book': book})
         (out/page).write_text(html, encoding='utf-8')
         print(f'book: {path.relative_to(ROOT)} -> {(out/page).relative_to(out.parent)}')
     if nav and not (out/'index.html').exists():
