@@ -13,7 +13,9 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: setup.py settings.ini constraints.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	@echo "installing netmoments and its dev tools into $(VENV) (log: $(VENV)/install.log)"
+	@$(PY) -m pip install -q -c constraints.txt -e ".[dev]" > $(VENV)/install.log 2>&1 \
+	  || { tail -30 $(VENV)/install.log; exit 1; }
 	touch $@
 
 # Debian packages for the offline book and its browser test (root only; skipped when already there).

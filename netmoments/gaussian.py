@@ -31,8 +31,8 @@ def normal_cdf(
 def _conditional_z(h, k, rho):
     "(k - rho h) / sqrt(1 - rho^2), accurate as |rho| -> 1, +-inf (or 0 for 0/0) at |rho| = 1."
     sgn = torch.where(rho < 0, -torch.ones_like(rho), torch.ones_like(rho))
-    num = torch.where(rho.abs() < 0.5, k - rho * h, (k - sgn * h) + sgn * (1 - rho.abs()) * h)  # exact grad at rho = 0
-    r2 = (1 - rho.abs()) * (1 + rho.abs())
+    num = (k - sgn * h) + (sgn - rho) * h      # = k - rho h; sgn - rho is exact near |rho| = 1, derivatives right at 0
+    r2 = (1 - rho) * (1 + rho)
     singular = r2 <= 0
     r = torch.where(singular, torch.ones_like(r2), r2).sqrt()
     inf = torch.full_like(num, math.inf)

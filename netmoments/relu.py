@@ -21,16 +21,20 @@ def _safe_std(var):
     zero = var == 0
     return torch.where(zero, torch.ones_like(var), var).sqrt(), zero
 
+def _unit_inputs(mu, var):
+    "Validate one unit's (mu, var) and broadcast them."
+    mu, var = as_tensors(mu, var, names=('mu', 'var'))
+    check_broadcast(('mu', 'var'), mu, var)
+    check_finite(mu, 'mu'); check_var(var, 'var')
+    return torch.broadcast_tensors(mu, var)
+
 # %% ../nbs/03_relu.ipynb #c53c6ef4
 def relu_mean(
     mu:Tensor,   # mean of z, any shape
     var:Tensor,  # variance of z, broadcastable with `mu`; must be >= 0
 )->Tensor:       # E[relu(z)]: broadcast shape, dtype and device of the inputs
     "Mean of relu(z) for z ~ N(mu, var), elementwise (CVPR Remark 1)."
-    mu, var = as_tensors(mu, var, names=('mu', 'var'))
-    check_broadcast(('mu', 'var'), mu, var)
-    check_finite(mu, 'mu'); check_var(var, 'var')
-    return _relu_mean(*torch.broadcast_tensors(mu, var))
+    return _relu_mean(*_unit_inputs(mu, var))
 
 def _relu_mean(mu, var):
     s, zero = _safe_std(var)
@@ -43,10 +47,7 @@ def relu_second_moment(
     var:Tensor,  # variance of z, broadcastable with `mu`; must be >= 0
 )->Tensor:       # E[relu(z)^2]
     "Second moment of relu(z) for z ~ N(mu, var) (CVPR Lemma 1, any mean)."
-    mu, var = as_tensors(mu, var, names=('mu', 'var'))
-    check_broadcast(('mu', 'var'), mu, var)
-    check_finite(mu, 'mu'); check_var(var, 'var')
-    mu, var = torch.broadcast_tensors(mu, var)
+    mu, var = _unit_inputs(mu, var)
     s, zero = _safe_std(var)
     h = (mu / s).clamp(-50, 50)
     return torch.where(zero, mu.clamp(min=0) ** 2, (mu * mu + var) * normal_cdf(h) + mu * s * normal_pdf(h))
@@ -57,10 +58,7 @@ def relu_var(
     var:Tensor,  # variance of z, broadcastable with `mu`; must be >= 0
 )->Tensor:       # Var[relu(z)] >= 0, accurate for any h = mu / s (no cancellation for h >> 0)
     "Variance of relu(z) for z ~ N(mu, var)."
-    mu, var = as_tensors(mu, var, names=('mu', 'var'))
-    check_broadcast(('mu', 'var'), mu, var)
-    check_finite(mu, 'mu'); check_var(var, 'var')
-    return _relu_var(*torch.broadcast_tensors(mu, var))
+    return _relu_var(*_unit_inputs(mu, var))
 
 def _relu_var(mu, var):
     s, zero = _safe_std(var)
@@ -96,7 +94,7 @@ def _correlation(var1, var2, cov12):
 
 def _sqrt_1m_rho2(rho):
     "sqrt(1 - rho^2), accurate near |rho| = 1, with a zero (not infinite) gradient at |rho| = 1."
-    r2 = (1 - rho.abs()) * (1 + rho.abs())
+    r2 = (1 - rho) * (1 + rho)                 # not via |rho|: torch's d|rho|/drho = 0 at 0 spoils second derivatives
     return torch.where(r2 > 0, torch.where(r2 > 0, r2, torch.ones_like(r2)).sqrt(), torch.zeros_like(r2))
 
 def _lemma3(var1, var2, cov12):

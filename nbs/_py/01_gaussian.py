@@ -74,7 +74,7 @@ test_close(normal_pdf(tail) / pdf_ref, torch.ones_like(pdf_ref), eps=1e-13)
 # ## Bivariate density
 # $\varphi_2(h, k; \rho) = \frac{1}{2\pi\sqrt{1-\rho^2}} \exp\!\big(-\frac{h^2 - 2\rho h k + k^2}{2(1-\rho^2)}\big)
 # = \varphi(h)\,\varphi\big(\tfrac{k - \rho h}{r}\big)/r$ with $r = \sqrt{1-\rho^2}$. The second form, with $k - \rho h$
-# computed as $(k - \operatorname{sign}(\rho) h) + \operatorname{sign}(\rho)(1 - |\rho|) h$, keeps its accuracy as
+# computed as $(k - \operatorname{sign}(\rho) h) + (\operatorname{sign}(\rho) - \rho) h$, keeps its accuracy as
 # $|\rho| \to 1$ (SPEC §3). At $|\rho| = 1$ the distribution is singular and has no density; there the function returns
 # the limit off the line $k = \rho h$, which is 0.
 
@@ -83,8 +83,8 @@ test_close(normal_pdf(tail) / pdf_ref, torch.ones_like(pdf_ref), eps=1e-13)
 def _conditional_z(h, k, rho):
     "(k - rho h) / sqrt(1 - rho^2), accurate as |rho| -> 1, +-inf (or 0 for 0/0) at |rho| = 1."
     sgn = torch.where(rho < 0, -torch.ones_like(rho), torch.ones_like(rho))
-    num = torch.where(rho.abs() < 0.5, k - rho * h, (k - sgn * h) + sgn * (1 - rho.abs()) * h)  # exact grad at rho = 0
-    r2 = (1 - rho.abs()) * (1 + rho.abs())
+    num = (k - sgn * h) + (sgn - rho) * h      # = k - rho h; sgn - rho is exact near |rho| = 1, derivatives right at 0
+    r2 = (1 - rho) * (1 + rho)
     singular = r2 <= 0
     r = torch.where(singular, torch.ones_like(r2), r2).sqrt()
     inf = torch.full_like(num, math.inf)

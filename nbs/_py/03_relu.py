@@ -71,6 +71,13 @@ def _safe_std(var):
     zero = var == 0
     return torch.where(zero, torch.ones_like(var), var).sqrt(), zero
 
+def _unit_inputs(mu, var):
+    "Validate one unit's (mu, var) and broadcast them."
+    mu, var = as_tensors(mu, var, names=('mu', 'var'))
+    check_broadcast(('mu', 'var'), mu, var)
+    check_finite(mu, 'mu'); check_var(var, 'var')
+    return torch.broadcast_tensors(mu, var)
+
 
 # %%
 #| export
@@ -79,10 +86,7 @@ def relu_mean(
     var:Tensor,  # variance of z, broadcastable with `mu`; must be >= 0
 )->Tensor:       # E[relu(z)]: broadcast shape, dtype and device of the inputs
     "Mean of relu(z) for z ~ N(mu, var), elementwise (CVPR Remark 1)."
-    mu, var = as_tensors(mu, var, names=('mu', 'var'))
-    check_broadcast(('mu', 'var'), mu, var)
-    check_finite(mu, 'mu'); check_var(var, 'var')
-    return _relu_mean(*torch.broadcast_tensors(mu, var))
+    return _relu_mean(*_unit_inputs(mu, var))
 
 def _relu_mean(mu, var):
     s, zero = _safe_std(var)
@@ -156,10 +160,7 @@ def relu_second_moment(
     var:Tensor,  # variance of z, broadcastable with `mu`; must be >= 0
 )->Tensor:       # E[relu(z)^2]
     "Second moment of relu(z) for z ~ N(mu, var) (CVPR Lemma 1, any mean)."
-    mu, var = as_tensors(mu, var, names=('mu', 'var'))
-    check_broadcast(('mu', 'var'), mu, var)
-    check_finite(mu, 'mu'); check_var(var, 'var')
-    mu, var = torch.broadcast_tensors(mu, var)
+    mu, var = _unit_inputs(mu, var)
     s, zero = _safe_std(var)
     h = (mu / s).clamp(-50, 50)
     return torch.where(zero, mu.clamp(min=0) ** 2, (mu * mu + var) * normal_cdf(h) + mu * s * normal_pdf(h))
@@ -172,10 +173,7 @@ def relu_var(
     var:Tensor,  # variance of z, broadcastable with `mu`; must be >= 0
 )->Tensor:       # Var[relu(z)] >= 0, accurate for any h = mu / s (no cancellation for h >> 0)
     "Variance of relu(z) for z ~ N(mu, var)."
-    mu, var = as_tensors(mu, var, names=('mu', 'var'))
-    check_broadcast(('mu', 'var'), mu, var)
-    check_finite(mu, 'mu'); check_var(var, 'var')
-    return _relu_var(*torch.broadcast_tensors(mu, var))
+    return _relu_var(*_unit_inputs(mu, var))
 
 def _relu_var(mu, var):
     s, zero = _safe_std(var)
@@ -256,7 +254,7 @@ def _correlation(var1, var2, cov12):
 
 def _sqrt_1m_rho2(rho):
     "sqrt(1 - rho^2), accurate near |rho| = 1, with a zero (not infinite) gradient at |rho| = 1."
-    r2 = (1 - rho.abs()) * (1 + rho.abs())
+    r2 = (1 - rho) * (1 + rho)                 # not via |rho|: torch's d|rho|/drho = 0 at 0 spoils second derivatives
     return torch.where(r2 > 0, torch.where(r2 > 0, r2, torch.ones_like(r2)).sqrt(), torch.zeros_like(r2))
 
 def _lemma3(var1, var2, cov12):
@@ -313,7 +311,7 @@ test_eq(sp.simplify(exact_at_zero - lemma3.subs(c, rho_ * s1 * s2)), 0)
 # The limits need care, and each is a `torch.where` on safe inputs: a zero variance makes the pair independent
 # ($\mathbb E = \mathbb E[\mathrm{relu}(z_1)]\,\mathbb E[\mathrm{relu}(z_2)]$); at $|\rho| = 1$ the conditional
 # arguments $(h_1 - \rho h_2)/\sqrt{1-\rho^2}$ become $\pm\infty$ (or 0 on the line $h_1 = \rho h_2$) and the last term
-# vanishes; $h_1 - \rho h_2$ is computed as $(h_1 - \mathrm{sign}(\rho)h_2) + \mathrm{sign}(\rho)(1-|\rho|)h_2$ (SPEC §3).
+# vanishes; $h_1 - \rho h_2$ is computed as $(h_1 - \mathrm{sign}(\rho)h_2) + (\mathrm{sign}(\rho) - \rho)h_2$ (SPEC §3).
 # The result is clamped at 0: in float64 it can come out $-10^{-21} s_1 s_2$.
 
 # %%
