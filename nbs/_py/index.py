@@ -19,11 +19,11 @@
 # | Core checks | input validation shared by all chapters | |
 # | Gaussian toolbox | normal pdf/cdf with accurate tails, bivariate normal CDF $\Phi_2$ (Genz BVND) | SPEC §1, §3 |
 # | Monte Carlo | the seeded, streaming reference estimator with standard errors | |
-# | ReLU moments | Remark 1, Lemma 1, Lemma 3 and the exact general-mean $\mathbb E[\mathrm{relu}(z_1)\mathrm{relu}(z_2)]$ | CVPR 2018, SPEC §2–3 |
-# | Lemma 4 series | the published truncated series and TPAMI Fig. 2 | TPAMI, SPEC §3 |
+# | ReLU moments | Remark 1, Lemmas 1, 3 and 4 (with TPAMI Fig. 2), and the exact general-mean $\mathbb E[\mathrm{relu}(z_1)\mathrm{relu}(z_2)]$ | CVPR 2018, TPAMI, SPEC §2–3 |
 # | Price's theorem | Lemma 2, symbolic and numeric checks | CVPR 2018, SPEC §4 |
 # | Affine-ReLU-Affine | Theorems 1–2 and the exact output mean and covariance | CVPR 2018, TPAMI, SPEC §3 |
 # | Benchmarks | speed of the exact moments against Monte Carlo and the series | |
+# | Command line | `netmoments check` and `netmoments bench` | |
 #
 # Install for development with `make setup`; `make check` compares the analytic moments of a random
 # Affine-ReLU-Affine network with Monte Carlo, and `make test` runs every notebook and the test suite.
