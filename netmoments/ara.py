@@ -4,6 +4,7 @@
 
 # %% ../nbs/05_ara.ipynb #f4fc6fdd
 from __future__ import annotations
+import math
 from typing import NamedTuple
 import torch
 from torch import Tensor
@@ -26,6 +27,10 @@ def _ara_inputs(mu, cov, A, c1, B, c2):
         if x.ndim == 0 or x.shape[-1] != want:
             raise ValueError(f'{name} does not fit A {tuple(A.shape)} and B {tuple(B.shape)}: its last dim must be {want}, '
                              f'got shape {tuple(x.shape)}')
+    batch = {'mu': mu.shape[:-1], 'A': A.shape[:-2], 'c1': c1.shape[:-1], 'B': B.shape[:-2], 'c2': c2.shape[:-1]}
+    try: torch.broadcast_shapes(*batch.values())
+    except RuntimeError:
+        raise ValueError('batch dimensions do not broadcast: ' + ', '.join(f'{k} {tuple(v)}' for k, v in batch.items())) from None
     if cov.ndim == 0: kind = 'scalar'; check_var(cov, 'cov')
     elif cov.ndim >= 2 and cov.shape[-2:] == (n, n) and cov.shape != mu.shape: kind = 'full'; check_cov(cov, 'cov')
     elif cov.shape[-1] == n: kind = 'diag'; check_var(cov, 'cov')

@@ -78,7 +78,7 @@ def _pair_inputs(mu1, mu2, var1, var2, cov12):
     for n, x in zip(names, args):
         check_var(x, n) if n.startswith('var') else check_finite(x, n)
     mu1, mu2, var1, var2, cov12 = torch.broadcast_tensors(*args)
-    bound = (var1 * var2).sqrt() * (1 + 1e3 * torch.finfo(var1.dtype).eps)
+    bound = var1.sqrt() * var2.sqrt() * (1 + 1e3 * torch.finfo(var1.dtype).eps)   # not sqrt(var1 var2): it underflows
     if (cov12.abs() > bound).any():
         excess = (cov12.abs() - bound).max().item()
         raise ValueError(f'cov12^2 must be <= var1 * var2 (|rho| <= 1); exceeded by up to {excess:.3g}')

@@ -8,6 +8,7 @@
 # %%
 #| export
 from __future__ import annotations
+import math
 from typing import NamedTuple
 import torch
 from torch import Tensor
@@ -18,7 +19,6 @@ from netmoments.relu import (relu_cross_moment_series, _lemma3, _relu_cross_mome
 # %%
 #| hide
 import time
-import math
 import sympy as sp
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_close, test_fail
@@ -56,6 +56,10 @@ def _ara_inputs(mu, cov, A, c1, B, c2):
         if x.ndim == 0 or x.shape[-1] != want:
             raise ValueError(f'{name} does not fit A {tuple(A.shape)} and B {tuple(B.shape)}: its last dim must be {want}, '
                              f'got shape {tuple(x.shape)}')
+    batch = {'mu': mu.shape[:-1], 'A': A.shape[:-2], 'c1': c1.shape[:-1], 'B': B.shape[:-2], 'c2': c2.shape[:-1]}
+    try: torch.broadcast_shapes(*batch.values())
+    except RuntimeError:
+        raise ValueError('batch dimensions do not broadcast: ' + ', '.join(f'{k} {tuple(v)}' for k, v in batch.items())) from None
     if cov.ndim == 0: kind = 'scalar'; check_var(cov, 'cov')
     elif cov.ndim >= 2 and cov.shape[-2:] == (n, n) and cov.shape != mu.shape: kind = 'full'; check_cov(cov, 'cov')
     elif cov.shape[-1] == n: kind = 'diag'; check_var(cov, 'cov')
@@ -332,6 +336,7 @@ not_psd = torch.eye(n, dtype=torch.float64); not_psd[0, 1] = not_psd[1, 0] = 2.
 test_fail(lambda: ara_moments(mu, not_psd, A, c1, B, c2), contains='cov must be positive semi-definite')
 test_fail(lambda: ara_moments(mu, -1., A, c1, B, c2), contains='cov must be >= 0')
 test_fail(lambda: ara_moments(mu, cov_x, A, c1, B, c2, method='lemma5'), contains="method must be 'exact'")
+test_fail(lambda: ara_moments(mu.expand(3, n), cov_x, A.expand(2, p, n), c1, B, c2), contains='batch dimensions do not broadcast')
 test_fail(lambda: ara_moments(mu, cov_x, A, c1, B, c2.to('meta')), contains='one device')
 
 # %% [markdown]
