@@ -23,6 +23,7 @@
 # | Price's theorem | Lemma 2, symbolic and numeric checks | CVPR 2018, SPEC §4 |
 # | Affine-ReLU-Affine | Theorems 1–2 and the exact output mean and covariance | CVPR 2018, TPAMI, SPEC §3 |
 # | Benchmarks | speed of the exact moments against Monte Carlo and the series | |
+# | Datasets | MNIST, Fashion-MNIST, Iris, Wine, Spambase, CIFAR-10/100 loaders, offline | SPEC §10 |
 # | Command line | `netmoments check` and `netmoments bench` | |
 #
 # Install for development with `make setup`; `make check` compares the analytic moments of a random
