@@ -41,7 +41,7 @@ from netmoments.montecarlo import mc_moments
 # `cov` may be a full $(n, n)$ matrix, the variances $(n,)$ of a diagonal one, or one number for $\sigma^2 I$. The
 # hidden covariance $\bar\Sigma$ is then $A\Sigma A^\top$, $(A \circ \sigma^2) A^\top$ or $\sigma^2 AA^\top$. Every
 # argument may carry leading batch dimensions (one network per input point, as the two-stage linearization of
-# chapter 6 produces); they broadcast.
+# chapter 9 produces); they broadcast.
 
 # %%
 #| exporti
