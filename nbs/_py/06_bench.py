@@ -25,7 +25,9 @@ from fastcore.test import test_eq, test_fail
 # Every figure here is a ratio measured side by side in one run, on one machine, so it survives a change of machine
 # better than the absolute numbers do. The functions are exported so that `netmoments bench` prints the same table on
 # any machine; its output on a GPU, when one was lent, is recorded at the end of the chapter. Timings are the best of
-# `repeats` runs after one warm-up, with `torch.cuda.synchronize` around GPU work.
+# `repeats` runs after one warm-up, with `torch.cuda.synchronize` around GPU work. On a shared CPU, run with
+# `OMP_WAIT_POLICY=PASSIVE` (as `make bench` does): OpenMP threads that spin while the cores are busy elsewhere make
+# small torch operations up to 100 times slower and the table meaningless.
 
 # %%
 #| export
@@ -176,6 +178,18 @@ shown = [r for r in rows if r.ratio != 1 or r.name.startswith('exact')]
 ax.barh([f'{r.name}\n{r.dtype}' for r in shown], [r.ratio for r in shown], color='C0')
 ax.axvline(1, color='k', lw=0.8)
 ax.set_xscale('log'); ax.set(xlabel='times faster than the baseline'); ax.tick_params(axis='y', labelsize=7);
+
+# %% [markdown]
+# ## On a GPU
+# `netmoments bench` adds CUDA rows when torch sees a device, and the cell below does the same here. No GPU was lent to
+# the session that built this page, so the stored output has no CUDA figures yet; a run on a GPU machine records them.
+
+# %%
+if torch.cuda.is_available():
+    gpu_rows = run_benchmarks(devices=['cuda'])
+    print(format_rows(gpu_rows))
+    assert all(r.value > 0 for r in gpu_rows)
+else: print('no CUDA device: GPU benchmarks not run')
 
 # %% [markdown]
 # ## Export -
