@@ -3,16 +3,16 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 from torch.testing import assert_close
+
+from conftest import DEVICE_PARAMS
 
 from netmoments.montecarlo import LowRankCov, MCMoments, mc_moments
 
 f64 = torch.float64
-settings.register_profile('netmoments-mc', derandomize=True, deadline=None, max_examples=25, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-PROFILE = settings.get_profile('netmoments-mc')  # applied per test: no global hypothesis state
-DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA'))]
+PROFILE = settings(max_examples=25)  # on top of the derandomized profile of conftest.py
+DEVICES = DEVICE_PARAMS
 FORMS = ['scalar', 'variances', 'full', 'singular', 'low rank']
 
 

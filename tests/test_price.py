@@ -3,18 +3,18 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 from torch.testing import assert_close
+
+from conftest import DEVICE_PARAMS
 
 from netmoments.gaussian import bvn_cdf, bvn_pdf
 from netmoments.price import PriceCheck, PriceMC, check_price, price_derivative, price_rhs_mc
 from netmoments.relu import relu_cross_moment
 
 f64 = torch.float64
-settings.register_profile('netmoments-price', derandomize=True, deadline=None, max_examples=60, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-PROFILE = settings.get_profile('netmoments-price')  # applied per test: no global hypothesis state
-DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA'))]
+PROFILE = settings(max_examples=60)  # on top of the derandomized profile of conftest.py
+DEVICES = DEVICE_PARAMS
 
 means = st.floats(-3, 3, allow_nan=False)
 stds = st.floats(0.2, 3, allow_nan=False)

@@ -4,17 +4,17 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 from scipy import stats
 from torch.testing import assert_close
+
+from conftest import DEVICE_PARAMS
 
 from netmoments.relu import relu_cross_moment_series
 
 f64 = torch.float64
-settings.register_profile('netmoments-relu-series', derandomize=True, deadline=None, max_examples=40, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-PROFILE = settings.get_profile('netmoments-relu-series')  # applied per test: no global hypothesis state
-DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA'))]
+PROFILE = settings(max_examples=40)  # on top of the derandomized profile of conftest.py
+DEVICES = DEVICE_PARAMS
 DISJUNCTION = 1 / math.sqrt(2)
 
 
