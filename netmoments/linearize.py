@@ -13,7 +13,25 @@ from .ara import AraMoments, ara_moments
 from .core import check_finite
 
 # %% auto #0
-__all__ = ['model_layers', 'LinearizationMemory', 'linearization_memory', 'AffineReluAffine', 'two_stage']
+__all__ = ['seeded', 'model_layers', 'LinearizationMemory', 'linearization_memory', 'AffineReluAffine', 'two_stage']
+
+# %% ../nbs/09_linearize.ipynb #18707ecb
+def seeded(
+    net:nn.Module,               # a network of Conv2d, Linear and BatchNorm1d layers (others are left as they are)
+    seed:int,                    # seeds a local generator; the global RNG is untouched
+    dtype:torch.dtype=torch.float64,
+)->nn.Module:                    # `net` itself, re-initialized, in eval mode, frozen, in `dtype`
+    "Random test network: He-normal weights, small biases, non-trivial batch-norm statistics, all from `seed`."
+    gen = torch.Generator().manual_seed(seed)
+    rn = lambda t, scale: torch.randn(t.shape, generator=gen) * scale
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.copy_(rn(m.weight, (2 / m.weight[0].numel())**0.5)); m.bias.copy_(rn(m.bias, 0.1))
+            if isinstance(m, nn.BatchNorm1d):
+                m.weight.copy_(1 + rn(m.weight, 0.2)); m.bias.copy_(rn(m.bias, 0.1))
+                m.running_mean.copy_(rn(m.running_mean, 0.3)); m.running_var.copy_(rn(m.running_var, 0.3).exp())
+    return net.to(dtype).eval().requires_grad_(False)
 
 # %% ../nbs/09_linearize.ipynb #02382736
 _SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.BatchNorm1d, nn.BatchNorm2d,

@@ -12,7 +12,7 @@ from .core import as_tensors, check_broadcast, check_cov, check_finite
 from .montecarlo import mc_moments
 
 # %% auto #0
-__all__ = ['price_derivative', 'PriceMC', 'price_rhs_mc', 'PriceCheck', 'check_price']
+__all__ = ['price_derivative', 'isserlis', 'PriceMC', 'price_rhs_mc', 'PriceCheck', 'check_price']
 
 # %% ../nbs/04_price.ipynb #e4a81368
 def _gaussian_inputs(mu, cov):
@@ -66,6 +66,17 @@ def _pair_basis(i, j, cov):
     basis = torch.zeros(cov.shape[-2:], dtype=cov.dtype, device=cov.device)
     basis[i, j] = basis[j, i] = 1
     return basis
+
+# %% ../nbs/04_price.ipynb #4dbc7451
+def isserlis(
+    mu:Tensor,   # means, (..., 4)
+    cov:Tensor,  # covariances, (..., 4, 4)
+)->Tensor:       # E[x1 x2 x3 x4], shape (...)
+    "E[x1 x2 x3 x4] for x ~ N(mu, cov) by Isserlis' theorem, batched: a closed-form expectation to test Price checks on."
+    m, c = mu.unbind(-1), lambda i, j: cov[..., i, j]
+    return (m[0] * m[1] * m[2] * m[3] + c(0, 1) * m[2] * m[3] + c(0, 2) * m[1] * m[3] + c(0, 3) * m[1] * m[2]
+            + c(1, 2) * m[0] * m[3] + c(1, 3) * m[0] * m[2] + c(2, 3) * m[0] * m[1]
+            + c(0, 1) * c(2, 3) + c(0, 2) * c(1, 3) + c(0, 3) * c(1, 2))
 
 # %% ../nbs/04_price.ipynb #7989702c
 class PriceMC(NamedTuple):

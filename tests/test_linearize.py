@@ -6,26 +6,12 @@ from torch import nn
 from torch.testing import assert_close
 
 from netmoments.ara import ara_moments
-from netmoments.linearize import AffineReluAffine, LinearizationMemory, linearization_memory, model_layers, two_stage
+from netmoments.linearize import AffineReluAffine, LinearizationMemory, linearization_memory, model_layers, seeded, two_stage
 from netmoments.montecarlo import mc_moments
 
 f64, f32 = torch.float64, torch.float32
 # torch's own forward-mode decompositions (loaded by the first jacfwd) still call torch.jit.script
 pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:DeprecationWarning')
-
-
-def seeded(net, seed, dtype=f64):
-    "`net` in eval mode, frozen, with weights, biases and batch-norm statistics drawn from a local generator."
-    gen = torch.Generator().manual_seed(seed)
-    rn = lambda t, scale: torch.randn(t.shape, generator=gen) * scale
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.copy_(rn(m.weight, (2 / m.weight[0].numel()) ** 0.5)); m.bias.copy_(rn(m.bias, 0.1))
-            if isinstance(m, nn.BatchNorm1d):   # non-trivial statistics, so batch norm is not the identity
-                m.weight.copy_(1 + rn(m.weight, 0.2)); m.bias.copy_(rn(m.bias, 0.1))
-                m.running_mean.copy_(rn(m.running_mean, 0.3)); m.running_var.copy_(rn(m.running_var, 0.3).exp())
-    return net.to(dtype).eval().requires_grad_(False)
 
 
 def conv_layers():

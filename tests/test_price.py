@@ -9,7 +9,7 @@ from torch.testing import assert_close
 from conftest import DEVICE_PARAMS
 
 from netmoments.gaussian import bvn_cdf, bvn_pdf
-from netmoments.price import PriceCheck, PriceMC, check_price, price_derivative, price_rhs_mc
+from netmoments.price import PriceCheck, PriceMC, check_price, isserlis, price_derivative, price_rhs_mc
 from netmoments.relu import relu_cross_moment
 
 f64 = torch.float64
@@ -32,14 +32,6 @@ def quartic(mu, cov):
     m1, m2 = mu[..., 0], mu[..., 1]
     c11, c22, c12, c21 = cov[..., 0, 0], cov[..., 1, 1], cov[..., 0, 1], cov[..., 1, 0]
     return (m1**2 + c11) * (m2**2 + c22) + 2 * c12 * c21 + 2 * m1 * m2 * (c12 + c21)
-
-
-def isserlis(mu, cov):
-    "E[x1 x2 x3 x4] for x ~ N(mu, cov), batched."
-    m, c = mu.unbind(-1), lambda i, j: cov[..., i, j]
-    return (m[0] * m[1] * m[2] * m[3] + c(0, 1) * m[2] * m[3] + c(0, 2) * m[1] * m[3] + c(0, 3) * m[1] * m[2]
-            + c(1, 2) * m[0] * m[3] + c(1, 3) * m[0] * m[2] + c(2, 3) * m[0] * m[1]
-            + c(0, 1) * c(2, 3) + c(0, 2) * c(1, 3) + c(0, 3) * c(1, 2))
 
 
 def pair_cov(var1, var2, cov12):

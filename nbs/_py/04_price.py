@@ -352,13 +352,19 @@ test_close(price_derivative(quartic_expectation, b_mu, b_cov, [(1, 0), (0, 1)]),
 # for derivatives in them (here $\partial/\partial\mu_3$ of $\partial\mathbb E/\partial\sigma_{12} = \mu_3\mu_4 + \sigma_{34}$):
 
 # %%
-def isserlis(mu, cov):
-    "E[x1 x2 x3 x4] for x ~ N(mu, cov), batched."
+#| export
+def isserlis(
+    mu:Tensor,   # means, (..., 4)
+    cov:Tensor,  # covariances, (..., 4, 4)
+)->Tensor:       # E[x1 x2 x3 x4], shape (...)
+    "E[x1 x2 x3 x4] for x ~ N(mu, cov) by Isserlis' theorem, batched: a closed-form expectation to test Price checks on."
     m, c = mu.unbind(-1), lambda i, j: cov[..., i, j]
     return (m[0] * m[1] * m[2] * m[3] + c(0, 1) * m[2] * m[3] + c(0, 2) * m[1] * m[3] + c(0, 3) * m[1] * m[2]
             + c(1, 2) * m[0] * m[3] + c(1, 3) * m[0] * m[2] + c(2, 3) * m[0] * m[1]
             + c(0, 1) * c(2, 3) + c(0, 2) * c(1, 3) + c(0, 3) * c(1, 2))
 
+
+# %%
 mu4_ = torch.randn(3, 4, generator=gen, dtype=f64)
 L4 = torch.randn(4, 4, generator=gen, dtype=f64)
 cov4 = L4 @ L4.mT

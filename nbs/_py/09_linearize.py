@@ -27,9 +27,13 @@ from netmoments.montecarlo import mc_moments
 
 
 # %%
-#| hide
-def seeded(net, seed, dtype=torch.float64):
-    "Fixture: `net` in eval mode, frozen, its weights He-normal, biases and batch-norm statistics drawn from `seed`."
+#| export
+def seeded(
+    net:nn.Module,               # a network of Conv2d, Linear and BatchNorm1d layers (others are left as they are)
+    seed:int,                    # seeds a local generator; the global RNG is untouched
+    dtype:torch.dtype=torch.float64,
+)->nn.Module:                    # `net` itself, re-initialized, in eval mode, frozen, in `dtype`
+    "Random test network: He-normal weights, small biases, non-trivial batch-norm statistics, all from `seed`."
     gen = torch.Generator().manual_seed(seed)
     rn = lambda t, scale: torch.randn(t.shape, generator=gen) * scale
     with torch.no_grad():
