@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Command line
-# > `netmoments check` and `netmoments bench`: the analytic moments of a bundled network beside Monte Carlo, and the benchmark table
+# > `netmoments check`, `netmoments bench` and `netmoments tightness`: the analytic moments of a bundled network beside Monte Carlo, the benchmark table, and the tightness of the linearized LeNet
 
 # %%
 #| default_exp cli
@@ -8,17 +8,18 @@
 # %%
 #| export
 from __future__ import annotations
-import argparse, sys, time
+import argparse, json, sys, time
 from typing import NamedTuple
 import torch
 from torch import Tensor
 from netmoments.ara import ara_moments
 from netmoments.bench import best_time, format_rows, run_benchmarks
 from netmoments.montecarlo import mc_moments
+from netmoments.tightness import TightnessTable, tightness_table
 
 # %%
 #| hide
-import contextlib, io
+import contextlib, io, os, tempfile
 from fastcore.test import test_eq, test_fail
 
 
@@ -116,6 +117,55 @@ assert worst < 5
 
 
 # %% [markdown]
+# ## `netmoments tightness`
+# The tightness chapter's protocol (TPAMI §4.2) from the command line: the bundled LeNet two-stage linearized at
+# `--layer` around the first `--images` images of the bundled MNIST slice, each under a random covariance of trace
+# `--sigma`$^2 \cdot 784$, the analytic mean, exact and old variance of every logit beside seeded Monte Carlo of the
+# real network, with their $E_r$. `tightness_rows` flattens a `TightnessTable` into the rows printed and written as
+# JSON; `tightness_figure` plots Monte Carlo against analytic variances.
+
+# %%
+#| export
+def tightness_rows(
+    table:TightnessTable,  # from tightness_table
+    labels:list|None=None, # the images' labels, if known
+)->list:                   # one dict per image: index, label, logits (one dict per logit)
+    "The per-image, per-logit rows of a TightnessTable, as plain Python numbers (JSON-ready)."
+    keys = {'analytic_mean': 'mean', 'exact_var': 'var_exact', 'old_var': 'var_old', 'mc_mean': 'mc_mean',
+            'mc_mean_se': 'mc_mean_se', 'mc_var': 'mc_var', 'mc_var_se': 'mc_var_se', 'er_mean': 'er_mean',
+            'er_exact_var': 'er_exact', 'er_old_var': 'er_old'}
+    cols = {k: getattr(table, f).tolist() for k, f in keys.items()}
+    return [{'index': i, 'label': None if labels is None else int(labels[i]),
+             'logits': [{'logit': j, **{k: cols[k][i][j] for k in keys}} for j in range(table.mean.shape[1])]}
+            for i in range(table.mean.shape[0])]
+
+def tightness_text(rows:list, summary:dict)->str:
+    "The rows of tightness_rows as a printable table, and the mean E_r."
+    lines = [f"{'image':>5} {'logit':>5} | {'mean':>10} {'MC mean':>10} {'SE':>8} {'E_r':>6} | {'exact var':>10} "
+             f"{'old var':>10} {'MC var':>10} {'SE':>8} {'E_r ex':>6} {'E_r old':>7}"]
+    for r in rows:
+        for g in r['logits']:
+            lines.append(f"{r['index']:>5} {g['logit']:>5} | {g['analytic_mean']:>10.4f} {g['mc_mean']:>10.4f} "
+                         f"{g['mc_mean_se']:>8.1e} {g['er_mean']:>6.3f} | {g['exact_var']:>10.3e} {g['old_var']:>10.3e} "
+                         f"{g['mc_var']:>10.3e} {g['mc_var_se']:>8.1e} {g['er_exact_var']:>6.3f} {g['er_old_var']:>7.3f}")
+    lines.append(f"mean E_r: mean {summary['mean']:.4f}, exact variance {summary['exact']:.4f}, "
+                 f"old variance {summary['old']:.4f}")
+    return '\n'.join(lines)
+
+def tightness_figure(table:TightnessTable, path:str):
+    "Save a log-log scatter of Monte Carlo against analytic (exact and old) variances to `path`."
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(4.5, 4), layout='constrained')
+    ax.loglog(table.var_exact.flatten(), table.mc_var.flatten(), 'o', ms=3, label='exact')
+    ax.loglog(table.var_old.flatten(), table.mc_var.flatten(), 'x', ms=3, label='old (zero mean)')
+    lim = [min(table.mc_var.min(), table.var_old.min()).item(), max(table.mc_var.max(), table.var_old.max()).item()]
+    ax.plot(lim, lim, 'k--', lw=1)
+    ax.set(xlabel='analytic variance', ylabel='Monte Carlo variance', title=f'sigma = {table.sigma}'); ax.legend()
+    fig.savefig(path, dpi=120); plt.close(fig)
+
+
+# %% [markdown]
 # ## The entry point
 # `main` parses the sub-command; `netmoments` is installed as a console script pointing at it (`settings.ini`).
 
@@ -137,11 +187,44 @@ def _parser():
     b.add_argument('--pairs', type=int, default=100_000)
     b.add_argument('--mc-samples', type=int, default=10_000)
     b.add_argument('--repeats', type=int, default=3)
+    t = sub.add_parser('tightness', help='analytic moments of the two-stage linearized LeNet beside Monte Carlo, with E_r')
+    t.add_argument('--model', default='lenet-mnist', help='bundled network (default lenet-mnist)')
+    t.add_argument('--layer', type=int, default=3, help='l of the two-stage linearization (default 3)')
+    t.add_argument('--at', choices=('relu', 'pre'), default='relu', help='top-stage point of the linearization')
+    t.add_argument('--sigma', type=float, default=0.01, help='noise level: trace of the covariance = sigma^2 * 784')
+    t.add_argument('--images', type=int, default=3, help='first images of the bundled MNIST slice (default 3)')
+    t.add_argument('--samples', type=int, default=10_000, help='Monte Carlo samples per image (default 1e4)')
+    t.add_argument('--seed', type=int, default=0, help='seed of the covariances and of Monte Carlo')
+    t.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
+    t.add_argument('--json', default=None, metavar='PATH', help='also write the table as JSON')
+    t.add_argument('--figure', default='tightness.png', metavar='PATH', help="MC against analytic variances ('' : none)")
     return ap
 
+def _tightness(args)->int:
+    from netmoments.models import mnist_slice, pretrained
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        print('netmoments tightness: --device cuda asked for, but torch sees no CUDA device', file=sys.stderr); return 2
+    model = pretrained(args.model, device=args.device)
+    x, y = mnist_slice(device=args.device)
+    x, y = x[:args.images], y[:args.images].tolist()
+    t0 = time.perf_counter()
+    table = tightness_table(model, x, args.sigma, layer=args.layer, at=args.at, n_mc=args.samples,
+                            generator=torch.Generator().manual_seed(args.seed), progress=sys.stderr.isatty())
+    rows, summary = tightness_rows(table, y), table.summary()
+    print(f'{args.model}, layer {args.layer}, at={args.at!r}, sigma {args.sigma}, {len(y)} images, '
+          f'Monte Carlo: {args.samples} samples, seed {args.seed}, {time.perf_counter() - t0:.1f} s\n')
+    print(tightness_text(rows, summary))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'model': args.model, 'layer': args.layer, 'at': args.at, 'sigma': args.sigma,
+                       'samples': args.samples, 'seed': args.seed, 'summary': summary, 'images': rows}, f, indent=1)
+    if args.figure: tightness_figure(table, args.figure)
+    return 0
+
 def main(argv:list|None=None)->int:
-    "The `netmoments` command: `check` or `bench`."
+    "The `netmoments` command: `check`, `bench` or `tightness`."
     args = _parser().parse_args(argv)
+    if args.command == 'tightness': return _tightness(args)
     if args.command == 'check':
         if args.device.startswith('cuda') and not torch.cuda.is_available():
             print('netmoments check: --device cuda asked for, but torch sees no CUDA device', file=sys.stderr); return 2
@@ -166,6 +249,24 @@ test_eq(status, 0)
 assert 'largest deviation' in out.getvalue()
 if not torch.cuda.is_available():
     with contextlib.redirect_stderr(io.StringIO()): test_eq(main(['check', '--device', 'cuda']), 2)
+
+# %% [markdown]
+# `tightness` on two images with few samples writes the JSON table (per image, per logit: analytic mean, exact and
+# old variance, Monte Carlo mean and variance with their standard errors, the three $E_r$) and the figure:
+
+# %%
+with tempfile.TemporaryDirectory() as tmp:
+    tmpfile, tmpfig = os.path.join(tmp, 't.json'), os.path.join(tmp, 't.png')
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        test_eq(main(['tightness', '--images', '2', '--samples', '500', '--json', tmpfile, '--figure', tmpfig]), 0)
+    with open(tmpfile) as f: report = json.load(f)
+    assert os.path.getsize(tmpfig) > 0
+test_eq(set(report), {'model', 'layer', 'at', 'sigma', 'samples', 'seed', 'summary', 'images'})
+test_eq(set(report['summary']), {'mean', 'exact', 'old'})
+test_eq([len(r['logits']) for r in report['images']], [10, 10])
+test_eq(set(report['images'][0]['logits'][0]), {'logit', 'analytic_mean', 'exact_var', 'old_var', 'mc_mean', 'mc_mean_se',
+                                                'mc_var', 'mc_var_se', 'er_mean', 'er_exact_var', 'er_old_var'})
+assert 'mean E_r' in out.getvalue()
 
 # %% [markdown]
 # ## Export -

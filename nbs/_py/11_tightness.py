@@ -1,0 +1,328 @@
+# %% [markdown]
+# # Tightness on LeNet and MNIST
+# > The analytic mean, the old (zero-mean) and the exact variance of the two-stage linearized LeNet against Monte Carlo of the real network: TPAMI §4.2 Tables 2-3, CVPR §4.1 Table 1 (SPEC §5)
+
+# %%
+#| default_exp tightness
+
+# %%
+#| export
+from __future__ import annotations
+import copy
+from typing import NamedTuple
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from netmoments.linearize import AffineReluAffine, two_stage
+from netmoments.montecarlo import LowRankCov, mc_moments
+
+# %%
+#| hide
+import os, time, platform
+import matplotlib.pyplot as plt
+from fastcore.test import test_eq, test_close, test_fail
+from netmoments.models import pretrained, mnist_slice
+
+
+# %% [markdown]
+# TPAMI §4.2 ("Tightness of Moment Expressions on LeNet") linearizes the trained LeNet in two stages at $l = 3$
+# around an MNIST test image $M \in [0, 1]^{28\times28}$, feeds it $x \sim \mathcal N(M, \Sigma)$ with a random
+# covariance of trace $\sigma^2 \cdot 784$, and compares, for each of the ten logits $g_i$, the analytic mean
+# (Theorem 1), the old variance (Theorem 2, which assumes $\mu_x = 0$ and $c_1 = 0$) and the new variance (Lemma 4)
+# with Monte Carlo estimates from $10^4$ samples of the real network, averaged over the MNIST test set. CVPR §4.1
+# (Table 1) reports the same comparison as ratios Monte Carlo / analytic for one noise level.
+
+# %% [markdown]
+# ## The metric
+# TPAMI measures tightness by the absolute relative difference
+# $$E_r(x, y) = \frac{2|x - y|}{|x| + |y|},$$
+# symmetric, between 0 (equal) and 2 (opposite signs, or one of them 0), and scale free. We define it as 0 where
+# both are 0.
+
+# %%
+#| export
+def relative_error(
+    x:Tensor,   # one estimate, any shape
+    y:Tensor,   # the other, broadcastable with `x`
+)->Tensor:      # 2|x - y| / (|x| + |y|), elementwise, in [0, 2]; 0 where x = y = 0
+    "TPAMI's absolute relative difference E_r(x, y) = 2|x - y| / (|x| + |y|) (0 where both are 0)."
+    x, y = torch.broadcast_tensors(torch.as_tensor(x), torch.as_tensor(y))
+    den = x.abs() + y.abs()
+    return torch.where(den > 0, 2 * (x - y).abs() / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+
+
+# %% [markdown]
+# It is symmetric, scale free, 0 for equal values, 2 for opposite signs, and 0.1 for values 10.5% apart:
+
+# %%
+a = torch.tensor([1., 0., -3., 2., 1.])
+b = torch.tensor([1., 0., 3., 0., 1.105])
+test_close(relative_error(a, b), torch.tensor([0., 0., 2., 2., 0.21 / 2.105]), eps=1e-7)
+test_eq(relative_error(a, b), relative_error(b, a))
+test_close(relative_error(1e-9 * a, 1e-9 * b), relative_error(a, b), eps=1e-6)
+
+
+# %% [markdown]
+# ## Random covariances of a given trace
+# The paper says only "we randomly generate a covariance matrix such that trace$(\Sigma) = \sigma^2 (28 \times 28)$".
+# Our reading: $\Sigma = WW^\top$ with $W$ an $n \times r$ matrix of i.i.d. $\mathcal N(0, 1)$ entries ($r = n$ by
+# default, full rank), scaled so that $\mathrm{tr}\,\Sigma = \|W\|_F^2 = \sigma^2 n$ exactly: on average each pixel
+# has variance $\sigma^2$, so $\sigma$ is a per-pixel noise level, the pixels correlated. It is returned as a
+# `LowRankCov` (factor $W$, zero diagonal), which `mc_moments` samples without factorizing anything; `dense` gives
+# the matrix `ara_moments` takes.
+
+# %%
+#| export
+def random_covariance(
+    n:int,                                # dimension (784 for MNIST)
+    sigma:float,                          # noise level: trace = sigma^2 n, so sigma^2 is the average variance
+    generator:torch.Generator|None=None,  # source of randomness (None: torch's global generator)
+    rank:int|None=None,                   # columns r of the factor W (default n: full rank)
+    dtype:torch.dtype=torch.float64,
+)->LowRankCov:                            # factor W (n, r), diag zeros (n,): Sigma = W W^T, trace sigma^2 n
+    "A random PSD covariance W W^T, W Gaussian (n, r) scaled to trace sigma^2 n (TPAMI §4.2's protocol, our reading)."
+    if not sigma >= 0: raise ValueError(f'sigma must be >= 0; got {sigma}')
+    r = n if rank is None else rank
+    if r < 1: raise ValueError(f'rank must be >= 1; got {rank}')
+    W = torch.randn(n, r, generator=generator, dtype=dtype)
+    W = W * (sigma * n**0.5 / W.norm())
+    return LowRankCov(W, torch.zeros(n, dtype=dtype))
+
+def dense(
+    cov:LowRankCov,  # factor (..., n, r) and diag (..., n)
+)->Tensor:           # the covariance matrix (..., n, n)
+    "The matrix factor factor^T + diag(diag) of a LowRankCov."
+    return cov.factor @ cov.factor.mT + torch.diag_embed(cov.diag)
+
+
+# %% [markdown]
+# The trace is $\sigma^2 n$ to rounding, the matrix is symmetric positive semi-definite, of the requested rank, and
+# a seeded generator reproduces it:
+
+# %%
+gen = torch.Generator().manual_seed(0)
+cov = random_covariance(50, 0.1, gen)
+S = dense(cov)
+test_close(S.trace(), 0.1**2 * 50, eps=1e-12)
+test_close(S, S.mT, eps=1e-15)
+assert torch.linalg.eigvalsh(S).min() > -1e-12
+test_eq(torch.linalg.matrix_rank(dense(random_covariance(50, 0.1, gen, rank=5))), 5)
+test_eq(random_covariance(50, 0.1, torch.Generator().manual_seed(0)).factor, cov.factor)
+test_fail(lambda: random_covariance(5, -1.), exc=ValueError, contains='sigma must be >= 0')
+
+
+# %% [markdown]
+# ## The tightness table
+# `tightness_table` runs the whole protocol for one noise level over a batch of images: one `two_stage` call
+# linearizes the network (in float64) around all of them, one random covariance is drawn per image, and
+# `ara_moments`, batched over the images, gives the analytic mean, the exact variance (`method='exact'`, CVPR
+# Theorems 1-2 without the zero-mean assumption, which the series of TPAMI Lemma 4 approximates) and the old variance
+# (`method='zero_mean'`, TPAMI Theorem 2). Monte Carlo runs the *real* network, as given (its dtype and device), one
+# image at a time with a seeded `mc_moments`, under a progress bar. `lin` lets several noise levels share one
+# linearization.
+
+# %%
+#| export
+class TightnessTable(NamedTuple):
+    "Analytic and Monte Carlo moments of each logit for each image, and their E_r; every field but sigma is (N, d)."
+    sigma:float
+    mean:Tensor        # analytic mean (Theorem 1)
+    var_exact:Tensor   # exact variance of the linearized network
+    var_old:Tensor     # the papers' "old" variance (Theorem 2: mu_x = 0, c1 = 0)
+    mc_mean:Tensor     # Monte Carlo mean of the real network
+    mc_var:Tensor      # Monte Carlo variance of the real network
+    mc_mean_se:Tensor  # standard errors of the two
+    mc_var_se:Tensor
+    er_mean:Tensor     # E_r(mean, mc_mean)
+    er_old:Tensor      # E_r(var_old, mc_var)
+    er_exact:Tensor    # E_r(var_exact, mc_var)
+
+    def summary(self)->dict:
+        "Mean E_r over images and logits: TPAMI Table 2's three columns."
+        return {k: getattr(self, 'er_' + k).mean().item() for k in ('mean', 'old', 'exact')}
+
+
+# %%
+#| export
+def tightness_table(
+    model:nn.Module,                      # a ReLU network two_stage accepts (e.g. pretrained('lenet-mnist'))
+    images:Tensor,                        # points of linearization and input means (N, *input_shape)
+    sigma:float,                          # noise level: each image gets its own random_covariance(n, sigma)
+    layer:int=3,                          # l of the two-stage linearization (3: the papers' choice for LeNet)
+    at:str='relu',                        # top-stage point, see two_stage
+    n_mc:int=10_000,                      # Monte Carlo samples per image
+    generator:torch.Generator|None=None,  # CPU generator for the covariances and the Monte Carlo seeds
+    progress:bool=False,                  # progress bar over the images
+    lin:AffineReluAffine|None=None,       # a float64 two_stage(model, images, layer, at) to reuse
+)->TightnessTable:
+    "TPAMI §4.2: analytic mean, exact and old variance of the linearized `model` beside Monte Carlo of `model` itself."
+    like = next(model.parameters())
+    N, n = images.shape[0], images[0].numel()
+    if lin is None:
+        with torch.no_grad(): lin = two_stage(copy.deepcopy(model).double(), images.to(like.device, torch.float64), layer, at)
+    covs = [random_covariance(n, sigma, generator) for _ in range(N)]
+    seeds = torch.randint(2**62, (N,), generator=generator).tolist()
+    mu = images.reshape(N, n).to(lin.A)
+    S = torch.stack([dense(c) for c in covs]).to(lin.A)
+    exact, old = (lin.moments(mu, S, method=m, full=False) for m in ('exact', 'zero_mean'))
+    mcs = []
+    for i in tqdm(range(N), disable=not progress, unit='image'):
+        cov = LowRankCov(*(t.to(like) for t in covs[i]))
+        mcs.append(mc_moments(model, images[i].to(like), cov, n=n_mc, seed=seeds[i], full_cov=False))
+    mc = {k: torch.stack([getattr(m, k) for m in mcs]).to(exact.mean) for k in ('mean', 'var', 'mean_se', 'var_se')}
+    return TightnessTable(sigma, exact.mean, exact.var, old.var, mc['mean'], mc['var'], mc['mean_se'], mc['var_se'],
+                          relative_error(exact.mean, mc['mean']), relative_error(old.var, mc['var']),
+                          relative_error(exact.var, mc['var']))
+
+
+# %% [markdown]
+# On two images of the bundled LeNet (the first two of the bundled MNIST slice, 500 samples), every field has shape
+# (2, 10) and is finite, the analytic mean is within 1% of Monte Carlo (not within its standard errors, which are
+# smaller than the linearization's error here), and the exact variance's $E_r$ is small (below 0.25: with 500
+# samples a sample variance is itself uncertain by $\sqrt{2/500} \approx 6\%$):
+
+# %%
+lenet = pretrained('lenet-mnist')
+images, labels = mnist_slice()
+small = tightness_table(lenet, images[:2], 0.01, n_mc=500, generator=torch.Generator().manual_seed(0))
+test_eq({tuple(t.shape) for t in small[1:]}, {(2, 10)})
+assert all(t.isfinite().all() for t in small[1:])
+assert small.er_mean.max() < 0.02, small.er_mean.max()
+assert small.er_exact.max() < 0.25, small.er_exact.max()
+test_eq(set(small.summary()), {'mean', 'old', 'exact'})
+
+# %% [markdown]
+# ## TPAMI Table 2: $E_r$ against the noise level
+# The default run is CPU-sized: the first **8** images of the bundled MNIST test slice, **2,000** Monte Carlo samples
+# per image and noise level (the paper: the 10,000 test images, $10^4$ samples), one linearization shared by the four
+# levels. A sample variance from $m$ samples has relative standard error about $\sqrt{2/m}$, so Monte Carlo noise
+# alone puts a floor under the variance's $E_r$: about $0.8\sqrt{2/m}$ (the mean absolute value of a normal), 0.025
+# for $m = 2000$, 0.011 for $m = 10^4$. We print that floor, from the estimated standard errors, beside our numbers.
+
+# %%
+SIGMAS = (0.001, 0.01, 0.05, 0.1)
+PUBLISHED = {0.001: (0.003, 0.200, 0.100), 0.01: (0.023, 0.203, 0.025), 0.05: (0.109, 0.192, 0.070),
+             0.1: (0.205, 0.196, 0.153)}   # TPAMI Table 2, averages over the ten logits: mean, old var, new var
+
+def table2(images, n_mc, seed=2018):
+    "One tightness_table per noise level, sharing one linearization; and the time it took."
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    lin = two_stage(copy.deepcopy(lenet).double(), images.double(), 3)
+    tables = {s: tightness_table(lenet, images, s, n_mc=n_mc, generator=gen, lin=lin) for s in SIGMAS}
+    return tables, time.perf_counter() - t0
+
+def show_table2(tables):
+    print(f"{'sigma':>6} | {'E[E_err]':>8} {'paper':>6} | {'E[var_err] old':>14} {'paper':>6} | "
+          f"{'E[var_err] new':>14} {'paper':>6} | {'MC floor':>8}")
+    for s, t in tables.items():
+        r, p = t.summary(), PUBLISHED[s]
+        floor = (0.8 * t.mc_var_se / t.mc_var).mean().item()
+        print(f"{s:>6} | {r['mean']:>8.3f} {p[0]:>6.3f} | {r['old']:>14.3f} {p[1]:>6.3f} | "
+              f"{r['exact']:>14.3f} {p[2]:>6.3f} | {floor:>8.3f}")
+
+tables, seconds = table2(images[:8], 2000)
+show_table2(tables)
+print(f'8 images, 2000 samples, 4 noise levels: {seconds:.0f} s on {platform.processor() or platform.machine()}, '
+      f'{torch.get_num_threads()} thread(s)')
+
+# %% [markdown]
+# What this run shows, and checks: the exact variance is far tighter than the old one at every noise level (the
+# issue's criterion at $\sigma = 0.01$: clearly below the old variance's $E_r$), and within twice the Monte Carlo
+# floor at $\sigma \le 0.01$, where the linearization is nearly exact; the mean's $E_r$ grows with $\sigma$ as the
+# noise starts flipping ReLUs and max-pooling winners the linearization froze. Whether the exact variance's $E_r$ is
+# at or below the published 0.025 at $\sigma = 0.01$ cannot be decided with 2,000 samples (the floor alone is about
+# that); the `#| slow` run below, with $10^4$ samples, tests it.
+
+# %%
+r01, floor01 = tables[0.01].summary(), (0.8 * tables[0.01].mc_var_se / tables[0.01].mc_var).mean().item()
+for s, t in tables.items(): assert t.summary()['exact'] < t.summary()['old'] / 2, (s, t.summary())
+assert r01['exact'] < r01['old'] / 5 and r01['exact'] < 2 * floor01, (r01, floor01)
+assert tables[0.001].summary()['mean'] < tables[0.1].summary()['mean']
+
+# %% [markdown]
+# Deviations from the published table, measured rather than assumed: our old variance is much looser than TPAMI's
+# (about 0.6 against 0.2: it is about half of Monte Carlo's, see the ratios below) and our mean tighter at small
+# $\sigma$. The old variance's $E_r$ depends on how far $c_1$
+# and $\mu_x$ are from 0, a property of the trained weights; the bundled LeNet is not the paper's. Our exact variance
+# is the closed form, not the 5-term series the paper truncates Lemma 4 to, which may explain part of the paper's
+# 0.100 at $\sigma = 0.001$ where ours sits at the Monte Carlo floor.
+
+# %% [markdown]
+# ## TPAMI Table 3: histograms of $E_r$
+# TPAMI Table 3 plots, per class, histograms of the output variances (Monte Carlo, old, new) over the test set, with
+# the average $E_r$ in the legend (class 1: new 0.102, old 0.197). With 8 images per level a histogram of variances says
+# little, so we histogram the $E_r$ values themselves, all images and logits pooled, per noise level:
+
+# %%
+#| label: fig-tightness-hist
+#| fig-cap: "E_r of the old variance (Theorem 2) and of the exact variance against Monte Carlo of the real LeNet, 8 MNIST test images x 10 logits, 2,000 samples, per noise level sigma; the legend gives the mean E_r (TPAMI Table 2: old about 0.2, new 0.025-0.15)."
+fig, axes = plt.subplots(1, 4, figsize=(10, 2.6), layout='constrained', sharey=True)
+bins = torch.logspace(-4, 0.4, 30)
+for ax, (s, t) in zip(axes, tables.items()):
+    ax.hist(t.er_old.flatten(), bins=bins, alpha=0.6, label=f'old [{t.er_old.mean():.3f}]')
+    ax.hist(t.er_exact.flatten(), bins=bins, alpha=0.6, label=f'exact [{t.er_exact.mean():.3f}]')
+    ax.set(xscale='log', xlabel='E_r of the variance', title=f'sigma = {s}'); ax.legend(fontsize=7)
+axes[0].set(ylabel='count (image, logit)');
+
+# %% [markdown]
+# ## CVPR Table 1: Monte Carlo / analytic per logit
+# CVPR §4.1 reports, per logit, the mean and standard deviation over 200 runs of the ratios
+# $\mathbb E_{MC}/\mathbb E[g_i]$ and $\mathrm{var}_{MC}/\mathrm{var}(g_i)$, its analytic variance being Theorem 2's
+# (the old one), for one image under the "medium" noise regime (7.5e4 samples). That regime's covariance has maximum
+# variance 1 with pixels in $[-127.5, 127.5]$, i.e. $1/255^2 \approx 1.5\cdot10^{-5}$ on our $[0, 1]$ scale, close to
+# our $\sigma = 0.01$ ($\sigma^2 = 10^{-4}$); we reuse that run, the ratios taken over our 8 images instead of 200
+# covariances for one image, and add the exact variance's ratio.
+
+# %%
+CVPR_T1 = [(1.007, 0.5431), (1.043, 0.6192), (0.916, 0.3681), (1.061, 0.517), (0.581, 0.4878), (0.699, 0.4267),
+           (0.999, 0.4795), (0.990, 0.446), (1.001, 0.4476), (1.164, 0.5931)]   # E[E_ratio], E[var_ratio]
+t = tables[0.01]
+ratios = {'mean': t.mc_mean / t.mean, 'old': t.mc_var / t.var_old, 'exact': t.mc_var / t.var_exact}
+print(f"{'logit':>5} | {'E ratio':>14} {'paper':>6} | {'var ratio (old)':>15} {'paper':>6} | {'var ratio (exact)':>17}")
+for i in range(10):
+    m, o, e = (ratios[k][:, i] for k in ('mean', 'old', 'exact'))
+    print(f'{i:>5} | {m.mean():>7.3f} ± {m.std():<5.3f} {CVPR_T1[i][0]:>6.3f} | {o.mean():>7.3f} ± {o.std():<5.3f} '
+          f'{CVPR_T1[i][1]:>6.3f} | {e.mean():>9.3f} ± {e.std():<5.3f}')
+test_close(ratios['exact'].mean(), 1., eps=0.05)
+assert (ratios['old'].mean(0) > 1.2).all()   # the old variance is too small here; CVPR's too large
+
+
+# %% [markdown]
+# As in CVPR, the old variance is off from Monte Carlo at every logit by a roughly constant factor, but in the other
+# direction: the paper's Monte Carlo variance is about 1/2 of Theorem 2's ("we will show later that
+# $\mathbb E[\mathrm{var}_{ratio}] \ge 0.2$"), ours about 2 times it, on these weights (not the paper's). We have
+# not traced this deviation further; it is the same factor that makes our old variance's $E_r$ about 0.6 in Table 2.
+# The exact variance removes it: its ratio is 1 within Monte Carlo noise. Our mean
+# ratios are near 1 for all logits; the paper's 0.581 and 0.699 for logits 4 and 5 come from one image whose logits
+# there are near 0, where a ratio is ill-conditioned ($E_r$ avoids that).
+
+# %% [markdown]
+# ## Full size (`#| slow`)
+# The paper's size (10,000 images, $10^4$ samples, four levels: $4\cdot10^8$ LeNet evaluations) is out of reach of
+# this CPU. The `#| slow` cell below runs the first 1,000 bundled images with $10^4$ samples, 50 images per
+# `tightness_table` call (the float64 Jacobians of 1,000 images would take 3 GiB). At about 0.5 ms per LeNet evaluation
+# on one CPU thread it needs some 6 hours, so it only runs when `NETMOMENTS_FULL=1` is set; **it has not been run**
+# (no output is stored), and the $\sigma = 0.01$, $E_r \le 0.025$ criterion is so far untested at full size.
+
+# %%
+#| slow
+def blocks(images, n_mc, size=50):
+    "table2 over blocks of `size` images, the tables of each level concatenated."
+    parts = [table2(images[i:i + size], n_mc, seed=2018 + i)[0] for i in range(0, len(images), size)]
+    return {s: TightnessTable(s, *(torch.cat([getattr(p[s], f) for p in parts]) for f in TightnessTable._fields[1:]))
+            for s in SIGMAS}
+
+if os.environ.get('NETMOMENTS_FULL') == '1':
+    t0 = time.perf_counter()
+    show_table2(blocks(images, 10_000))
+    print(f'1000 images, 10,000 samples: {time.perf_counter() - t0:.0f} s on {platform.processor() or platform.machine()}, '
+          f'{torch.get_num_threads()} thread(s), {torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"}')
+
+# %% [markdown]
+# ## Export -
+
+# %%
+#| hide
+#| eval: false
+import nbdev; nbdev.nbdev_export()
