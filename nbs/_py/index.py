@@ -26,6 +26,7 @@
 # | Datasets | MNIST, Fashion-MNIST, Iris, Wine, Spambase, CIFAR-10/100 loaders, offline | SPEC §10 |
 # | Models | the papers' LeNet (bundled, trained on MNIST, 99.1% test accuracy) and the synthetic FC/Conv nets | CVPR §4.1, TPAMI §4 |
 # | Two-stage linearization | split a ReLU network at its l-th ReLU into an Affine-ReLU-Affine network (torch.func Jacobians) | CVPR §3.4, TPAMI §3.3, SPEC §5 |
+# | Moment propagation | layer-wise mean and full/low-rank/diagonal covariance through conv, pooling and ReLU layers, against MC and two-stage linearization | beyond the papers |
 # | Tightness on LeNet and MNIST | TPAMI Tables 2–3 and CVPR Table 1, CPU-sized, beside the published numbers | TPAMI §4.2, CVPR §4.1 |
 # | Command line | `netmoments check`, `netmoments bench` and `netmoments tightness` | |
 #
