@@ -1,0 +1,84 @@
+"Minimal-norm L2 attacks: exactness on linear classifiers, float64 verification, errors, devices."
+import pytest
+import torch
+from torch import nn
+from hypothesis import given, settings, strategies as st
+
+from conftest import DEVICE_PARAMS
+from netmoments.minimal import METHODS, as_float64, minimal_l2, min_over, predict, strongest
+
+
+def _linear(d, c, seed, device='cpu'):
+    gen = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(d, c).double().requires_grad_(False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(c, d, generator=gen)); lin.bias.copy_(torch.randn(c, generator=gen))
+    x = torch.randn(16, d, generator=gen, dtype=torch.float64)
+    return lin.to(device), x.to(device)
+
+
+def _exact(lin, x):
+    W, b = lin.weight, lin.bias
+    c = (x @ W.T + b).argmax(1)
+    dw = W[None] - W[c][:, None]; db = b[None] - b[c][:, None]
+    dist = ((dw @ x[:, :, None]).squeeze(2) + db).abs() / dw.norm(dim=2).where(dw.norm(dim=2) > 0, torch.ones(()))
+    return dist.masked_fill(dw.norm(dim=2) == 0, torch.inf).min(1).values
+
+
+@settings(max_examples=8)
+@given(st.integers(2, 12), st.integers(2, 6), st.integers(0, 2**31))
+def test_linear_no_attack_beats_the_exact_minimum(d, c, seed):
+    lin, x = _linear(d, c, seed)
+    exact = _exact(lin, x)
+    for m in METHODS:
+        r = minimal_l2(lin, x, m, steps=30)
+        assert r.success.all()
+        assert (r.norm >= exact * (1 - 1e-9)).all(), m
+    torch.testing.assert_close(minimal_l2(lin, x, 'deepfool').norm, exact, rtol=1e-6, atol=0)
+
+
+def test_verification_in_float64():
+    lin, x = _linear(6, 4, 3)
+    r = strongest(lin, x, steps=30)
+    with torch.no_grad():
+        assert (lin(x + r.perturbation).argmax(1) != r.label).all()
+    torch.testing.assert_close(r.perturbation.flatten(1).norm(dim=1), r.norm)
+    assert r.perturbation.dtype == torch.float64 and r.norm.dtype == torch.float64
+
+
+def test_float32_model_result_is_float64_verified():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).requires_grad_(False)
+    x = torch.randn(32, 5)
+    r = minimal_l2(net, x, 'ddn', steps=40)
+    net64 = as_float64(net)
+    with torch.no_grad():
+        flipped = net64(x.double() + r.perturbation).argmax(1)
+    assert ((flipped != r.label) | ~r.success).all()
+    assert r.success.float().mean() > 0.9
+
+
+def test_failure_is_inf_and_min_over():
+    lin, x = _linear(3, 3, 1)
+    r = minimal_l2(lin, x, 'fgs', eps_max=1e-6)
+    assert (~r.success).all() and torch.isinf(r.norm).all() and (r.perturbation == 0).all()
+    best = min_over([r, minimal_l2(lin, x, 'deepfool')])
+    assert best.success.all()
+
+
+def test_errors():
+    lin, x = _linear(2, 2, 0)
+    with pytest.raises(ValueError, match='method must be one of'): minimal_l2(lin, x, 'cw')
+    with pytest.raises(ValueError, match='batch dimension'): minimal_l2(lin, x[0])
+    with pytest.raises(ValueError, match='finite'): minimal_l2(lin, x * torch.nan)
+    with pytest.raises(TypeError, match='nn.Module'): minimal_l2(lambda t: t, x)
+    eye = nn.Linear(2, 2, bias=False).double()
+    with torch.no_grad(): eye.weight.copy_(torch.eye(2))
+    with pytest.raises(ValueError, match='tied'): predict(eye, torch.tensor([[2., 2.]]))
+
+
+@pytest.mark.parametrize('device', DEVICE_PARAMS)
+def test_device(device):
+    lin, x = _linear(4, 3, 2, device)
+    r = minimal_l2(lin, x, 'deepfool')
+    assert r.perturbation.device.type == torch.device(device).type and r.success.all()
