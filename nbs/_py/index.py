@@ -28,6 +28,7 @@
 # | Two-stage linearization | split a ReLU network at its l-th ReLU into an Affine-ReLU-Affine network (torch.func Jacobians) | CVPR §3.4, TPAMI §3.3, SPEC §5 |
 # | Moment propagation | layer-wise mean and full/low-rank/diagonal covariance through conv, pooling and ReLU layers, against MC and two-stage linearization | beyond the papers |
 # | Tightness on LeNet and MNIST | TPAMI Tables 2–3 and CVPR Table 1, CPU-sized, beside the published numbers | TPAMI §4.2, CVPR §4.1 |
+# | Tightness on synthetic networks | CVPR Fig. 2 slopes on FC-A/B/C and Conv-A/B/C in three noise regimes; TPAMI Table 1, linearization error against the layer | CVPR §4.1, TPAMI §4.2 |
 # | Command line | `netmoments check`, `netmoments bench` and `netmoments tightness` | |
 #
 # Install for development with `make setup`; `make check` compares the analytic moments of a random
