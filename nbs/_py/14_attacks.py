@@ -1,0 +1,919 @@
+# %% [markdown]
+# # Gaussian attacks and gradient-family perturbations
+# > Expected logits under N(M + mu, sigma^2) through the two-stage linearization, targeted, alpha%-pixel and sparse + smooth Gaussian attacks verified by sampling the real network (CVPR eqs 3-4, TPAMI eqs 7-10), and Lyu's eps(p) family (SPEC §6, §9)
+
+# %%
+#| default_exp attacks
+
+# %%
+#| export
+from __future__ import annotations
+import math, time
+from typing import Callable, NamedTuple
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from netmoments.core import check_finite
+from netmoments.linearize import AffineReluAffine, model_layers, two_stage
+from netmoments.propagate import propagate_moments
+from netmoments.relu import relu_mean
+
+# %%
+#| hide
+import os, platform, time
+import numpy as np
+import matplotlib.pyplot as plt
+from fastcore.test import test_eq, test_close, test_fail
+from netmoments.bench import best_time
+from netmoments.data import load
+from netmoments.linearize import seeded
+from netmoments.models import pretrained, mnist_slice, lenet
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+# %% [markdown]
+# A Gaussian attack looks for a *distribution* $\mathcal N(\mu_x, \sigma^2 I)$ such that images $M + x$ drawn from it
+# are classified as something else than $M$ (CVPR §4.5, TPAMI §4.3). The network enters only through its expected
+# logits $\mathcal E_i^M(\mu_x, \sigma^2) = \mathbb E[g_i(M + x)]$, which the two-stage linearization at $M$ and
+# Theorem 1 give in closed form and differentiable in $(\mu_x, \sigma)$; every attack below is then re-checked by
+# drawing samples from the distribution found and passing them through the **real** network.
+#
+# **Units.** The package's images are in $[0, 1]$; CVPR states its pixels in $[-127.5, 127.5]$, TPAMI in $[0, 255]$:
+# both a span of 255. Every `beta`, `mu` and `sigma` here is in the units of the model input ($[0,1]$ scale);
+# `from_paper_units` converts the papers' numbers: $\beta = 30 \to 30/255 = 0.118$ (eq 3), $\sigma^2 \le 2 \to
+# \sigma^2 \le 2/255^2$, i.e. $\sigma \le 0.0055$, $\beta = 550 \to 2.16$ (eq 4) and the unit covariance of eq 9,
+# $\Sigma = I$ in $[0,255]$ pixels, $\to \sigma = 1/255$.
+
+# %% [markdown]
+# ## Units
+
+# %%
+#| export
+def from_paper_units(
+    value:float|Tensor,  # a pixel-scale number from the papers: a mean or bound (power 1), a variance (power 2)
+    power:int=1,         # 1 for beta, mu, sigma; 2 for sigma^2
+    span:float=255.,     # width of the paper's pixel range: 255 for [-127.5, 127.5] (CVPR) and [0, 255] (TPAMI)
+)->float|Tensor:         # the same quantity for inputs in [0, 1]
+    "Convert a paper's pixel-scale beta, sigma (power=1) or sigma^2 (power=2) to the [0, 1] scale of the package's images."
+    return value / span**power
+
+
+# %%
+test_close(from_paper_units(30), 0.11765, eps=1e-5)
+test_close(from_paper_units(2, power=2) ** 0.5, 2 ** 0.5 / 255, eps=1e-12)
+test_close(from_paper_units(550), 2.157, eps=1e-3)
+
+
+# %% [markdown]
+# ## Expected logits
+# With $g(x) \approx B\,\mathrm{relu}(A x + c_1) + c_2$ linearized at $M$ (SPEC §5) and $x \sim \mathcal N(M + \mu,
+# \mathrm{diag}(\sigma^2))$, the hidden pre-activation $z = A x + c_1$ is Gaussian with mean $\bar m = A(M + \mu) + c_1$
+# and variances $\bar s^2 = (A \circ A)\,\sigma^2$, and Theorem 1 is exact for the linearized net:
+# $$\mathcal E^M(\mu, \sigma^2) = B\, \mathbb E[\mathrm{relu}(z)] + c_2, \qquad
+#   \mathbb E[\mathrm{relu}(z_v)] = \bar m_v \Phi(\bar m_v/\bar s_v) + \bar s_v \varphi(\bar m_v/\bar s_v).$$
+# Only the mean is needed, so the hidden covariance is never formed: one product with $A$ for $\bar m$, one with
+# $A\circ A$ (or its row sums, for a scalar $\sigma$) for $\bar s^2$. `ExpectedLogits` linearizes once and keeps
+# $A$, $A \circ A$, $B$, $c_1$, $c_2$, so an optimizer evaluates the objective and its gradient (autograd through
+# `relu_mean`) for the cost of two matrix-vector products per step, no Jacobian recomputed. `method='propagate'`
+# instead runs `propagate_moments` (layer-wise Gaussian moments, no linearization; slower, no cache).
+# The layer $l$ defaults to the last ReLU ("the fully connected layer just before the last ReLU", TPAMI: $l = 3$
+# for LeNet).
+
+# %%
+#| export
+def _relu_count(model):
+    n = sum(isinstance(m, nn.ReLU) for m in model_layers(model))
+    if n == 0: raise ValueError('model has no ReLU module: Gaussian attacks linearize around a ReLU (two_stage)')
+    return n
+
+def _check_batch(M, name='M'):
+    if not isinstance(M, Tensor) or not M.is_floating_point():
+        raise TypeError(f'{name} must be a floating tensor; got {type(M).__name__ if not isinstance(M, Tensor) else M.dtype}')
+    if M.ndim < 2 or M.shape[0] == 0: raise ValueError(f'{name} must be a batch (N, *input_shape); got shape {tuple(M.shape)}')
+    check_finite(M, name)
+
+def _pixel_var(sigma, M, name='sigma'):
+    "sigma -> variances: (N, 1) for a number or (N,), (N, n) per pixel."
+    N, n = M.shape[0], M[0].numel()
+    s = torch.as_tensor(sigma, dtype=M.dtype, device=M.device)
+    check_finite(s, name)
+    if (s < 0).any(): raise ValueError(f'{name} must be >= 0; smallest entry is {s.min().item():.3g}')
+    if s.ndim == 0: return (s * s).expand(N, 1)
+    if s.shape == M.shape or (s.ndim >= 2 and s.shape == M.shape[1:]): return (s * s).expand(M.shape).reshape(N, n)
+    if s.shape == (N,): return (s * s)[:, None]
+    raise ValueError(f'{name} must be a number, (N,) = ({N},) per point, or per pixel {tuple(M.shape[1:])} or '
+                     f'{tuple(M.shape)}; got {tuple(s.shape)}')
+
+
+# %%
+#| export
+class ExpectedLogits:
+    "Expected logits E[g(M + x)], x ~ N(mu, diag(sigma^2)), of `model` linearized once at the points `M` (CVPR §4.5)."
+    def __init__(self,
+                 model:nn.Module,        # nn.Sequential with ReLUs (see `model_layers`), logits out
+                 M:Tensor,               # points of linearization (N, *input_shape), model dtype and device
+                 layer:int|None=None,    # ReLU to split at (from 1); None: the last one (l = 3 for LeNet)
+                 method:str='linearize', # 'linearize' (two_stage + Theorem 1) or 'propagate' (propagate_moments)
+                 lin:AffineReluAffine|None=None,  # a linearization of `model` at `M` to reuse
+                ):
+        if method not in ('linearize', 'propagate'):
+            raise ValueError(f"method must be 'linearize' or 'propagate'; got {method!r}")
+        _check_batch(M)
+        self.model, self.M, self.method = model, M, method
+        self.layer = _relu_count(model) if layer is None else layer
+        self.lin = None
+        if method == 'linearize':
+            self.lin = lin if lin is not None else two_stage(model, M, self.layer)
+            self.A2 = self.lin.A * self.lin.A
+            self.A2_rows = self.A2.sum(-1)
+
+    def __call__(self,
+                 mu:Tensor,         # shift of the mean, broadcastable to M.shape
+                 sigma:float|Tensor,  # std: number, (N,), or per pixel (M.shape[1:] or M.shape); >= 0
+                )->Tensor:          # expected logits (N, d)
+        "Expected logits at M + mu under per-pixel std sigma; differentiable in mu and sigma."
+        M, N = self.M, self.M.shape[0]
+        var = _pixel_var(sigma, M)
+        x = (M + mu).reshape(N, -1)
+        if self.method == 'propagate':
+            return propagate_moments(self.model, x.view(M.shape), var.expand(N, x.shape[1]).reshape(M.shape),
+                                     mode='diag').mean
+        A, c1, B, c2 = self.lin
+        mbar = torch.einsum('nk,nqk->nq', x, A) + c1
+        hvar = var * self.A2_rows if var.shape[1] == 1 else torch.einsum('nk,nqk->nq', var, self.A2)
+        return torch.einsum('nq,ndq->nd', relu_mean(mbar, hvar), B) + c2
+
+    def take(self, index:Tensor)->'ExpectedLogits':
+        "The same object for the points M[index] (repeats allowed), reusing the linearization."
+        new = object.__new__(ExpectedLogits)
+        new.__dict__.update(self.__dict__)
+        new.M = self.M[index]
+        if self.lin is not None:
+            new.lin = AffineReluAffine(*(t[index] for t in self.lin))
+            new.A2, new.A2_rows = self.A2[index], self.A2_rows[index]
+        return new
+
+
+# %%
+#| export
+def expected_logits(
+    model:nn.Module,         # nn.Sequential with ReLUs, logits out
+    M:Tensor,                # points (N, *input_shape): the linearization points and the unshifted means
+    mu:Tensor,               # mean shift, broadcastable to M.shape (input units, [0, 1] scale for images)
+    sigma:float|Tensor,      # std: number, (N,), or per pixel (M.shape[1:] or M.shape)
+    layer:int|None=None,     # ReLU to split at; None: the last one
+    method:str='linearize',  # 'linearize' (two-stage + Theorem 1, exact mean of the linearized net) or 'propagate'
+)->Tensor:                   # (N, d) expected logits, differentiable in mu and sigma
+    "E[model(M + x)], x ~ N(mu, diag(sigma^2)), via the two-stage linearization at M (or layer-wise propagation)."
+    return ExpectedLogits(model, M, layer, method)(mu, sigma)
+
+
+# %% [markdown]
+# On the bundled LeNet (float64), the expected logits of the linearized net agree with Monte Carlo of that same
+# linearized net within 4 standard errors, per logit; with $\sigma = 0$ they are the linearized net itself at
+# $M + \mu$, and at $\mu = 0$ they are the real logits (the linearization is exact at its point):
+
+# %%
+net64 = pretrained('lenet-mnist').double()
+images, labels = mnist_slice()
+M2 = images[:2].double()
+E = ExpectedLogits(net64, M2)
+gen = torch.Generator().manual_seed(0)
+mu = 0.05 * torch.randn(M2.shape, generator=gen, dtype=torch.float64)
+noise = 0.1 * torch.randn(4000, *M2.shape, generator=gen, dtype=torch.float64)
+mc = E.lin(((M2 + mu) + noise).flatten(2))                      # (4000, 2, 10) through the linearized net
+test_close(E(mu, 0.1), mc.mean(0), eps=4 * mc.std(0) / 4000**0.5)
+test_close(E(mu, 0.), E.lin((M2 + mu).flatten(1)), eps=1e-10)
+test_close(E(torch.zeros_like(M2), 0.), net64(M2), eps=1e-9)
+
+# %% [markdown]
+# A per-point std `(N,)` and a per-pixel std of the input's shape give the same as a scalar when they are constant;
+# at $\mu = 0$ and small $\sigma$ the layer-wise `method='propagate'` agrees with the linearization (both tend to the
+# real logits as $\sigma \to 0$):
+
+# %%
+test_close(E(mu, torch.full((2,), 0.1, dtype=torch.float64)), E(mu, 0.1), eps=1e-10)
+test_close(E(mu, torch.full((1, 28, 28), 0.1, dtype=torch.float64)), E(mu, 0.1), eps=1e-10)
+test_close(expected_logits(net64, M2, 0., 0.01, method='propagate'), E(0., 0.01), eps=0.05)
+test_fail(lambda: E(mu, -0.1), contains='sigma must be >= 0')
+test_fail(lambda: E(mu, torch.ones(3)), contains='sigma must be a number')
+test_fail(lambda: expected_logits(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).double(), M2, mu, 0.1),
+          contains='model has no ReLU')
+
+
+# %% [markdown]
+# ## Margins and verification by sampling
+# Both attack forms reduce to one margin of a class $c$ against the rest, $m_c(E) = E_c - \max_{k \ne c} E_k$:
+# the targeted objective of eq 3/7 is $\max_{k\ne j} E_k - E_j = -m_j$, the non-targeted one of eq 4/8 is $m_i$
+# ($i$ the class predicted at $M$). Negative means fooled in expectation. `sample_success` draws `samples`
+# images from $\mathcal N(M + \mu, \sigma^2 I)$, runs the **real** model and returns the fraction predicted as the
+# target (targeted) or as anything but the source class (non-targeted).
+
+# %%
+#| export
+def class_margin(
+    logits:Tensor,  # (N, d)
+    c:Tensor,       # (N,) class indices
+)->Tensor:          # (N,) logits[c] - max_{k != c} logits[k]
+    "Margin of class c over the best other class."
+    own = logits.gather(-1, c[:, None])[:, 0]
+    return own - logits.scatter(-1, c[:, None], float('-inf')).amax(-1)
+
+
+# %%
+#| export
+@torch.no_grad()
+def sample_success(
+    model:nn.Module,        # the real network
+    M:Tensor,               # points (N, *input_shape)
+    mu:Tensor,              # mean shift (N, *input_shape)
+    sigma:Tensor|float,     # std: number, (N,) or per pixel
+    source:Tensor,          # (N,) class predicted at M
+    target:Tensor|None=None,  # (N,) target classes; None: non-targeted (success = prediction != source)
+    samples:int=10,         # draws per point
+    seed:int=0,             # seeds a local generator
+    chunk:int=1000,         # draws per forward pass (all points at once)
+)->Tensor:                  # (N,) fraction of the draws that succeed
+    "Re-check an attack by sampling N(M + mu, sigma^2) through the real model."
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f'samples must be a positive int; got {samples!r}')
+    N = M.shape[0]
+    std = _pixel_var(sigma, M).sqrt().reshape(N, *([1] * (M.ndim - 1))) if not (torch.is_tensor(sigma) and sigma.ndim > 1) \
+        else torch.as_tensor(sigma, dtype=M.dtype, device=M.device).expand(M.shape)
+    gen = torch.Generator(device=M.device).manual_seed(seed)
+    hits = torch.zeros(N, dtype=M.dtype, device=M.device)
+    for start in range(0, samples, max(1, chunk // N)):
+        k = min(max(1, chunk // N), samples - start)
+        x = M + mu + std * torch.randn((k, *M.shape), generator=gen, dtype=M.dtype, device=M.device)
+        pred = model(x.reshape(k * N, *M.shape[1:])).argmax(-1).view(k, N)
+        hits += ((pred == target) if target is not None else (pred != source)).sum(0)
+    return hits / samples
+
+
+# %% [markdown]
+# A shift of zero and no noise never fools the network; the verification counts exactly what the argmax says:
+
+# %%
+src = net64(M2).argmax(-1)
+test_eq(sample_success(net64, M2, torch.zeros_like(M2), 0., src, samples=5), torch.zeros(2))
+test_eq(sample_success(net64, M2, torch.zeros_like(M2), 0., src, target=src, samples=5), torch.ones(2))
+test_eq(class_margin(torch.tensor([[1., 3., 2.]]), torch.tensor([1])), torch.tensor([1.]))
+
+
+# %% [markdown]
+# ## The result of an attack
+# Every attack returns the distribution found, what the moments claim, and what sampling the real network says.
+
+# %%
+#| export
+class GaussianAttack(NamedTuple):
+    "A Gaussian attack N(M + mu, sigma^2 I): the distribution, its expected margin, and its check by sampling."
+    mu:Tensor                     # (N, *input_shape) mean shift, input units
+    sigma:Tensor                  # (N,) std, input units
+    expected_margin:Tensor        # (N,) from the moments: targeted max_{k!=j} E_k - E_j, else E_i - max_{k!=i} E_k
+    success:Tensor                # (N,) bool: expected_margin < -gamma (fooled in expectation), claimed by the moments
+    sampled_success_rate:Tensor   # (N,) fraction of `samples` draws through the real model that hit the target / flip
+    samples:int                   # draws per point used for sampled_success_rate
+    source:Tensor                 # (N,) class predicted at M
+    target:Tensor|None            # (N,) target classes, None for non-targeted
+    objective:Tensor              # (N,) final objective: the margin (eqs 3-4), ||mu||_1 + TV(mu) (eqs 9-10)
+    iterations:int                # solver iterations
+    solve_time:float              # seconds spent in the solver (linearization excluded)
+    solver:str                    # which solver
+
+
+# %% [markdown]
+# ## Solvers
+# **Box-constrained (eqs 3, 4, 7, 8): projected gradient.** The feasible set $\{-\beta \le \mu \le \beta,\ 0 <
+# \sigma^2 \le \sigma^2_{\max}\}$ is a box, so projection is a clamp: we take Adam steps on the (piecewise smooth)
+# margin in scaled variables $u = \mu/\beta \in [-1, 1]$, $v = \sigma^2/\sigma^2_{\max} \in [10^{-6}, 1]$, clamp
+# after each step, keep each point's best iterate, and run all points and targets as one batch (on the GPU if the
+# model is there). The papers used an interior-point method; we tried scipy's `trust-constr` on the epigraph form
+# of eq 3 (786 variables, 9 smooth constraints, bounds, BFGS Hessians, exact torch gradients) and it had not
+# finished one image after 5 minutes on this 2-core machine: its interior-point step turns the 1572 bounds into
+# constraints with slacks. The projected method needs ~150 cheap steps for a whole batch.
+#
+# **Sparse + smooth (eqs 9, 10): augmented Lagrangian with proximal gradient.** $\min \|\mu\|_1 + \mathrm{TV}(\mu)$
+# s.t. $c(\mu) = m + \gamma \le 0$ has one scalar constraint per point. Outer loop: multiplier $\lambda \leftarrow
+# \max(0, \lambda + \rho\, c)$, $\rho$ growing geometrically; inner loop: proximal gradient on
+# $\mathrm{TV}_\epsilon(\mu) + \frac{1}{2\rho}(\max(0, \lambda + \rho c)^2 - \lambda^2)$ with the exact prox of
+# $\|\mu\|_1$ (soft thresholding, which makes true zeros). $\mathrm{TV}_\epsilon = \sum \sqrt{(D_x\mu)^2 +
+# (D_y\mu)^2 + \epsilon^2} - \epsilon$ smooths the kink at 0. The best *feasible* iterate is returned (else the last).
+
+# %%
+#| export
+def _projected_solve(objective, u, v, steps, lr):
+    "Minimize objective(u, v) -> (N,) over u in [-1,1], v in [1e-6, 1] by projected Adam; keep each point's best."
+    u, v = u.clone().requires_grad_(True), v.clone().requires_grad_(True)
+    opt = torch.optim.Adam([u, v], lr=lr)
+    best = torch.full((u.shape[0],), float('inf'), dtype=u.dtype, device=u.device)
+    best_u, best_v = u.detach().clone(), v.detach().clone()
+    for _ in range(steps + 1):
+        obj = objective(u, v)
+        with torch.no_grad():
+            better = obj < best
+            best = torch.where(better, obj, best)
+            best_u[better], best_v[better] = u[better], v[better]
+        opt.zero_grad(); obj.sum().backward(); opt.step()
+        with torch.no_grad(): u.clamp_(-1, 1); v.clamp_(1e-6, 1)
+    return best_u, best_v, best
+
+
+# %%
+#| export
+def _targets(target, N, device):
+    t = torch.as_tensor(target, device=device)
+    if t.is_floating_point(): raise TypeError(f'target must be integer class indices; got {t.dtype}')
+    return t.long().expand(N).clone() if t.ndim == 0 else t.long()
+
+def _attack_inputs(model, M, beta, var_max):
+    _check_batch(M)
+    _relu_count(model)
+    if not beta > 0: raise ValueError(f'beta must be > 0 (the bound on |mu|, input units); got {beta}')
+    if not var_max > 0: raise ValueError(f'var_max must be > 0; got {var_max}')
+    with torch.no_grad(): return model(M).argmax(-1)
+
+def _finish(model, M, mu, sigma, source, target, margin, objective, gamma, samples, seed, its, t, solver):
+    rate = sample_success(model, M, mu, sigma, source, target, samples, seed)
+    return GaussianAttack(mu.detach(), sigma.detach(), margin.detach(), margin.detach() < -gamma, rate, samples,
+                          source, target, objective.detach(), its, t, solver)
+
+
+# %%
+#| export
+def gaussian_targeted(
+    model:nn.Module,            # nn.Sequential with ReLUs, logits out
+    M:Tensor,                   # images (N, *input_shape), input units
+    target:int|Tensor,          # class j to reach: int or (N,); must differ from the class predicted at M
+    beta:float,                 # bound |mu| <= beta, input units (CVPR: 30/255)
+    layer:int|None=None,        # ReLU to linearize at; None: the last one
+    seed:int=0,                 # seeds the verification draws
+    var_max:float=2 / 255**2,   # bound sigma^2 <= var_max (CVPR/TPAMI: 2 in 255-pixel units)
+    steps:int=150,              # projected Adam steps
+    lr:float=0.05,              # step size in the scaled variables mu/beta, sigma^2/var_max
+    samples:int=10,             # verification draws per point through the real model (the papers: 10)
+    expected:ExpectedLogits|None=None,  # a cached linearization at M to reuse
+)->GaussianAttack:
+    "Targeted Gaussian attack (CVPR eq 3, TPAMI eq 7): min max_{k!=j} E_k - E_j s.t. 0 < sigma^2 <= var_max, |mu| <= beta."
+    source = _attack_inputs(model, M, beta, var_max)
+    N = M.shape[0]
+    target = _targets(target, N, M.device)
+    same = (target == source).nonzero()[:, 0]
+    if len(same):
+        raise ValueError(f'target equals the class the model predicts at point(s) {same.tolist()} '
+                         f'(class {target[same[0]].item()}); a targeted attack needs another class')
+    E = expected or ExpectedLogits(model, M, layer)
+    objective = lambda u, v: -class_margin(E(beta * u.view(M.shape), (var_max * v).sqrt()), target)
+    t0 = time.perf_counter()
+    u, v, best = _projected_solve(objective, torch.zeros_like(M).flatten(1), torch.full((N,), 0.5, dtype=M.dtype, device=M.device), steps, lr)
+    t = time.perf_counter() - t0
+    mu, sigma = beta * u.view(M.shape), (var_max * v).sqrt()
+    return _finish(model, M, mu, sigma, source, target, best, best, 0., samples, seed, steps, t, 'projected Adam')
+
+
+# %% [markdown]
+# The targeted attack on LeNet, one digit 9 to the targets of CVPR Fig. 4, is shown in full size below; a quick check
+# here: a bad target or bound is refused with a message that says why.
+
+# %%
+net = pretrained('lenet-mnist')
+nine = images[(labels == 9).nonzero()[0, 0]][None]
+test_fail(lambda: gaussian_targeted(net, nine, 9, 0.1), contains='target equals the class')
+test_fail(lambda: gaussian_targeted(net, nine, 4, 0.), contains='beta must be > 0')
+test_fail(lambda: gaussian_targeted(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), nine, 4, 0.1), contains='no ReLU')
+
+
+# %%
+#| export
+def gaussian_sparse_pixels(
+    model:nn.Module,            # nn.Sequential with ReLUs, logits out
+    M:Tensor,                   # images (N, *input_shape), input units
+    alpha:float,                # percentage of pixels (0, 100] that mu may touch; the support is drawn once from `seed`
+    beta:float,                 # bound |mu| <= beta on the support, input units (TPAMI: 550/255)
+    layer:int|None=None,        # ReLU to linearize at; None: the last one
+    seed:int=0,                 # seeds the random support and the verification draws
+    var_max:float=2 / 255**2,   # bound sigma^2 <= var_max
+    steps:int=150,              # projected Adam steps
+    lr:float=0.05,              # step size in the scaled variables
+    samples:int=10,             # verification draws per point through the real model
+    expected:ExpectedLogits|None=None,  # a cached linearization at M to reuse
+)->GaussianAttack:
+    "Non-targeted Gaussian attack on a random alpha% pixel support (CVPR eq 4, TPAMI eq 8)."
+    if not 0 < alpha <= 100: raise ValueError(f'alpha must be in (0, 100] (a percentage of pixels); got {alpha}')
+    source = _attack_inputs(model, M, beta, var_max)
+    N, n = M.shape[0], M[0].numel()
+    k = max(1, round(alpha / 100 * n))
+    gen = torch.Generator(device=M.device).manual_seed(seed)
+    order = torch.rand((N, n), generator=gen, device=M.device).argsort(-1)[:, :k]   # k distinct pixels per image
+    mask = torch.zeros((N, n), dtype=M.dtype, device=M.device).scatter(1, order, 1.).view(M.shape)
+    E = expected or ExpectedLogits(model, M, layer)
+    objective = lambda u, v: class_margin(E(beta * mask * u.view(M.shape), (var_max * v).sqrt()), source)
+    t0 = time.perf_counter()
+    u, v, best = _projected_solve(objective, torch.zeros_like(M).flatten(1), torch.full((N,), 0.5, dtype=M.dtype, device=M.device), steps, lr)
+    t = time.perf_counter() - t0
+    mu, sigma = beta * mask * u.view(M.shape), (var_max * v).sqrt()
+    return _finish(model, M, mu, sigma, source, None, best, best, 0., samples, seed + 1, steps, t, 'projected Adam')
+
+
+# %%
+test_fail(lambda: gaussian_sparse_pixels(net, nine, 0, 1.), contains='alpha must be in (0, 100]')
+test_fail(lambda: gaussian_sparse_pixels(net, nine, 101, 1.), contains='alpha must be in (0, 100]')
+test_fail(lambda: gaussian_sparse_pixels(net, nine, 4, -1.), contains='beta must be > 0')
+
+
+# %% [markdown]
+# Total variation, isotropic and smoothed: $\mathrm{TV}_\epsilon(\mu) = \sum_i \sqrt{(D_x\mu)_i^2 + (D_y\mu)_i^2 +
+# \epsilon^2} - \epsilon$ with forward differences (zero past the last row and column), over the last two dims.
+# $\epsilon = 0$ gives TPAMI's $\Omega(\nabla_x\mu, \nabla_y\mu)$.
+
+# %%
+#| export
+def total_variation(
+    mu:Tensor,       # (N, ..., H, W)
+    eps:float=0.,    # smoothing of the kink at 0; 0: the exact isotropic TV
+)->Tensor:           # (N,)
+    "Isotropic total variation sum sqrt((Dx mu)^2 + (Dy mu)^2 + eps^2) - eps over all but the first dim."
+    dx = F.pad(mu[..., :, 1:] - mu[..., :, :-1], (0, 1))
+    dy = F.pad(mu[..., 1:, :] - mu[..., :-1, :], (0, 0, 0, 1))
+    return ((dx * dx + dy * dy + eps * eps).sqrt() - eps).flatten(1).sum(1)
+
+def sparsity(mu:Tensor, tol:float=1e-3)->Tensor:
+    "Fraction of entries of each mu (N, ...) with |value| <= tol (TPAMI: 1e-3 counts as zero)."
+    return (mu.abs() <= tol).flatten(1).to(mu.dtype).mean(1)
+
+
+# %%
+square = torch.zeros(1, 4, 4); square[0, 1:3, 1:3] = 1.
+test_close(total_variation(square), torch.tensor([6 + 2**0.5]), eps=1e-6)   # six unit jumps, one diagonal corner
+test_close(sparsity(square), torch.tensor([12 / 16]), eps=1e-7)
+
+
+# %%
+#| export
+def _alm_solve(constraint, like, steps, step, eps_tv, rho0=1., rho_growth=1.5, rho_max=100.):
+    "min ||mu||_1 + TV_eps(mu) s.t. constraint(mu) <= 0 per point, by an augmented Lagrangian + proximal gradient."
+    inner = 25
+    outer = max(1, steps // inner)
+    mu, N = torch.zeros_like(like), like.shape[0]
+    lam, rho = mu.new_zeros(N), rho0
+    cost = lambda m: m.abs().flatten(1).sum(1) + total_variation(m)
+    best_cost, best_mu = mu.new_full((N,), float('inf')), mu.clone()
+    for _ in range(outer):
+        for _ in range(inner):
+            mu = mu.detach().requires_grad_(True)
+            c = constraint(mu)
+            smooth = total_variation(mu, eps_tv) + ((lam + rho * c).clamp(min=0) ** 2 - lam * lam) / (2 * rho)
+            grad, = torch.autograd.grad(smooth.sum(), mu)
+            with torch.no_grad():
+                z = mu - step * grad
+                mu = z.sign() * (z.abs() - step).clamp(min=0)        # prox of step * ||.||_1
+        with torch.no_grad():
+            c = constraint(mu)
+            better = (c <= 0) & (cost(mu) < best_cost)
+            best_cost = torch.where(better, cost(mu), best_cost); best_mu[better] = mu[better]
+            lam = (lam + rho * c).clamp(min=0); rho = min(rho * rho_growth, rho_max)
+    never = torch.isinf(best_cost)
+    best_mu[never] = mu[never]
+    return best_mu, outer * inner
+
+
+# %%
+#| export
+def gaussian_sparse_smooth(
+    model:nn.Module,            # nn.Sequential with ReLUs, logits out; images (N, C, H, W)
+    M:Tensor,                   # images (N, C, H, W), input units
+    gamma:float,                # margin to reach: constraint margin <= -gamma (>= 0; TPAMI uses 0)
+    target:int|Tensor|None=None,  # None: eq 9 (non-targeted); class j (int or (N,)): eq 10
+    layer:int|None=None,        # ReLU to linearize at; None: the last one
+    seed:int=0,                 # seeds the verification draws
+    sigma:float=1 / 255,        # fixed noise std (TPAMI: Sigma = I in 255-pixel units)
+    steps:int=300,              # proximal gradient steps in all (25 per multiplier update)
+    step:float=2e-3,            # proximal gradient step size
+    eps_tv:float=1e-2,          # smoothing of TV in the gradient step
+    samples:int=10,             # verification draws per point through the real model
+    expected:ExpectedLogits|None=None,  # a cached linearization at M to reuse
+)->GaussianAttack:
+    "Sparse + smooth Gaussian attack (TPAMI eq 9, targeted eq 10): min ||mu||_1 + TV(mu) s.t. expected margin <= -gamma."
+    if not gamma >= 0: raise ValueError(f'gamma must be >= 0 (the margin to reach below 0); got {gamma}')
+    source = _attack_inputs(model, M, 1., 1.)
+    N = M.shape[0]
+    if target is not None:
+        target = _targets(target, N, M.device)
+        same = (target == source).nonzero()[:, 0]
+        if len(same): raise ValueError(f'target equals the class the model predicts at point(s) {same.tolist()}')
+    E = expected or ExpectedLogits(model, M, layer)
+    s = torch.full((N,), sigma, dtype=M.dtype, device=M.device)
+    margin = (lambda mu: -class_margin(E(mu, s), target)) if target is not None else (lambda mu: class_margin(E(mu, s), source))
+    constraint = lambda mu: margin(mu) + gamma
+    t0 = time.perf_counter()
+    mu, its = _alm_solve(constraint, M, steps, step, eps_tv)
+    t = time.perf_counter() - t0
+    with torch.no_grad(): m = margin(mu); cost = mu.abs().flatten(1).sum(1) + total_variation(mu)
+    return GaussianAttack(mu, s, m, m <= -gamma, sample_success(model, M, mu, s, source, target, samples, seed),
+                          samples, source, target, cost, its, t, 'augmented Lagrangian + proximal gradient')
+
+
+# %%
+test_fail(lambda: gaussian_sparse_smooth(net, nine, -1.), contains='gamma must be >= 0')
+test_fail(lambda: gaussian_sparse_smooth(net, nine, 0., target=9), contains='target equals the class')
+
+# %% [markdown]
+# ## The gradient family (Lyu eq 3)
+# The worst first-order perturbation of $L$ under $\|\epsilon\|_p \le \sigma$ (Lyu et al. §II, SPEC §9) is
+# $$\epsilon(p) = \sigma\, \mathrm{sign}(g) \left(\frac{|g|}{\|g\|_{p^*}}\right)^{1/(p-1)}, \qquad g = \nabla_x L,\ \
+#   \tfrac1p + \tfrac1{p^*} = 1,$$
+# and $\|\epsilon(p)\|_p = \sigma$ because $\frac{p}{p-1} = p^*$: $\sum_i |g_i|^{p^*} / \|g\|_{p^*}^{p^*} = 1$.
+# $p = 2$ gives $\sigma g/\|g\|_2$; $p = \infty$ gives $\sigma\,\mathrm{sign}(g)$ (FGSM, eq 8, sign(0) = 0);
+# $p \to 1$ puts the whole budget on the largest $|g_i|$ (eq 11). With $k$ coordinates tied at the maximum, eq 3
+# tends to $\sigma/k$ on each of them (the ratio is $k^{-1/p^*}$, raised to $1/(p-1)$: $k^{-1/p} \to k^{-1}$), which
+# is what we return, so $\|\epsilon\|_1 = \sigma$ holds with ties too (eq 11 as printed would give $k\sigma$).
+# Numerically, $|g|$ is first divided by its largest entry, so the $p^*$-th powers never overflow, even for $p$
+# close to 1. The check of the dual-norm identity in sympy:
+
+# %%
+import sympy as sp
+t_, g1, g2 = sp.symbols('t g1 g2', positive=True)     # t = 1/(p - 1) > 0 covers every p in (1, inf)
+p_ = 1 + 1 / t_
+q_ = p_ / (p_ - 1)                                    # the dual exponent p*
+norm_q = (g1**q_ + g2**q_) ** (1 / q_)
+eps_p = [(gi / norm_q) ** (1 / (p_ - 1)) for gi in (g1, g2)]
+identity = sum(e**p_ for e in eps_p)                  # ||eps / sigma||_p^p
+test_eq(sp.simplify(sp.powdenest(identity, force=True)), 1)
+test_close(float(identity.subs({t_: 1 / 0.7, g1: 0.3, g2: 2.2})), 1., eps=1e-12)
+
+
+# %%
+#| export
+def lp_perturbation(
+    g:Tensor,             # gradients (N, ...): one per point
+    sigma:float|Tensor,   # budget ||eps||_p = sigma: number or (N,); >= 0
+    p:float,              # norm, in [1, inf]; math.inf gives FGSM
+)->Tensor:                # eps(p), g's shape, dtype and device
+    "Lyu eq 3: the steepest-ascent step of l_p-norm sigma, sigma sign(g) (|g| / ||g||_{p*})^(1/(p-1)), per point."
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 1 <= p <= math.inf:
+        raise ValueError(f'p must be a number in [1, inf] (math.inf for FGSM); got {p!r}')
+    N = g.shape[0]
+    s = torch.as_tensor(sigma, dtype=g.dtype, device=g.device)
+    if (s < 0).any(): raise ValueError(f'sigma must be >= 0; smallest entry is {s.min().item():.3g}')
+    s = s.reshape(-1, *([1] * (g.ndim - 1))) if s.ndim else s
+    gf = g.reshape(N, -1)
+    a = gf.abs()
+    top = a.amax(1, keepdim=True)
+    r = a / torch.where(top > 0, top, torch.ones_like(top))         # in [0, 1], max 1 (or all 0)
+    if p == math.inf: d = torch.ones_like(r)
+    elif p == 1:
+        ties = (r == 1).to(g.dtype)
+        d = ties / ties.sum(1, keepdim=True).clamp(min=1)
+    else:
+        q = p / (p - 1)
+        norm = r.pow(q).sum(1, keepdim=True).pow(1 / q)
+        d = (r / torch.where(norm > 0, norm, torch.ones_like(norm))).pow(q - 1)
+    return s * (gf.sign() * d).view(g.shape)
+
+
+# %% [markdown]
+# p = inf is sign(g), p = 2 the normalized gradient, p = 1 the largest coordinate (ties share), and the norm is
+# sigma for p between:
+
+# %%
+g = torch.tensor([[3., -4., 0.], [1., -1., 0.5]], dtype=torch.float64)
+test_eq(lp_perturbation(g, 0.5, math.inf), 0.5 * g.sign())
+test_close(lp_perturbation(g, 0.5, 2), 0.5 * g / g.norm(dim=1, keepdim=True), eps=1e-15)
+test_eq(lp_perturbation(g, 0.5, 1), torch.tensor([[0., -0.5, 0.], [0.25, -0.25, 0.]], dtype=torch.float64))
+for p in (1.01, 1.5, 3., 50.):
+    test_close(torch.linalg.vector_norm(lp_perturbation(g, 0.5, p), p, dim=1), torch.full((2,), 0.5, dtype=torch.float64), eps=1e-12)
+test_eq(lp_perturbation(torch.zeros(2, 3), 1., 2), torch.zeros(2, 3))
+test_fail(lambda: lp_perturbation(g, 0.5, 0.5), contains='p must be a number in [1, inf]')
+
+
+# %% [markdown]
+# `gradient_perturbation` takes the model and labels: the gradient of the loss (default: cross-entropy summed over
+# the batch, so each point gets its own gradient) with respect to the input, then eq 3. It returns the perturbation,
+# not the perturbed input; `clip=(lo, hi)` trims it so that `x + eps` stays in the data range (the norm identity
+# then holds only where nothing was clipped).
+
+# %%
+#| export
+def gradient_perturbation(
+    model:nn.Module,           # any differentiable model returning logits (N, d)
+    x:Tensor,                  # inputs (N, ...), in the model's units
+    y:Tensor,                  # labels (N,)
+    sigma:float|Tensor,        # budget: number or (N,); >= 0
+    p:float,                   # norm in [1, inf]; math.inf is FGSM
+    loss:Callable|None=None,   # loss(logits, y) -> scalar or (N,) (summed); default cross-entropy, summed
+    clip:tuple|None=None,      # (lo, hi): trim eps so that x + eps stays in [lo, hi]
+)->Tensor:                     # eps(p), x's shape
+    "Lyu eq 3 perturbation eps(p) of l_p norm sigma along the input gradient of the loss (p = inf: FGSM)."
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 1 <= p <= math.inf:
+        raise ValueError(f'p must be a number in [1, inf] (math.inf for FGSM); got {p!r}')
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = model(x)
+        value = loss(out, y) if loss is not None else F.cross_entropy(out, y, reduction='sum')
+        g, = torch.autograd.grad(value.sum(), x)
+    eps = lp_perturbation(g, sigma, p)
+    if clip is not None: eps = (x.detach() + eps).clamp(*clip) - x.detach()
+    return eps
+
+
+# %% [markdown]
+# On LeNet, p = inf is exactly autograd FGSM, and clipping keeps images in [0, 1]:
+
+# %%
+xb, yb = images[:8], labels[:8]
+xg = xb.clone().requires_grad_(True)
+F.cross_entropy(net(xg), yb).backward()
+test_eq(gradient_perturbation(net, xb, yb, 0.1, math.inf), 0.1 * xg.grad.sign())
+e2 = gradient_perturbation(net, xb, yb, 1.5, 2)
+test_close(e2.flatten(1).norm(dim=1), torch.full((8,), 1.5), eps=1e-5)
+ec = gradient_perturbation(net, xb, yb, 0.3, math.inf, clip=(0., 1.))
+assert (xb + ec).min() >= 0 and (xb + ec).max() <= 1
+
+# %% [markdown]
+# ## Targeted attacks on LeNet (CVPR Fig. 4, TPAMI Fig. 3)
+# One MNIST test digit 9, linearized once at $l = 3$, attacked toward the papers' targets $j \in \{2, 3, 4, 7, 8\}$
+# with the papers' bounds ($\beta = 30$, $\sigma^2 \le 2$ in 255-pixel units), all five targets in one batch
+# (`ExpectedLogits.take` repeats the linearization). Each attack is verified with the papers' 10 draws (success:
+# at least 90% land on $j$) and with 1000 more. The papers say "not every target class is easily achieved with
+# small $\beta$"; for this digit and our LeNet all five are reached at $\beta = 30$.
+
+# %%
+targets = torch.tensor([2, 3, 4, 7, 8])
+E9 = ExpectedLogits(net, nine)
+rows = {}
+for beta_255 in (30,):
+    rows[beta_255] = gaussian_targeted(net, nine.expand(5, -1, -1, -1), targets, from_paper_units(beta_255),
+                                       expected=E9.take(torch.zeros(5, dtype=torch.long)))
+    big = sample_success(net, nine.expand(5, -1, -1, -1), rows[beta_255].mu, rows[beta_255].sigma,
+                         rows[beta_255].source, targets, samples=1000, seed=1)
+    r = rows[beta_255]
+    print(f'beta = {beta_255}/255, {r.iterations} steps in {r.solve_time:.2f} s ({r.solver}); sigma = {r.sigma.min():.2e}..{r.sigma.max():.2e}')
+    for k in range(5):
+        print(f'  9 -> {targets[k]}: expected margin {r.expected_margin[k]:+7.2f}  fooled in expectation {bool(r.success[k])!s:5}'
+              f'  hits {r.sampled_success_rate[k]:.0%} of {r.samples} draws (>= 90%: {bool(r.sampled_success_rate[k] >= 0.9)!s:5})'
+              f'  {big[k]:.1%} of 1000 draws')
+    test_eq((r.sampled_success_rate >= 0.9) | ~r.success, torch.ones(5, dtype=torch.bool))  # moments' claims hold up
+
+# %% [markdown]
+# Every success the moments claim is confirmed by the real network (the assertion above). The grid shows the
+# original and one draw of each attack, titled with the real network's prediction:
+
+# %%
+#| label: fig-targeted
+#| fig-cap: "A digit 9 and one draw from each targeted Gaussian attack (beta = 30/255, sigma^2 <= 2/255^2), titled with LeNet's prediction on that draw."
+r = rows[30]
+gen = torch.Generator().manual_seed(3)
+draw = (nine + r.mu + r.sigma.view(-1, 1, 1, 1) * torch.randn(r.mu.shape, generator=gen))
+fig, axes = plt.subplots(1, 6, figsize=(9, 1.8), layout='constrained')
+for ax, im, title in zip(axes, [nine[0]] + list(draw), ['original: ' + str(int(net(nine).argmax()))] +
+                         [f'-> {int(t)}: {int(p)}' for t, p in zip(targets, net(draw).argmax(1))]):
+    ax.imshow(im[0], cmap='gray'); ax.set_title(title, fontsize=9); ax.axis('off')
+
+# %% [markdown]
+# ## alpha% pixel attacks (CVPR Fig. 5, TPAMI Fig. 4)
+# The same digit 9, four independent random supports of $\alpha = 4\%$ of the pixels (31 of 784), $\beta = 550$
+# in 255-pixel units (2.16 here: the mean may leave the [0, 1] range, as in the paper), non-targeted (eq 4).
+# Here the sampling check matters: with shifts of up to twice the pixel range the linearization at $M$ no longer
+# describes the network, and some attacks that fool the linearized net in expectation do not fool LeNet (stored
+# run: two of four confirmed). The moments are a cheap proposal; the verdict is the sampled one.
+
+# %%
+alpha_attack = gaussian_sparse_pixels(net, nine.expand(4, -1, -1, -1), 4, from_paper_units(550),
+                                      expected=E9.take(torch.zeros(4, dtype=torch.long)))
+a = alpha_attack
+big = sample_success(net, nine.expand(4, -1, -1, -1), a.mu, a.sigma, a.source, samples=1000, seed=2)
+print(f'{a.iterations} steps in {a.solve_time:.2f} s; pixels touched: {(a.mu != 0).flatten(1).sum(1).tolist()}')
+for k in range(4):
+    print(f'  support {k}: expected margin {a.expected_margin[k]:+7.2f}  fooled in expectation {bool(a.success[k])!s:5}'
+          f'  flips {a.sampled_success_rate[k]:.0%} of {a.samples} draws, {big[k]:.1%} of 1000')
+test_eq((a.mu != 0).flatten(1).sum(1) <= 31, torch.ones(4, dtype=torch.bool))
+print(f'claimed by the moments: {int(a.success.sum())} of 4; confirmed by 1000 draws (>= 90%): {int((big >= 0.9).sum())}')
+
+# %%
+#| label: fig-alpha
+#| fig-cap: "One draw from each of four alpha = 4% attacks on the digit 9 (beta = 550/255), titled with LeNet's prediction; the paper's were predicted 2, 4, 2, 2."
+gen = torch.Generator().manual_seed(4)
+draw = nine + a.mu + a.sigma.view(-1, 1, 1, 1) * torch.randn(a.mu.shape, generator=gen)
+fig, axes = plt.subplots(1, 5, figsize=(7.5, 1.8), layout='constrained')
+for ax, im, title in zip(axes, [nine[0]] + list(draw), ['original'] + [f'pred {int(p)}' for p in net(draw).argmax(1)]):
+    ax.imshow(im[0], cmap='gray'); ax.set_title(title, fontsize=9); ax.axis('off')
+
+# %% [markdown]
+# ## Sparse and smooth attacks (TPAMI Figs. 6-7)
+# Eq 9 (non-targeted) on three test digits and eq 10 (targeted) from a digit 4 to 5, 8 and 9 as in TPAMI Fig. 7,
+# with $\gamma = 0$ and $\Sigma = I$ in 255-pixel units ($\sigma = 1/255$), 300 proximal steps. Sparsity counts
+# $|\mu_i| \le 10^{-3}$ as zero (TPAMI). The eq 10 factor $\beta$ only rescales the variable ($\beta\mu$ is the
+# mean added); we optimize and report the added mean itself.
+
+# %%
+idx = torch.tensor([int((labels == d).nonzero()[0, 0]) for d in (3, 1, 7)])
+four = images[(labels == 4).nonzero()[0, 0]][None]
+smooth_u = gaussian_sparse_smooth(net, images[idx], 0.)
+E4 = ExpectedLogits(net, four)
+smooth_t = gaussian_sparse_smooth(net, four.expand(3, -1, -1, -1), 0., target=torch.tensor([5, 8, 9]),
+                                  expected=E4.take(torch.zeros(3, dtype=torch.long)))
+for name, r in (('eq 9 ', smooth_u), ('eq 10', smooth_t)):
+    print(f'{name}: {r.iterations} steps in {r.solve_time:.1f} s; sparsity {[f"{v:.0%}" for v in sparsity(r.mu).tolist()]}, '
+          f'||mu||_1 + TV {[round(v, 1) for v in r.objective.tolist()]}, expected margin {[round(v, 2) for v in r.expected_margin.tolist()]}, '
+          f'sampled success {r.sampled_success_rate.tolist()} of {r.samples}')
+
+# %%
+#| label: fig-sparse-smooth
+#| fig-cap: "Sparse + smooth attacks: image, |mu|, positive and negative parts of mu, and one draw, titled with LeNet's prediction. Rows 1-3: non-targeted (eq 9); rows 4-6: the digit 4 targeted to 5, 8, 9 (eq 10)."
+gen = torch.Generator().manual_seed(5)
+base = torch.cat([images[idx], four.expand(3, -1, -1, -1)])
+mus = torch.cat([smooth_u.mu, smooth_t.mu]); sig = torch.cat([smooth_u.sigma, smooth_t.sigma])
+draw = base + mus + sig.view(-1, 1, 1, 1) * torch.randn(mus.shape, generator=gen)
+pred = net(draw).argmax(1)
+fig, axes = plt.subplots(6, 5, figsize=(6, 7.5), layout='constrained')
+for k in range(6):
+    for ax, im, title in zip(axes[k], (base[k], mus[k].abs(), mus[k].clamp(min=0), (-mus[k]).clamp(min=0), draw[k]),
+                             ('image', '|mu|', 'mu > 0', 'mu < 0', f'pred {int(pred[k])}')):
+        ax.imshow(im[0], cmap='gray'); ax.set_title(title, fontsize=8); ax.axis('off')
+
+# %% [markdown]
+# ## Misclassification and sparsity against gamma (TPAMI Fig. 8)
+# TPAMI takes its hardest Emotion pair and 30 images of the source class and varies $\gamma$. On MNIST we take
+# source 4, target 9, and (CPU-sized) 6 test images of class 4 times 4 values of $\gamma$, one batch of 24 problems
+# sharing 6 linearizations; misclassification is measured with 100 draws per attack through LeNet.
+
+# %%
+gammas = torch.tensor([0., 1., 2., 4.])
+src_idx = (labels == 4).nonzero()[:6, 0]
+E_src = ExpectedLogits(net, images[src_idx])
+gamma_rows = []
+t0 = time.perf_counter()
+for k, gamma in enumerate(gammas.tolist()):   # gamma is a scalar per call; the 6 images are one batch
+    r = gaussian_sparse_smooth(net, images[src_idx], gamma, target=9, expected=E_src)
+    rate = sample_success(net, images[src_idx], r.mu, r.sigma, r.source, r.target, samples=100, seed=6)
+    gamma_rows.append((gamma, -r.expected_margin.mean().item(), rate.mean().item(), sparsity(r.mu).mean().item(),
+                       r.success.float().mean().item()))
+print(f'{time.perf_counter() - t0:.1f} s;  gamma  separation  misclassified (100 draws)  sparsity  feasible')
+for g_, sep, rate, sp_, ok in gamma_rows: print(f'        {g_:4.1f}  {sep:9.2f}  {rate:22.0%}  {sp_:9.0%}  {ok:7.0%}')
+
+# %%
+#| label: fig-gamma
+#| fig-cap: "Source 4 -> target 9 on MNIST (6 images, 100 draws each): misclassification rate and sparsity against the expected separation E_9 - max_k E_k reached, for gamma in {0, 1, 2, 4} (TPAMI Fig. 8 analogue)."
+fig, ax = plt.subplots(figsize=(4.5, 2.8), layout='constrained')
+sep = [row[1] for row in gamma_rows]
+ax.plot(sep, [row[2] for row in gamma_rows], 'o-', label='misclassification rate')
+ax.plot(sep, [row[3] for row in gamma_rows], 's--', label='sparsity (|mu| <= 1e-3)')
+ax.set(xlabel='expected separation  E_j - max_k E_k', ylim=(0, 1.05)); ax.legend(fontsize=8);
+
+
+# %% [markdown]
+# ## Source-to-target table on Fashion-MNIST (TPAMI Table 5 analogue)
+# TPAMI Table 5 attacks 10 images per class of the Emotion dataset (FER2013) from every class to every other with
+# eq 10. FER2013 is not available offline, so we use Fashion-MNIST (Debian's `dataset-fashion-mnist`) and a LeNet
+# trained here in seconds: seeded, 6000 training images, 2 epochs of Adam (no LeNet for Fashion-MNIST is bundled).
+# CPU-sized default: classes 0-4, one correctly classified test image per class, all 20 source-target pairs in
+# one batch, 10 draws each; the `#| slow` cell below runs all 10 classes (90 pairs). Entries are the fraction of
+# draws predicted as the target. Published (Emotion, AlexNet variant): 0.6-1.0 everywhere. We use $\gamma = 2$:
+# with TPAMI's $\gamma = 0$ the solutions sit on the boundary of the linearized net's decision region and most
+# draws through the real network fall back to the source class (a first run at $\gamma = 0$ gave 0.15 on
+# average), which is what the $\gamma$ sweep above shows too.
+
+# %%
+def train_fashion_lenet(n_train=6000, epochs=2, seed=0):
+    "A LeNet trained quickly on the first n_train Fashion-MNIST training images."
+    data = load('fashion-mnist', 'train', limit=n_train)
+    gen = torch.Generator().manual_seed(seed)
+    model = lenet(generator=gen)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(epochs):
+        for batch in torch.randperm(n_train, generator=gen).split(100):
+            opt.zero_grad(); F.cross_entropy(model(data.x[batch]), data.y[batch]).backward(); opt.step()
+    return model.eval().requires_grad_(False)
+
+try:
+    fashion_test = load('fashion-mnist', 'test', limit=2000)
+except FileNotFoundError as e:
+    fashion_test = None
+    print('Fashion-MNIST not found, the table is skipped:', str(e).splitlines()[0])
+if fashion_test is not None:
+    t0 = time.perf_counter()
+    fnet = train_fashion_lenet()
+    fpred = fnet(fashion_test.x).argmax(1)
+    print(f'Fashion-MNIST LeNet: trained in {time.perf_counter() - t0:.1f} s, test accuracy (2000 images) '
+          f'{(fpred == fashion_test.y).float().mean():.1%}')
+
+
+# %%
+def table5(model, data, pred, classes, gamma=2., samples=10, steps=300):
+    "Success rate of eq 10 from each class in `classes` to each other one (one correctly classified image per class)."
+    first = torch.stack([((data.y == c) & (pred == c)).nonzero()[0, 0] for c in classes])
+    Eall = ExpectedLogits(model, data.x[first])
+    src, tgt = torch.tensor([(s, t) for s in range(len(classes)) for t in range(len(classes)) if s != t]).T
+    cls = torch.as_tensor(classes)
+    r = gaussian_sparse_smooth(model, data.x[first][src], gamma, target=cls[tgt], expected=Eall.take(src),
+                               steps=steps, samples=samples)
+    table = torch.full((len(classes), len(classes)), float('nan'))
+    table[src, tgt] = r.sampled_success_rate
+    return table, r
+
+if fashion_test is not None:
+    t0 = time.perf_counter()
+    tab, r5 = table5(fnet, fashion_test, fpred, list(range(5)))
+    print(f'{len(r5.mu)} attacks in {time.perf_counter() - t0:.1f} s (solver {r5.solve_time:.1f} s, {r5.iterations} steps), '
+          f'{r5.samples} draws each; claimed by the moments: {int(r5.success.sum())}, mean sparsity {sparsity(r5.mu).mean():.0%}')
+    names = [n[:8] for n in fashion_test.classes[:5]]
+    print('source \\ target ' + ' '.join(f'{n:>8}' for n in names))
+    for s_, row in zip(names, tab): print(f'{s_:>15} ' + ' '.join('       -' if v != v else f'{v:8.1f}' for v in row.tolist()))
+    print(f'mean over pairs: {tab.nanmean():.2f} (TPAMI Table 5, Emotion: 0.93)')
+
+# %%
+#| slow
+if fashion_test is not None and os.environ.get('NETMOMENTS_FULL') == '1':   # ~ 5 min on 2 CPU cores
+    t0 = time.perf_counter()
+    tab, r5 = table5(fnet, fashion_test, fpred, list(range(10)))
+    print(f'90 attacks in {time.perf_counter() - t0:.0f} s; mean over pairs {tab.nanmean():.2f}')
+    print(tab)
+
+# %% [markdown]
+# ## Gradient-family perturbations (Lyu Figs. 1-4)
+# $\epsilon(p)$ for one test digit at $p \in \{1, 1.5, 2, 4, \infty\}$, each rescaled to its own range for display:
+# $p = 1$ is a single pixel, $p = \infty$ the sign pattern of FGSM, and the intermediate norms interpolate,
+# concentrating on the strokes that the loss is most sensitive to.
+
+# %%
+#| label: fig-lp-family
+#| fig-cap: "eps(p) of Lyu eq 3 for one MNIST digit on LeNet, p in {1, 1.5, 2, 4, inf} (gray: 0, white/black: +/- largest entry)."
+ps = [1, 1.5, 2, 4, math.inf]
+x1, y1 = images[:1], labels[:1]
+fig, axes = plt.subplots(1, 6, figsize=(9, 1.8), layout='constrained')
+axes[0].imshow(x1[0, 0], cmap='gray'); axes[0].set_title('image', fontsize=9); axes[0].axis('off')
+for ax, p in zip(axes[1:], ps):
+    e = gradient_perturbation(net, x1, y1, 1., p)[0, 0]
+    ax.imshow(e, cmap='gray', vmin=-e.abs().max(), vmax=e.abs().max()); ax.set_title(f'p = {p}', fontsize=9); ax.axis('off')
+
+# %% [markdown]
+# Success rate (prediction changed, among the correctly classified of the first 500 test images) against the budget
+# $\sigma$ for $p \in \{1, 2, \infty\}$, each on its own $\sigma$ axis since the norms differ ($\|\cdot\|_1 \ge
+# \|\cdot\|_2 \ge \|\cdot\|_\infty$); no clipping, so the norm is exactly $\sigma$:
+
+# %%
+xs, ys = images[:500], labels[:500]
+ok = net(xs).argmax(1) == ys
+xs, ys = xs[ok], ys[ok]
+grids = {1: torch.linspace(0, 40, 9), 2: torch.linspace(0, 8, 9), math.inf: torch.linspace(0, 0.4, 9)}
+curves = {}
+for p, grid in grids.items():
+    direction = gradient_perturbation(net, xs, ys, 1., p)        # eps(p) is linear in sigma
+    curves[p] = [(net(xs + s * direction).argmax(1) != ys).float().mean().item() for s in grid.tolist()]
+    print(f'p = {p}: ' + ', '.join(f'{s:.3g}: {c:.0%}' for s, c in zip(grid.tolist(), curves[p])))
+test_eq(curves[math.inf][0], 0.)
+
+# %%
+#| label: fig-lp-success
+#| fig-cap: "Fraction of correctly classified MNIST test digits whose LeNet prediction changes under eps(p), against sigma, for p = 1, 2, inf."
+fig, axes = plt.subplots(1, 3, figsize=(9, 2.6), layout='constrained')
+for ax, (p, grid) in zip(axes, grids.items()):
+    ax.plot(grid, curves[p], 'o-'); ax.set(xlabel=f'sigma (l_{p} norm)', ylabel='success rate', ylim=(0, 1.02), title=f'p = {p}')
+
+
+# %% [markdown]
+# ## Benchmarks
+# Side by side in one run (`best_time`, best of 3 after a warm-up), CPU unless a GPU is present:
+# 1. one evaluation of the targeted objective and its gradient for the five attacks above, analytically (cached
+#    linearization) against a Monte Carlo estimate of the same expected margin with 200 draws through LeNet (its
+#    standard error is still ~0.1 logit; the cost grows linearly with the draws)
+#    (reparametrized, so it is differentiable too), and a whole 150-step attack against 150 Monte Carlo steps;
+# 2. `gradient_perturbation` at $p = \infty$, 2 and 1.5 against a plain autograd FGSM, on a batch of 256 images.
+
+# %%
+def analytic_step():
+    mu_ = torch.zeros(5, 1, 28, 28, requires_grad=True)
+    (-class_margin(E5(mu_, 1 / 255), targets)).sum().backward()
+
+def mc_step(draws=200, gen=torch.Generator().manual_seed(0)):
+    mu_ = torch.zeros(5, 1, 28, 28, requires_grad=True)
+    x = nine + mu_ + torch.randn(draws, 5, 1, 28, 28, generator=gen) / 255
+    (-class_margin(net(x.flatten(0, 1)).view(draws, 5, 10).mean(0), targets)).sum().backward()
+
+E5 = E9.take(torch.zeros(5, dtype=torch.long))
+t_a, t_mc = best_time(analytic_step), best_time(mc_step, repeats=1)
+t_attack = best_time(lambda: gaussian_targeted(net, nine.expand(5, -1, -1, -1), targets, 30 / 255, expected=E5), repeats=1)
+t_lin = best_time(lambda: ExpectedLogits(net, nine), repeats=1)
+print(f'objective + gradient, 5 targets: analytic {t_a * 1e3:.2f} ms, Monte Carlo (200 draws) {t_mc * 1e3:.1f} ms: '
+      f'ratio {t_mc / t_a:.0f}x')
+print(f'whole attack (150 steps + 10-draw check) {t_attack:.2f} s + linearization {t_lin:.2f} s, against '
+      f'150 Monte Carlo steps {150 * t_mc:.1f} s: ratio {150 * t_mc / (t_attack + t_lin):.1f}x')
+
+# %%
+xb, yb = images[:256], labels[:256]
+def fgsm():
+    x_ = xb.clone().requires_grad_(True)
+    F.cross_entropy(net(x_), yb, reduction='sum').backward()
+    return 0.1 * x_.grad.sign()
+t_fgsm = best_time(fgsm)
+for p in (math.inf, 2, 1.5):
+    t_p = best_time(lambda: gradient_perturbation(net, xb, yb, 0.1, p))
+    print(f'gradient_perturbation p = {p:>3}: {256 / t_p:8.0f} images/s, {t_fgsm / t_p:.2f}x plain FGSM ({256 / t_fgsm:.0f} images/s)')
+
+# %% [markdown]
+# ## Export -
+
+# %%
+#| hide
+#| eval: false
+import nbdev; nbdev.nbdev_export()

@@ -1,0 +1,142 @@
+"Gaussian attacks and the gradient family: eps(p) identities, expected logits against Monte Carlo and finite differences."
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+from conftest import DEVICE_PARAMS
+from netmoments.attacks import (ExpectedLogits, class_margin, expected_logits, gaussian_sparse_pixels,
+                                gaussian_sparse_smooth, gaussian_targeted, gradient_perturbation, lp_perturbation,
+                                sample_success, total_variation)
+from netmoments.linearize import seeded
+
+
+def small_net(device='cpu', dtype=torch.float64, seed=0):
+    net = seeded(nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 12), nn.ReLU(),
+                               nn.Linear(12, 4)), seed, dtype)
+    return net.to(device)
+
+
+def points(n=3, device='cpu', dtype=torch.float64, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 8, 8, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+@settings(max_examples=60)
+@given(p=st.one_of(st.floats(1.05, 40.), st.sampled_from([1., 2., math.inf])),
+       seed=st.integers(0, 10_000), sigma=st.floats(0.01, 10.))
+def test_dual_norm_identity(p, seed, sigma):
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(4, 17, generator=gen, dtype=torch.float64)
+    eps = lp_perturbation(g, sigma, p)
+    torch.testing.assert_close(torch.linalg.vector_norm(eps, p, dim=1), torch.full((4,), sigma, dtype=torch.float64),
+                               rtol=1e-9, atol=0)
+    assert ((eps * g) >= 0).all()                                  # always an ascent direction
+    torch.testing.assert_close((eps * g).sum(1), sigma * torch.linalg.vector_norm(g, p / (p - 1) if 1 < p < math.inf
+                               else (math.inf if p == 1 else 1), dim=1), rtol=1e-8, atol=0)   # Hoelder: <eps, g> = sigma ||g||_p*
+
+
+@given(seed=st.integers(0, 10_000))
+def test_limits(seed):
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(3, 2, 5, generator=gen, dtype=torch.float64)
+    assert torch.equal(lp_perturbation(g, 0.3, math.inf), 0.3 * g.sign())
+    torch.testing.assert_close(lp_perturbation(g, 0.3, 2), 0.3 * g / g.flatten(1).norm(dim=1).view(3, 1, 1))
+    one = lp_perturbation(g, 0.3, 1).flatten(1)
+    top = g.flatten(1).abs().argmax(1)
+    assert torch.equal((one != 0).sum(1), torch.ones(3, dtype=torch.long))
+    torch.testing.assert_close(one[torch.arange(3), top], 0.3 * g.flatten(1)[torch.arange(3), top].sign())
+    gap = g.flatten(1).clone()
+    gap[torch.arange(3), top] *= 1.5                               # a clear largest entry: p -> 1 converges fast
+    torch.testing.assert_close(lp_perturbation(gap, 0.3, 1 + 1e-3), lp_perturbation(gap, 0.3, 1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(lp_perturbation(g, 0.3, 1e5), lp_perturbation(g, 0.3, math.inf), atol=1e-3, rtol=0)
+
+
+def test_ties_and_errors():
+    g = torch.tensor([[2., -2., 1.]])
+    assert torch.equal(lp_perturbation(g, 1., 1), torch.tensor([[0.5, -0.5, 0.]]))
+    with pytest.raises(ValueError, match=r'p must be a number in \[1, inf\]'): lp_perturbation(g, 1., 0.9)
+    with pytest.raises(ValueError, match='sigma must be >= 0'): lp_perturbation(g, -1., 2)
+
+
+@pytest.mark.parametrize('device', DEVICE_PARAMS)
+def test_fgsm_exact_and_clip(device):
+    net, x = small_net(device), points(5, device)
+    y = torch.arange(5, device=device) % 4
+    xg = x.clone().requires_grad_(True)
+    F.cross_entropy(net(xg), y).backward()
+    eps = gradient_perturbation(net, x, y, 0.05, math.inf)
+    assert eps.device == x.device and eps.dtype == x.dtype
+    assert torch.equal(eps, 0.05 * xg.grad.sign())
+    e2 = gradient_perturbation(net, x, y, 0.7, 2)
+    torch.testing.assert_close(e2, 0.7 * xg.grad / xg.grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
+    ec = gradient_perturbation(net, x, y, 0.5, math.inf, clip=(0., 1.))
+    assert (x + ec).min() >= 0 and (x + ec).max() <= 1
+
+
+@pytest.mark.parametrize('device', DEVICE_PARAMS)
+def test_expected_logits_mc(device):
+    "Expected logits of the linearized net equal its Monte Carlo mean within 4 SE, per logit."
+    net, M = small_net(device), points(3, device)
+    E = ExpectedLogits(net, M)
+    gen = torch.Generator(device=device).manual_seed(2)
+    mu = 0.2 * torch.randn(M.shape, generator=gen, dtype=M.dtype, device=device)
+    sigma = 0.3 * torch.rand(M.shape[1:], generator=gen, dtype=M.dtype, device=device)   # per pixel
+    draws = M + mu + sigma * torch.randn((20_000, *M.shape), generator=gen, dtype=M.dtype, device=device)
+    out = E.lin(draws.flatten(2))
+    se = out.std(0) / 20_000**0.5
+    assert ((E(mu, sigma) - out.mean(0)).abs() <= 4 * se).all()
+
+
+def test_expected_logits_gradcheck():
+    net, M = small_net(), points(2)
+    E = ExpectedLogits(net, M)
+    gen = torch.Generator().manual_seed(3)
+    mu = (0.1 * torch.randn(M.shape, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    sigma = torch.tensor([0.2, 0.4], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda m, s: E(m, s), (mu, sigma))
+    sig_pix = (0.1 + 0.3 * torch.rand(M.shape, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda s: E(mu.detach(), s), (sig_pix,))
+
+
+def test_propagate_agrees_at_small_sigma():
+    net, M = small_net(), points(2)
+    lin = expected_logits(net, M, 0., 1e-3)
+    prop = expected_logits(net, M, 0., 1e-3, method='propagate')
+    torch.testing.assert_close(prop, lin, atol=1e-3, rtol=0)
+    torch.testing.assert_close(lin, net(M), atol=1e-3, rtol=0)
+
+
+def test_attacks_recheck_by_sampling():
+    "Reported sampled rates are reproduced by an independent sampling of the returned distributions."
+    net, M = small_net(), points(4)
+    src = net(M).argmax(1)
+    target = (src + 1) % 4
+    r = gaussian_targeted(net, M, target, 0.5, steps=60, samples=200, seed=3)
+    assert r.mu.abs().max() <= 0.5 + 1e-12 and (r.sigma**2 <= 2 / 255**2 + 1e-15).all() and (r.sigma > 0).all()
+    again = sample_success(net, M, r.mu, r.sigma, src, target, samples=200, seed=4)
+    se = (r.sampled_success_rate * (1 - r.sampled_success_rate) / 200).sqrt().clamp(min=1 / 200)
+    assert ((again - r.sampled_success_rate).abs() <= 4 * 2**0.5 * se + 1e-12).all()
+    # the expected margin reported is the one of the returned distribution
+    torch.testing.assert_close(r.expected_margin, -class_margin(ExpectedLogits(net, M)(r.mu, r.sigma), target))
+    a = gaussian_sparse_pixels(net, M, 25, 1., steps=40, samples=50)
+    assert ((a.mu != 0).flatten(1).sum(1) <= 16).all()
+    s = gaussian_sparse_smooth(net, M, 0.5, steps=100, samples=50)
+    torch.testing.assert_close(s.objective, s.mu.abs().flatten(1).sum(1) + total_variation(s.mu))
+    assert torch.equal(s.success, s.expected_margin <= -0.5)
+
+
+def test_attack_errors():
+    net, M = small_net(), points(2)
+    src = net(M).argmax(1)
+    with pytest.raises(ValueError, match='target equals the class'): gaussian_targeted(net, M, src, 0.1)
+    with pytest.raises(ValueError, match='beta must be > 0'): gaussian_targeted(net, M, (src + 1) % 4, 0.)
+    with pytest.raises(ValueError, match=r'alpha must be in \(0, 100\]'): gaussian_sparse_pixels(net, M, 0., 1.)
+    with pytest.raises(ValueError, match=r'alpha must be in \(0, 100\]'): gaussian_sparse_pixels(net, M, 150., 1.)
+    with pytest.raises(ValueError, match='gamma must be >= 0'): gaussian_sparse_smooth(net, M, -1.)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(64, 4)).double()
+    with pytest.raises(ValueError, match='no ReLU'): gaussian_targeted(linear, M, 0, 0.1)
+    with pytest.raises(ValueError, match='no ReLU'): expected_logits(linear, M, 0., 0.1)
