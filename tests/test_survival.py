@@ -1,0 +1,205 @@
+"Properties of `netmoments.survival`: orthant probabilities, the Cantelli bound, survival against Monte Carlo, errors."
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+from torch.testing import assert_close
+
+from conftest import DEVICE_PARAMS
+from netmoments.gaussian import normal_cdf
+from netmoments.survival import (analytic_logits, cantelli_survival, fooling_map, margin_moments, noise_survival,
+                                 noise_survival_mc, orthant_probability, topk_agreement, universal_perturbation)
+
+f64, f32 = torch.float64, torch.float32
+pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:DeprecationWarning')
+
+
+def ara_net(n=6, p=8, d=4, seed=0, bias=0.1, dtype=f64, device='cpu'):
+    "Linear-ReLU-Linear: its own two-stage linearization. bias=40 keeps the ReLU on: Gaussian logits for sigma <= 4."
+    g = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Linear(n, p), nn.ReLU(), nn.Linear(p, d)).to(dtype)
+    with torch.no_grad():
+        for lin in (net[0], net[2]):
+            lin.weight.copy_(torch.randn(lin.weight.shape, generator=g, dtype=dtype) / lin.weight.shape[1] ** 0.5)
+        net[0].bias.copy_(bias + 0.3 * torch.randn(p, generator=g, dtype=dtype))
+        net[2].bias.copy_(0.3 * torch.randn(d, generator=g, dtype=dtype) - net[2].weight @ net[0].bias)   # no offset
+    return net.to(device).eval().requires_grad_(False)
+
+
+def inputs(N=12, n=6, seed=1, dtype=f64, device='cpu'):
+    return torch.rand(N, n, generator=torch.Generator().manual_seed(seed), dtype=dtype).to(device)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Orthant probabilities and the Cantelli bound on given moments.
+
+@settings(max_examples=25)
+@given(st.floats(-3, 3), st.floats(0.05, 3))
+def test_one_margin_is_normal_cdf(m, s):
+    res = orthant_probability(torch.tensor([m], dtype=f64), torch.tensor([[s * s]], dtype=f64))
+    assert res.se.item() == 0
+    assert_close(res.probability, normal_cdf(torch.tensor(m / s, dtype=f64)), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize('K', [2, 4, 9])
+def test_orthant_against_gaussian_sampling(K):
+    g = torch.Generator().manual_seed(K)
+    W = torch.randn(5, K, K + 2, generator=g, dtype=f64)
+    C, m = W @ W.mT / (K + 2), 0.5 + torch.randn(5, K, generator=g, dtype=f64)
+    res = orthant_probability(m, C, samples=2048)
+    draws = m[:, None, :] + torch.randn(5, 200_000, K, generator=g, dtype=f64) @ torch.linalg.cholesky(C).mT
+    p = (draws > 0).all(-1).to(f64).mean(-1)
+    se = (p * (1 - p) / 200_000).sqrt()
+    assert_close(res.probability, p, rtol=0, atol=(4 * (se**2 + res.se**2).sqrt()).max().item() + 1e-9)
+
+
+def test_orthant_singular_and_zero_cov():
+    m = torch.tensor([[1.0, 2.0, 0.5], [1.0, -0.1, 3.0]], dtype=f64)
+    res = orthant_probability(m, torch.zeros(2, 3, 3, dtype=f64))
+    assert_close(res.probability, torch.tensor([1.0, 0.0], dtype=f64))
+    C = torch.ones(3, 3, dtype=f64)                    # rank one: D = m + t (1, 1, 1), so P = P(t > -min m) = Phi(min m)
+    res = orthant_probability(m[:1], C[None])
+    assert_close(res.probability, normal_cdf(torch.tensor([0.5], dtype=f64)), rtol=0, atol=4 * res.se.item() + 1e-6)
+
+
+def test_cantelli_is_below_gaussian_orthant():
+    g = torch.Generator().manual_seed(7)
+    W = torch.randn(200, 5, 7, generator=g, dtype=f64)
+    C, m = W @ W.mT / 7, 3 * torch.rand(200, 5, generator=g, dtype=f64)
+    res = orthant_probability(m, C)
+    low = cantelli_survival(m, C.diagonal(dim1=-2, dim2=-1))
+    assert ((low >= 0) & (low <= 1)).all()
+    assert (low <= res.probability + 4 * res.se + 1e-9).all()
+
+
+def test_margin_moments_direct():
+    g = torch.Generator().manual_seed(2)
+    W = torch.randn(4, 5, 5, generator=g, dtype=f64)
+    mean, cov, c = torch.randn(4, 5, generator=g, dtype=f64), W @ W.mT, torch.tensor([0, 4, 2, 2])
+    mm, mc = margin_moments(mean, cov, c)
+    for r in range(4):
+        ks = [k for k in range(5) if k != c[r]]
+        M = torch.zeros(4, 5, dtype=f64)
+        M[:, c[r]] = 1
+        M[range(4), ks] = -1
+        assert_close(mm[r], M @ mean[r])
+        assert_close(mc[r], M @ cov[r] @ M.T)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# noise_survival against Monte Carlo through the real network.
+
+@pytest.mark.parametrize('device', DEVICE_PARAMS)
+def test_two_classes_is_exact_normal_cdf(device):
+    net, x = ara_net(d=2, seed=3, device=device), inputs(device=device)
+    res = noise_survival(net, x, 0.4)
+    assert (res.se == 0).all()
+    assert_close(res.probability, normal_cdf(res.margin_mean[:, 0] / res.margin_var[:, 0].sqrt()), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize('device', DEVICE_PARAMS)
+def test_gaussian_logits_gaussian_equals_mc_and_cantelli_below(device):
+    "With the ReLU always on, the logits are exactly Gaussian: 'gaussian' = MC within 4 SE, 'cantelli' <= MC."
+    net, x = ara_net(bias=40., device=device), inputs(N=16, device=device)
+    sigma = torch.linspace(0.2, 4.0, 16, dtype=f64, device=device)   # bias 40 stays > 6 hidden sds from 0
+    ga = noise_survival(net, x, sigma, 'gaussian', samples=2048)
+    ca = noise_survival(net, x, sigma, 'cantelli')
+    mc = noise_survival_mc(net, x, sigma, samples=20_000, seed=5)
+    assert ga.probability.device.type == device
+    assert (mc.probability < 0.999).sum() >= 4          # the check is not vacuous
+    assert (ga.probability - mc.probability).abs().le(4 * (ga.se**2 + mc.se**2).sqrt() + 1e-9).all()
+    assert (ca.probability <= mc.probability + 4 * mc.se + 1e-9).all()
+    assert_close(ga.margin_mean, mc.margin_mean, rtol=0, atol=(4 * (mc.margin_var / 20_000).sqrt()).max().item())
+
+
+@pytest.mark.parametrize('device', DEVICE_PARAMS)
+def test_active_relu_network_moments_match_mc(device):
+    "On an Affine-ReLU-Affine net (linearization exact), the analytic margin moments are those of the real net."
+    net, x = ara_net(n=5, p=10, d=3, bias=0.0, seed=9, device=device), inputs(N=8, n=5, device=device)
+    ga = noise_survival(net, x, 0.5, samples=2048)
+    mc = noise_survival_mc(net, x, 0.5, samples=20_000, seed=3)
+    se_m = (mc.margin_var / 20_000).sqrt()
+    assert_close(ga.margin_mean, mc.margin_mean, rtol=0, atol=(4 * se_m).max().item())
+    assert_close(ga.margin_var, mc.margin_var, rtol=0.06, atol=1e-6)   # variance SE ~ var sqrt(2/n) = 1% here
+    # the Cantelli bound uses only these exact moments, so it bounds the real survival
+    ca = cantelli_survival(ga.margin_mean, ga.margin_var)
+    assert (ca <= mc.probability + 4 * mc.se + 1e-9).all()
+
+
+@pytest.mark.parametrize('device', DEVICE_PARAMS)
+def test_dtype_device_per_pixel_sigma_and_shift(device):
+    net, x = ara_net(dtype=f32, device=device), inputs(dtype=f32, device=device)
+    res = noise_survival(net, x, torch.full((6,), 0.3, device=device), 'cantelli')
+    assert res.probability.dtype == f32 and res.probability.device.type == device and res.probability.shape == (12,)
+    same = noise_survival(net, x, 0.3, 'cantelli')
+    assert_close(res.probability, same.probability)
+    zero = noise_survival(net, x, 0.0, 'gaussian')
+    assert_close(zero.probability, torch.ones(12, device=device))
+    shifted = analytic_logits(net, x, 1e-3, shift=torch.full((6,), 0.2, device=device))
+    assert_close(shifted, net(x + 0.2), rtol=1e-3, atol=1e-3)
+
+
+def test_errors():
+    net, x = ara_net(), inputs()
+    with pytest.raises(ValueError, match='sigma must be >= 0'): noise_survival(net, x, -0.1)
+    with pytest.raises(ValueError, match='sigma must be >= 0'): noise_survival_mc(net, x, torch.full((12,), -1.0, dtype=f64))
+    with pytest.raises(ValueError, match='sigma must be a number, one per sample'): noise_survival(net, x, torch.ones(5))
+    with pytest.raises(ValueError, match="method must be 'gaussian' or 'cantelli'"): noise_survival(net, x, 0.1, 'mc')
+    with pytest.raises(ValueError, match='non-empty batch'): noise_survival(net, x[0], 0.1)
+    with pytest.raises(ValueError, match='does not broadcast'): noise_survival(net, x, 0.1, shift=torch.ones(3, dtype=f64))
+    with pytest.raises(ValueError, match='0 ReLU modules'): noise_survival(nn.Sequential(nn.Linear(6, 2)).double(), x, 0.1)
+    with pytest.raises(ValueError, match='samples must be an int >= 2'): noise_survival_mc(net, x, 0.1, samples=1)
+    with pytest.raises(TypeError, match='sigma must be a number or a tensor'): noise_survival(net, x, 'big')
+    with pytest.raises(ValueError, match='cov must be'): orthant_probability(torch.zeros(3), torch.eye(2))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Universal perturbation, top-k agreement and fooling maps on a small conv net.
+
+def conv_net(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.ReLU(),
+                        nn.Linear(16, 4)).double()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g, dtype=f64) * (2 / m.weight[0].numel()) ** 0.5)
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g, dtype=f64))
+    return net.eval().requires_grad_(False)
+
+
+def test_universal_perturbation_bounded_and_fools():
+    net = conv_net()
+    x = torch.rand(20, 1, 10, 10, generator=torch.Generator().manual_seed(0), dtype=f64)
+    for p, xi in ((2, 2.0), (float('inf'), 0.3)):
+        u = universal_perturbation(net, x, xi=xi, p=p, target=0.5, passes=3)
+        assert torch.linalg.vector_norm(u.v.flatten(), ord=p) <= xi * (1 + 1e-9)
+        assert u.fooling_rate == (net(x + u.v).argmax(-1) != net(x).argmax(-1)).double().mean().item()
+        assert u.fooling_rate > 0
+    with pytest.raises(ValueError, match='xi must be > 0'): universal_perturbation(net, x, xi=0.0)
+    with pytest.raises(ValueError, match='p must be 2'): universal_perturbation(net, x, xi=1.0, p=1)
+
+
+def test_topk_agreement():
+    a = torch.tensor([[4., 3., 2., 1.], [1., 2., 3., 4.]])
+    assert topk_agreement(a, a.flip(0).flip(0), 4).item() == 1.0
+    assert topk_agreement(a, a.flip(-1), 1).item() == 0.0
+
+
+def test_fooling_map_matches_masked_analytic_logits_and_mc():
+    net = conv_net(1)
+    x = torch.rand(2, 1, 10, 10, generator=torch.Generator().manual_seed(4), dtype=f64)
+    fm = fooling_map(net, x, 0.5, window=3, layer=1)
+    assert fm.expected_margin.shape == (2, 8, 8) and fm.fooled.dtype == torch.bool
+    clean = net(x)
+    top2 = clean.topk(2, -1).values
+    assert_close(fm.margin_drop + fm.expected_margin, (top2[:, 0] - top2[:, 1])[:, None, None].expand(2, 8, 8))
+    for i, j in [(0, 0), (3, 5), (7, 7)]:
+        mask = torch.zeros(1, 1, 10, 10, dtype=f64)
+        mask[..., i:i + 3, j:j + 3] = 0.5
+        z = analytic_logits(net, x, mask.expand(2, 1, 10, 10), layer=1)
+        c = fm.prediction
+        zc = z.gather(-1, c[:, None])[:, 0]
+        assert_close(fm.expected_margin[:, i, j], zc - z.scatter(-1, c[:, None], float('-inf')).amax(-1))
+    with pytest.raises(ValueError, match='window must be in'): fooling_map(net, x, 0.5, window=11)
+    with pytest.raises(ValueError, match='images'): fooling_map(net, x.flatten(1), 0.5)
