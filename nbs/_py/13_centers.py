@@ -113,17 +113,19 @@ def nearest_center(
 def _kmeans_pp(x, k, gen):
     "k-means++ seeding: indices of k rows of `x`, each drawn with probability proportional to D^2."
     N = x.shape[0]
+    sq = (x * x).sum(-1)
     index = torch.empty(k, dtype=torch.long, device=x.device)
     index[:1] = torch.randint(N, (1,), generator=gen, device=x.device)
     chosen = torch.zeros(N, dtype=torch.bool, device=x.device)
     chosen[index[:1]] = True
-    d2 = ((x - x[index[0]])**2).sum(-1)
+    # |x - c|^2 = |x|^2 - 2 x.c + |c|^2: one pass over x per center (a matrix-vector product); exactly 0 where chosen
+    dist = lambda c: torch.where(chosen, 0., (sq - 2 * (x @ c) + c @ c).clamp(min=0))
+    d2 = dist(x[index[0]])
     for j in range(1, k):
-        total = d2.sum()
-        weights = torch.where(total > 0, d2, (~chosen).to(d2))   # all points covered (duplicates): any unchosen one
+        weights = torch.where(d2.sum() > 0, d2, (~chosen).to(d2))   # all points covered (duplicates): any unchosen one
         index[j:j + 1] = torch.multinomial(weights, 1, generator=gen)
         chosen[index[j]] = True
-        d2 = torch.minimum(d2, ((x - x[index[j]])**2).sum(-1))
+        d2 = torch.minimum(d2, dist(x[index[j]]))
     return index
 
 
