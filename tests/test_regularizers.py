@@ -1,0 +1,146 @@
+"Properties of `netmoments.regularizers`: exact first-layer moments (MC within 4 SE), gradients, losses, errors."
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.testing import assert_close
+
+from conftest import DEVICE_PARAMS
+from netmoments.linearize import seeded
+from netmoments.montecarlo import mc_moments
+from netmoments.regularizers import (AdversarialLoss, GaussianMomentLoss, GradientNormLoss, adversarial_examples,
+                                     analytic_expected_logits, first_layer_moments, noisy_augmentation)
+
+f64 = torch.float64
+
+
+def bn2d_seeded(net, seed):
+    "seeded() leaves BatchNorm2d alone: give it non-trivial statistics too."
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g, dtype=f64))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g, dtype=f64))
+                m.running_mean.copy_(0.3 * torch.randn(m.running_mean.shape, generator=g, dtype=f64))
+                m.running_var.copy_((0.3 * torch.randn(m.running_var.shape, generator=g, dtype=f64)).exp())
+    return net
+
+
+NETS = {
+    'linear': (lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 3)), (1, 3, 4)),
+    'linear+bn': (lambda: nn.Sequential(nn.Linear(12, 7), nn.BatchNorm1d(7), nn.ReLU(), nn.Linear(7, 3)), (12,)),
+    'conv': (lambda: nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=1, groups=2), nn.ReLU(),
+                                   nn.Flatten(), nn.Linear(6 * 3 * 3, 3)), (4, 6, 6)),
+    'conv+bn': (lambda: nn.Sequential(nn.Sequential(nn.Conv2d(2, 4, 3, stride=1, padding=2, dilation=2),
+                                                    nn.BatchNorm2d(4)), nn.ReLU(), nn.Flatten(),
+                                      nn.Linear(4 * 5 * 5, 3)), (2, 5, 5)),
+}
+
+
+@pytest.mark.parametrize('name', list(NETS))
+@pytest.mark.parametrize('per_pixel', [False, True])
+def test_first_layer_moments_equal_mc(name, per_pixel):
+    build, shape = NETS[name]
+    net = bn2d_seeded(seeded(build(), 3), 3)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand((1, *shape), generator=g, dtype=f64)
+    sigma = (0.1 + 0.5 * torch.rand(shape, generator=g, dtype=f64)) if per_pixel else 0.4
+    mean, var = first_layer_moments(net, x, sigma)
+    first = net[:3] if name.startswith('linear') else net[:2]      # up to and including the first ReLU
+    mc = mc_moments(lambda t: first(t).flatten(1), x[0], sigma ** 2, n=10_000, seed=5, full_cov=False)
+    # a unit that is almost never positive is a rare event: there the sample SE is itself unreliable (too few
+    # non-zero draws), so only units positive in at least 2% of 2000 draws are held to 4 SE
+    draws = x + (sigma if per_pixel else torch.tensor(sigma)) * torch.randn((2000, *shape), generator=g, dtype=f64)
+    with torch.no_grad(): often = (first(draws).flatten(1) > 0).double().mean(0) >= 0.02
+    assert often.sum() >= 0.5 * len(often)
+    assert ((mean.flatten() - mc.mean).abs() <= 4 * mc.mean_se)[often].all()
+    assert ((var.flatten() - mc.var).abs() <= 4 * mc.var_se)[often].all()
+
+
+def test_zero_sigma_is_the_first_block():
+    build, shape = NETS['conv']
+    net = seeded(build(), 0)
+    x = torch.rand((3, *shape), dtype=f64, generator=torch.Generator().manual_seed(0))
+    mean, var = first_layer_moments(net, x, 0.)
+    assert_close(mean, net[:2](x)); assert var.abs().max() == 0
+    assert_close(analytic_expected_logits(net, x, 0.), net(x))
+
+
+def test_gradcheck_expected_logits():
+    build, shape = NETS['conv']
+    net = seeded(build(), 1).requires_grad_(True)
+    x = torch.rand((2, *shape), dtype=f64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    sigma = torch.full(shape, 0.3, dtype=f64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, s: analytic_expected_logits(net, x, s), (x, sigma), fast_mode=True)
+    w = net[0].weight
+    assert torch.autograd.gradcheck(lambda w_: analytic_expected_logits(
+        nn.Sequential(_Swap(net[0], w_), *net[1:]), x.detach(), 0.3), (w.detach().clone().requires_grad_(True),), fast_mode=True)
+
+
+class _Swap(nn.Conv2d):
+    "The conv `m` with weight `w` (so gradcheck can vary it)."
+    def __init__(self, m, w):
+        nn.Module.__init__(self)
+        self.__dict__.update({k: v for k, v in m.__dict__.items() if k not in ('_parameters', '_buffers', '_modules')})
+        self._parameters, self._buffers, self._modules = {'bias': m.bias}, {}, {}
+        self.weight = w
+
+
+def test_per_sample_sigma():
+    build, shape = NETS['linear']
+    net = seeded(build(), 0)
+    x = torch.rand((2, *shape), dtype=f64)
+    s = torch.stack([torch.full(shape, 0.1, dtype=f64), torch.full(shape, 0.5, dtype=f64)])
+    m, v = first_layer_moments(net, x, s)
+    for i, si in enumerate((0.1, 0.5)):
+        mi, vi = first_layer_moments(net, x[i:i + 1], si)
+        assert_close(m[i:i + 1], mi); assert_close(v[i:i + 1], vi)
+
+
+def test_errors():
+    build, shape = NETS['conv']
+    net = seeded(build(), 0)
+    x = torch.rand((2, *shape), dtype=f64)
+    with pytest.raises(ValueError, match='sigma must be >= 0'): first_layer_moments(net, x, -0.1)
+    with pytest.raises(ValueError, match='sigma must be a number'): first_layer_moments(net, x, torch.ones(5, 5))
+    with pytest.raises(ValueError, match='does not fit'): first_layer_moments(net, torch.rand(2, 3, 6, 6, dtype=f64), 0.1)
+    bad = nn.Sequential(nn.Conv2d(4, 6, 3), nn.MaxPool2d(2), nn.ReLU())
+    with pytest.raises(ValueError, match='first block of the model must be'): first_layer_moments(bad, x, 0.1)
+    bn = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.ReLU())
+    with pytest.raises(ValueError, match='eval mode'): first_layer_moments(bn, torch.rand(4, 3), 0.1)
+    with pytest.raises(TypeError, match='nn.Sequential'): first_layer_moments(nn.Linear(3, 3), torch.rand(4, 3), 0.1)
+    with pytest.raises(ValueError, match='as many samples'): GaussianMomentLoss(0.1)(net, x, torch.zeros(3).long())
+    with pytest.raises(ValueError, match='folds'): noisy_augmentation(x, torch.zeros(2).long(), 0.1, 0)
+    with pytest.raises(ValueError, match='p must be'): GradientNormLoss(0.1, 3)
+
+
+@pytest.mark.parametrize('device', DEVICE_PARAMS)
+def test_device_dtype_kept_and_losses(device):
+    build, shape = NETS['conv']
+    for dtype in (torch.float32, f64):
+        net = seeded(build(), 0, dtype).to(device).requires_grad_(True)
+        x = torch.rand((5, *shape), dtype=dtype, device=device)
+        y = torch.randint(0, 3, (5,), device=device)
+        m, v = first_layer_moments(net, x, 0.2)
+        assert m.dtype == v.dtype == dtype and m.device.type == device
+        want = F.cross_entropy(net(x), y) + 2 * F.cross_entropy(analytic_expected_logits(net, x, 0.2), y)
+        assert_close(GaussianMomentLoss(0.2, 2.)(net, x, y), want)
+        for p in (1, 2, float('inf')):
+            loss = GradientNormLoss(0.1, p)(net, x, y)
+            loss.backward()
+            assert torch.isfinite(net[0].weight.grad).all()
+            xa = adversarial_examples(net, x, y, 0.1, p)
+            assert_close(torch.linalg.vector_norm((xa - x).flatten(1), p, dim=1),
+                         torch.full((5,), 0.1, dtype=dtype, device=device))
+            AdversarialLoss(0.1, p)(net, x, y).backward()
+
+
+def test_augmentation_fresh_noise():
+    x, y = torch.zeros(200, 2, 3, 3, dtype=f64), torch.arange(200)
+    xa, ya = noisy_augmentation(x, y, 0.3, 4, torch.Generator().manual_seed(0))
+    assert xa.shape == (800, 2, 3, 3) and (ya == y.repeat(4)).all()
+    noise = xa[200:].reshape(3, 200, -1)
+    assert (noise[0] != noise[1]).all() and (noise[:, 0] != noise[:, 1]).all()
+    se = 0.3 ** 2 * (2 / noise.numel()) ** 0.5
+    assert abs(noise.var().item() - 0.09) <= 4 * se
