@@ -61,6 +61,7 @@ class ExpectedLogits:
                  layer:int|None=None,    # ReLU to split at (from 1); None: the last one (l = 3 for LeNet)
                  method:str='linearize', # 'linearize' (two_stage + Theorem 1) or 'propagate' (propagate_moments)
                  lin:AffineReluAffine|None=None,  # a linearization of `model` at `M` to reuse
+                 at:Tensor|None=None,    # where to linearize, M.shape (default: M itself); the mean stays M + mu
                 ):
         if method not in ('linearize', 'propagate'):
             raise ValueError(f"method must be 'linearize' or 'propagate'; got {method!r}")
@@ -69,7 +70,7 @@ class ExpectedLogits:
         self.layer = _relu_count(model) if layer is None else layer
         self.lin = None
         if method == 'linearize':
-            self.lin = lin if lin is not None else two_stage(model, M, self.layer)
+            self.lin = lin if lin is not None else two_stage(model, M if at is None else at.detach(), self.layer)
             self.A2 = self.lin.A * self.lin.A
             self.A2_rows = self.A2.sum(-1)
 
@@ -194,6 +195,20 @@ def _attack_inputs(model, M, beta, var_max):
     if not var_max > 0: raise ValueError(f'var_max must be > 0; got {var_max}')
     with torch.no_grad(): return model(M).argmax(-1)
 
+def _rounds(model, M, layer, expected, margin, to_mu, steps, lr, relinearize):
+    "Projected solves, the first linearized at M, each further one at M + mu of the previous; time excludes Jacobians."
+    if isinstance(relinearize, bool) or not isinstance(relinearize, int) or relinearize < 0:
+        raise ValueError(f'relinearize must be an int >= 0; got {relinearize!r}')
+    N = M.shape[0]
+    u, v = torch.zeros_like(M).flatten(1), torch.full((N,), 0.5, dtype=M.dtype, device=M.device)
+    E, t = expected or ExpectedLogits(model, M, layer), 0.
+    for k in range(relinearize + 1):
+        if k: E = ExpectedLogits(model, M, layer, at=M + to_mu(u))
+        t0 = time.perf_counter()
+        u, v, best = _projected_solve(lambda u_, v_: margin(E, u_, v_), u, v, steps, lr)
+        t += time.perf_counter() - t0
+    return u, v, best, E, t
+
 def _finish(model, M, mu, sigma, source, target, margin, objective, gamma, samples, seed, its, t, solver):
     rate = sample_success(model, M, mu, sigma, source, target, samples, seed)
     return GaussianAttack(mu.detach(), sigma.detach(), margin.detach(), margin.detach() < -gamma, rate, samples,
@@ -212,6 +227,7 @@ def gaussian_targeted(
     lr:float=0.05,              # step size in the scaled variables mu/beta, sigma^2/var_max
     samples:int=10,             # verification draws per point through the real model (the papers: 10)
     expected:ExpectedLogits|None=None,  # a cached linearization at M to reuse
+    relinearize:int=0,          # extra rounds, each re-linearizing at M + mu found and re-solving from there
 )->GaussianAttack:
     "Targeted Gaussian attack (CVPR eq 3, TPAMI eq 7): min max_{k!=j} E_k - E_j s.t. 0 < sigma^2 <= var_max, |mu| <= beta."
     source = _attack_inputs(model, M, beta, var_max)
@@ -221,13 +237,11 @@ def gaussian_targeted(
     if len(same):
         raise ValueError(f'target equals the class the model predicts at point(s) {same.tolist()} '
                          f'(class {target[same[0]].item()}); a targeted attack needs another class')
-    E = expected or ExpectedLogits(model, M, layer)
-    objective = lambda u, v: -class_margin(E(beta * u.view(M.shape), (var_max * v).sqrt()), target)
-    t0 = time.perf_counter()
-    u, v, best = _projected_solve(objective, torch.zeros_like(M).flatten(1), torch.full((N,), 0.5, dtype=M.dtype, device=M.device), steps, lr)
-    t = time.perf_counter() - t0
-    mu, sigma = beta * u.view(M.shape), (var_max * v).sqrt()
-    return _finish(model, M, mu, sigma, source, target, best, best, 0., samples, seed, steps, t, 'projected Adam')
+    to_mu = lambda u: beta * u.view(M.shape)
+    margin = lambda E, u, v: -class_margin(E(to_mu(u), (var_max * v).sqrt()), target)
+    u, v, best, E, t = _rounds(model, M, layer, expected, margin, to_mu, steps, lr, relinearize)
+    return _finish(model, M, to_mu(u), (var_max * v).sqrt(), source, target, best, best, 0., samples, seed,
+                   steps * (relinearize + 1), t, 'projected Adam' + (f', {relinearize} re-linearizations' if relinearize else ''))
 
 # %% ../nbs/14_attacks.ipynb #e6dda305
 def gaussian_sparse_pixels(
@@ -242,6 +256,7 @@ def gaussian_sparse_pixels(
     lr:float=0.05,              # step size in the scaled variables
     samples:int=10,             # verification draws per point through the real model
     expected:ExpectedLogits|None=None,  # a cached linearization at M to reuse
+    relinearize:int=0,          # extra rounds, each re-linearizing at M + mu found and re-solving from there
 )->GaussianAttack:
     "Non-targeted Gaussian attack on a random alpha% pixel support (CVPR eq 4, TPAMI eq 8)."
     if not 0 < alpha <= 100: raise ValueError(f'alpha must be in (0, 100] (a percentage of pixels); got {alpha}')
@@ -251,13 +266,11 @@ def gaussian_sparse_pixels(
     gen = torch.Generator(device=M.device).manual_seed(seed)
     order = torch.rand((N, n), generator=gen, device=M.device).argsort(-1)[:, :k]   # k distinct pixels per image
     mask = torch.zeros((N, n), dtype=M.dtype, device=M.device).scatter(1, order, 1.).view(M.shape)
-    E = expected or ExpectedLogits(model, M, layer)
-    objective = lambda u, v: class_margin(E(beta * mask * u.view(M.shape), (var_max * v).sqrt()), source)
-    t0 = time.perf_counter()
-    u, v, best = _projected_solve(objective, torch.zeros_like(M).flatten(1), torch.full((N,), 0.5, dtype=M.dtype, device=M.device), steps, lr)
-    t = time.perf_counter() - t0
-    mu, sigma = beta * mask * u.view(M.shape), (var_max * v).sqrt()
-    return _finish(model, M, mu, sigma, source, None, best, best, 0., samples, seed + 1, steps, t, 'projected Adam')
+    to_mu = lambda u: beta * mask * u.view(M.shape)
+    margin = lambda E, u, v: class_margin(E(to_mu(u), (var_max * v).sqrt()), source)
+    u, v, best, E, t = _rounds(model, M, layer, expected, margin, to_mu, steps, lr, relinearize)
+    return _finish(model, M, to_mu(u), (var_max * v).sqrt(), source, None, best, best, 0., samples, seed + 1,
+                   steps * (relinearize + 1), t, 'projected Adam' + (f', {relinearize} re-linearizations' if relinearize else ''))
 
 # %% ../nbs/14_attacks.ipynb #c75c3756
 def total_variation(
@@ -274,11 +287,11 @@ def sparsity(mu:Tensor, tol:float=1e-3)->Tensor:
     return (mu.abs() <= tol).flatten(1).to(mu.dtype).mean(1)
 
 # %% ../nbs/14_attacks.ipynb #63847347
-def _alm_solve(constraint, like, steps, step, eps_tv, rho0=1., rho_growth=1.5, rho_max=100.):
-    "min ||mu||_1 + TV_eps(mu) s.t. constraint(mu) <= 0 per point, by an augmented Lagrangian + proximal gradient."
+def _alm_solve(constraint, mu0, steps, step, eps_tv, rho0=1., rho_growth=1.5, rho_max=100.):
+    "min ||mu||_1 + TV_eps(mu) s.t. constraint(mu) <= 0 per point, from mu0, by an augmented Lagrangian + proximal gradient."
     inner = 25
     outer = max(1, steps // inner)
-    mu, N = torch.zeros_like(like), like.shape[0]
+    mu, N = mu0.detach().clone(), mu0.shape[0]
     lam, rho = mu.new_zeros(N), rho0
     cost = lambda m: m.abs().flatten(1).sum(1) + total_variation(m)
     best_cost, best_mu = mu.new_full((N,), float('inf')), mu.clone()
@@ -314,6 +327,7 @@ def gaussian_sparse_smooth(
     eps_tv:float=1e-2,          # smoothing of TV in the gradient step
     samples:int=10,             # verification draws per point through the real model
     expected:ExpectedLogits|None=None,  # a cached linearization at M to reuse
+    relinearize:int=0,          # extra rounds, each re-linearizing at M + mu found and re-solving from there
 )->GaussianAttack:
     "Sparse + smooth Gaussian attack (TPAMI eq 9, targeted eq 10): min ||mu||_1 + TV(mu) s.t. expected margin <= -gamma."
     if not gamma >= 0: raise ValueError(f'gamma must be >= 0 (the margin to reach below 0); got {gamma}')
@@ -323,16 +337,20 @@ def gaussian_sparse_smooth(
         target = _targets(target, N, M.device)
         same = (target == source).nonzero()[:, 0]
         if len(same): raise ValueError(f'target equals the class the model predicts at point(s) {same.tolist()}')
-    E = expected or ExpectedLogits(model, M, layer)
+    if isinstance(relinearize, bool) or not isinstance(relinearize, int) or relinearize < 0:
+        raise ValueError(f'relinearize must be an int >= 0; got {relinearize!r}')
     s = torch.full((N,), sigma, dtype=M.dtype, device=M.device)
-    margin = (lambda mu: -class_margin(E(mu, s), target)) if target is not None else (lambda mu: class_margin(E(mu, s), source))
-    constraint = lambda mu: margin(mu) + gamma
-    t0 = time.perf_counter()
-    mu, its = _alm_solve(constraint, M, steps, step, eps_tv)
-    t = time.perf_counter() - t0
+    E, mu, t, its = expected or ExpectedLogits(model, M, layer), torch.zeros_like(M), 0., 0
+    margin = lambda mu: -class_margin(E(mu, s), target) if target is not None else class_margin(E(mu, s), source)
+    for k in range(relinearize + 1):
+        if k: E = ExpectedLogits(model, M, layer, at=M + mu)
+        t0 = time.perf_counter()
+        mu, n_its = _alm_solve(lambda m: margin(m) + gamma, mu, steps, step, eps_tv)
+        t += time.perf_counter() - t0; its += n_its
     with torch.no_grad(): m = margin(mu); cost = mu.abs().flatten(1).sum(1) + total_variation(mu)
     return GaussianAttack(mu, s, m, m <= -gamma, sample_success(model, M, mu, s, source, target, samples, seed),
-                          samples, source, target, cost, its, t, 'augmented Lagrangian + proximal gradient')
+                          samples, source, target, cost, its, t, 'augmented Lagrangian + proximal gradient' +
+                          (f', {relinearize} re-linearizations' if relinearize else ''))
 
 # %% ../nbs/14_attacks.ipynb #2e096fb1
 def lp_perturbation(

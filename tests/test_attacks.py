@@ -122,7 +122,8 @@ def test_attacks_recheck_by_sampling():
     assert ((again - r.sampled_success_rate).abs() <= 4 * 2**0.5 * se + 1e-12).all()
     # the expected margin reported is the one of the returned distribution
     torch.testing.assert_close(r.expected_margin, -class_margin(ExpectedLogits(net, M)(r.mu, r.sigma), target))
-    a = gaussian_sparse_pixels(net, M, 25, 1., steps=40, samples=50)
+    a = gaussian_sparse_pixels(net, M, 25, 1., steps=40, samples=50, relinearize=1)
+    assert a.iterations == 80
     assert ((a.mu != 0).flatten(1).sum(1) <= 16).all()
     s = gaussian_sparse_smooth(net, M, 0.5, steps=100, samples=50)
     torch.testing.assert_close(s.objective, s.mu.abs().flatten(1).sum(1) + total_variation(s.mu))
@@ -137,6 +138,7 @@ def test_attack_errors():
     with pytest.raises(ValueError, match=r'alpha must be in \(0, 100\]'): gaussian_sparse_pixels(net, M, 0., 1.)
     with pytest.raises(ValueError, match=r'alpha must be in \(0, 100\]'): gaussian_sparse_pixels(net, M, 150., 1.)
     with pytest.raises(ValueError, match='gamma must be >= 0'): gaussian_sparse_smooth(net, M, -1.)
+    with pytest.raises(ValueError, match='relinearize must be an int >= 0'): gaussian_targeted(net, M, (src + 1) % 4, 0.1, relinearize=-1)
     linear = nn.Sequential(nn.Flatten(), nn.Linear(64, 4)).double()
     with pytest.raises(ValueError, match='no ReLU'): gaussian_targeted(linear, M, 0, 0.1)
     with pytest.raises(ValueError, match='no ReLU'): expected_logits(linear, M, 0., 0.1)
