@@ -1,0 +1,59 @@
+"Properties of `netmoments.train.fit`: seeded, early stopping, best checkpoint, any loss, devices, errors."
+import pytest
+import torch
+from torch import nn
+
+from conftest import DEVICE_PARAMS
+from netmoments.regularizers import GaussianMomentLoss, noisy_augmentation
+from netmoments.train import cross_entropy_loss, fit
+
+
+def blobs(n=600, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    return torch.randn(n, 8, generator=g) + (2 * y[:, None] - 1) * 0.7, y
+
+
+def net(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    with torch.no_grad():
+        for p in m.parameters(): p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    return m
+
+
+@pytest.mark.parametrize('device', DEVICE_PARAMS)
+def test_learns_and_is_seeded(device):
+    data = blobs()
+    a = fit(net(), data, epochs=8, lr=1e-2, batch_size=64, device=device, progress=False)
+    b = fit(net(), data, epochs=8, lr=1e-2, batch_size=64, device=device, progress=False)
+    assert [h['val_loss'] for h in a.history] == [h['val_loss'] for h in b.history]
+    assert a.history[0]['val_loss'] >= a.best_val_loss and a.history[a.best_epoch - 1]['val_accuracy'] > 0.8
+    assert next(a.model.parameters()).device.type == device and not a.model.training
+
+
+def test_early_stop_plateau_and_checkpoint():
+    data = blobs()
+    r = fit(net(), data, epochs=80, lr=20., batch_size=64, optimizer='sgd', lr_patience=2, lr_factor=0.5, patience=5,
+            progress=False)
+    assert len(r.history) - r.best_epoch == 5 and len(r.history) < 80
+    assert r.history[-1]['lr'] < 20.
+    assert r.best_val_loss == min(h['val_loss'] for h in r.history)
+
+
+def test_explicit_validation_set_and_hooks():
+    x = torch.rand(200, 1, 6, 6)
+    y = torch.randint(0, 3, (200,), generator=torch.Generator().manual_seed(0))
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 3))
+    r = fit(model, (x[:150], y[:150]), val=(x[150:], y[150:]), loss=GaussianMomentLoss(0.3, 1.), epochs=2,
+            batch_size=50, augment=lambda a, b, g: noisy_augmentation(a, b, 0.1, 2, g), progress=False)
+    assert len(r.history) == 2
+
+
+def test_errors():
+    data = blobs(50)
+    with pytest.raises(ValueError, match='epochs must be'): fit(net(), data, epochs=0)
+    with pytest.raises(ValueError, match='as many samples'): fit(net(), (data[0], data[1][:3]))
+    with pytest.raises(ValueError, match='val_fraction'): fit(net(), data, val_fraction=1.5)
+    with pytest.raises(ValueError, match='optimizer'): fit(net(), data, optimizer='x')
+    with pytest.raises(TypeError, match='train must be'): fit(net(), 3)
