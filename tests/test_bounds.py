@@ -1,0 +1,123 @@
+"Lower bounds: exactness of the linear bound, Algorithm 4.1, soundness counts against the strongest attack, errors."
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import hessian, vmap
+from hypothesis import given, settings, strategies as st
+
+from conftest import DEVICE_PARAMS
+from netmoments.bounds import (algorithm41, conv_spectral_norm, derivative_bounds, linear_bound, lipschitz_margin_bound,
+                               mlp_bound, network_bound, random_mlp, tight_example, _lrn_grad_norm)
+from netmoments.minimal import minimal_l2, strongest
+from netmoments.models import mnist_slice, pretrained
+
+
+@settings(max_examples=10)
+@given(st.integers(2, 10), st.integers(2, 6), st.integers(0, 2**31))
+def test_linear_bound_is_exact(d, C, seed):
+    g = torch.Generator().manual_seed(seed)
+    clf = random_mlp((d, C), nn.Tanh, -1, 1, g)
+    x = torch.randn(12, d, generator=g, dtype=torch.float64)
+    delta = linear_bound(clf[0].weight, clf[0].bias, x)
+    df = minimal_l2(clf, x, 'deepfool')
+    assert df.success.all()
+    assert (delta <= df.norm * (1 + 1e-9)).all()                       # sound: zero violations
+    torch.testing.assert_close(df.norm, delta, rtol=1e-5, atol=1e-9)   # and attained
+
+
+def test_tight_example():
+    x = torch.rand(50, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    W, b, eta = tight_example(x)
+    torch.testing.assert_close(eta.norm(dim=1), linear_bound(W, b, x))
+    assert ((x + 1.0001 * eta).argmax(1) != x.argmax(1)).all()
+
+
+@settings(max_examples=6)
+@given(st.integers(0, 2**31), st.sampled_from([nn.Tanh, nn.Sigmoid, nn.Softplus]))
+def test_algorithm41_bounds_hessians(seed, act):
+    g = torch.Generator().manual_seed(seed)
+    net = random_mlp((3, 5, 4, 2), act, -1, 1, g)
+    pts = 3 * torch.randn(200, 3, generator=g, dtype=torch.float64)
+    hess = vmap(hessian(net[:-1]))(pts)
+    assert hess.abs().sum((-1, -2)).max() <= algorithm41(net) * (1 + 1e-12)
+
+
+def test_mlp_bound_smooth_zero_violations():
+    g = torch.Generator().manual_seed(3)
+    viol = attacked = 0
+    for _ in range(3):
+        net = random_mlp((2, 10, 10, 10, 5), nn.Tanh, -1, 1, g)
+        x = 2 * torch.rand(10, 2, generator=g, dtype=torch.float64) - 1
+        bd, att = mlp_bound(net, x).bound, strongest(net, x, steps=30)
+        viol += int((bd[att.success] > att.norm[att.success]).sum()); attacked += int(att.success.sum())
+    print(f'tanh MLPs: {viol} violations of {attacked}')
+    assert attacked > 10 and viol == 0
+
+
+def test_lipschitz_margin_bound_lenet_zero_violations():
+    net = pretrained('lenet-mnist')
+    x, _ = mnist_slice()
+    x = x[:10]
+    lip = lipschitz_margin_bound(net, x).bound
+    att = strongest(net, x, steps=40)
+    viol = int((lip > att.norm).sum())
+    print(f'LeNet, 10 MNIST test images: Lipschitz-margin bound violated {viol} times of {int(att.success.sum())}')
+    assert att.success.all() and viol == 0
+    peck = network_bound(net, x)
+    assert (peck.bound > 0).all() and peck.report[0][1] is peck.bound
+
+
+def test_conv_spectral_norm_brackets_the_truth():
+    g = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1).double()
+    with torch.no_grad(): conv.weight.copy_(torch.randn(conv.weight.shape, generator=g, dtype=torch.float64))
+    op = lambda t: F.conv2d(t, conv.weight, None, 2, 1)
+    J = torch.autograd.functional.jacobian(op, torch.zeros(1, 2, 7, 7, dtype=torch.float64)).reshape(-1, 2 * 49)
+    true = torch.linalg.matrix_norm(J, ord=2).item()
+    assert conv_spectral_norm(conv, (2, 7, 7), 'power', iters=300, generator=g) <= true * (1 + 1e-9)
+    assert true <= conv_spectral_norm(conv, (2, 7, 7)) * (1 + 1e-12)
+
+
+def test_lrn_gradient_norm():
+    lrn = nn.LocalResponseNorm(3, alpha=0.5, beta=0.6, k=1.5).double()
+    x = torch.randn(1, 5, 2, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    J = torch.autograd.functional.jacobian(lrn, x).reshape(x.numel(), x.numel())
+    torch.testing.assert_close(_lrn_grad_norm(lrn, x), J.norm(dim=1).reshape(x.shape))
+
+
+def test_network_bound_all_layer_types():
+    g = torch.Generator().manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.LocalResponseNorm(3, k=2.),
+                        nn.AvgPool2d(2), nn.Conv2d(4, 4, 3), nn.Tanh(), nn.LPPool2d(2, 2), nn.Flatten(),
+                        nn.Linear(4, 6), nn.Sigmoid(), nn.Linear(6, 3), nn.Softmax(1)).double().eval()
+    with torch.no_grad():
+        for p in net.parameters(): p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+        net[1].running_var.fill_(2.)
+    net[1].weight.data.abs_()
+    x = torch.randn(5, 1, 10, 10, generator=g, dtype=torch.float64)
+    bd = network_bound(net, x)
+    assert bd.bound.shape == (5,) and (bd.bound >= 0).all() and torch.isfinite(bd.bound).all()
+    assert len(bd.report) == 9 + 2
+
+
+def test_errors():
+    x = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match='tied'): linear_bound(torch.eye(2), torch.zeros(2), torch.ones(1, 2))
+    with pytest.raises(ValueError, match='3 features'): linear_bound(torch.randn(2, 3), torch.zeros(2), torch.ones(1, 2))
+    with pytest.raises(ValueError, match='unsupported activation GELU'):
+        mlp_bound(nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 2)), x)
+    with pytest.raises(ValueError, match='unsupported layer Upsample'):
+        network_bound(nn.Sequential(nn.Upsample(scale_factor=2), nn.Flatten(), nn.Linear(12, 2)), x[:, None])
+    with pytest.raises(ValueError, match='unsupported layer LocalResponseNorm'):
+        lipschitz_margin_bound(nn.Sequential(nn.LocalResponseNorm(2), nn.Flatten(), nn.Linear(3, 2)), x[:, :, None])
+    with pytest.raises(ValueError, match='unsupported activation'): derivative_bounds(nn.ELU())
+
+
+@pytest.mark.parametrize('device', DEVICE_PARAMS)
+def test_device(device):
+    net = random_mlp((3, 4, 2), nn.Tanh, -1, 1, torch.Generator().manual_seed(0)).to(device)
+    x = torch.randn(6, 3, dtype=torch.float64, device=device)
+    for f in (mlp_bound, network_bound, lipschitz_margin_bound):
+        b = f(net, x).bound
+        assert b.device.type == torch.device(device).type and b.shape == (6,)
