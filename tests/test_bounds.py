@@ -121,3 +121,13 @@ def test_device(device):
     for f in (mlp_bound, network_bound, lipschitz_margin_bound):
         b = f(net, x).bound
         assert b.device.type == torch.device(device).type and b.shape == (6,)
+
+
+def test_trained_uci_mlps_zero_violations():
+    from netmoments.bound_experiments import check_bounds, tanh_mlp, train_classifier, uci_split
+    for name, sizes in (('iris', (4, 5, 3)), ('wine', (13, 5, 3, 3))):
+        xtr, ytr, xte, yte, xva, yva = uci_split(name)
+        net = train_classifier(tanh_mlp(sizes), xtr, ytr, xva, yva, epochs=100).requires_grad_(False)
+        v = check_bounds(net, xte, steps=30).violations()
+        print(f'{name}: {v}')
+        assert v['attacked'] >= 0.9 * len(xte) and v['bound'] == 0 and v['lipschitz'] == 0
