@@ -84,9 +84,9 @@ def linear_bound(
 
 # %% [markdown]
 # **Tightness (Theorem 3.7).** For $f(x) = \arg\max_i x_i$ ($W = I$, $b = 0$) the bound is
-# $\min_{c'\ne c}|x_{c'} - x_c| / \sqrt 2$... the thesis writes $|x_{c'} - x_c|$, forgetting
+# $\min_{c'\ne c}|x_{c'} - x_c| / \sqrt 2$. The thesis writes $|x_{c'} - x_c|$, forgetting
 # $\|e_{c'} - e_c\| = \sqrt 2$: moving $x_c$ down and $x_{c'}$ up by half the gap each costs $|x_c - x_{c'}|/\sqrt 2$,
-# less than the thesis's $r = (x_c - x_{c'}) e_{c'}$. Either way the bound is attained, here by construction:
+# less than the thesis's $r = (x_c - x_{c'}) e_{c'}$. With the $\sqrt 2$ the bound is attained, here by construction:
 
 # %%
 #| export
