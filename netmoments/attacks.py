@@ -17,7 +17,7 @@ from .relu import relu_mean
 # %% auto #0
 __all__ = ['from_paper_units', 'ExpectedLogits', 'expected_logits', 'class_margin', 'sample_success', 'GaussianAttack',
            'gaussian_targeted', 'gaussian_sparse_pixels', 'total_variation', 'sparsity', 'gaussian_sparse_smooth',
-           'lp_perturbation', 'gradient_perturbation']
+           'lp_perturbation', 'gradient_perturbation', 'noise_survival', 'minimal_l2']
 
 # %% ../nbs/14_attacks.ipynb #bae85347
 def from_paper_units(
@@ -400,3 +400,8 @@ def gradient_perturbation(
     eps = lp_perturbation(g, sigma, p)
     if clip is not None: eps = (x.detach() + eps).clamp(*clip) - x.detach()
     return eps
+
+# %% ../nbs/14_attacks.ipynb #d8e6bee3
+from .survival import noise_survival
+from .minimal import minimal_l2
+_all_ = ['noise_survival', 'minimal_l2']

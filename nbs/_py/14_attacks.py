@@ -934,6 +934,23 @@ for p in (math.inf, 2, 1.5):
     print(f'gradient_perturbation p = {p:>3}: {256 / t_p:8.0f} images/s, {t_fgsm / t_p:.2f}x plain FGSM ({256 / t_fgsm:.0f} images/s)')
 
 # %% [markdown]
+# ## The other attacks, in one place
+# Two more entry points belong to the attack toolbox but have chapters of their own: `noise_survival` (chapter 15:
+# the probability that a prediction survives Gaussian noise, from the analytic output moments) and `minimal_l2`
+# (chapter 17: minimal-norm $\ell_2$ adversarials, verified in float64, that the robustness bounds are checked
+# against). `netmoments.attacks` re-exports both, so that `from netmoments.attacks import ...` finds every attack.
+
+# %%
+#| export
+from netmoments.survival import noise_survival
+from netmoments.minimal import minimal_l2
+_all_ = ['noise_survival', 'minimal_l2']
+
+# %%
+import netmoments.survival, netmoments.minimal
+assert noise_survival is netmoments.survival.noise_survival and minimal_l2 is netmoments.minimal.minimal_l2
+
+# %% [markdown]
 # ## Export -
 
 # %%

@@ -497,6 +497,17 @@ def _pool_t(y):
 _SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
               nn.LPPool2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LocalResponseNorm) + _PASS + _ACTS
 
+def _float64_layers(model, x):
+    "Check the model and inputs; the layers of a float64 eval-mode copy of the model, a final Softmax dropped."
+    if not isinstance(model, nn.Sequential): raise TypeError(f'model must be an nn.Sequential; got {type(model).__name__}')
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
+        raise ValueError(f'x must be a floating tensor (N, ...); got {getattr(x, "dtype", type(x).__name__)} {tuple(getattr(x, "shape", ()))}')
+    check_finite(x, 'x')
+    net = copy.deepcopy(model).double().eval().requires_grad_(False)
+    layers = list(net)
+    if layers and isinstance(layers[-1], nn.Softmax): layers = layers[:-1]
+    return layers
+
 def _unsupported(m, i):
     return (f'unsupported layer {type(m).__name__} at position {i} ({m}): network_bound handles Linear, Conv1d/2d, '
             'Max/Avg/LP pooling, BatchNorm1d/2d, LocalResponseNorm, Flatten, Dropout, Softmax (last) and ReLU/Tanh/Sigmoid/Softplus')
@@ -523,13 +534,7 @@ def network_bound(
     relu_second:float=1.0,  # ReLU's second-derivative bound for the trailing MLP (the thesis: 1)
 )->Bound:                   # bound (N,) at the input; report [(layer, (N,) bound on that layer's input)], input first
     "Peck et al.'s layer-wise lower bound (Algorithm 5.1), composed backwards from the output, in float64."
-    if not isinstance(model, nn.Sequential): raise TypeError(f'model must be an nn.Sequential; got {type(model).__name__}')
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
-        raise ValueError(f'x must be a floating tensor (N, ...); got {getattr(x, "dtype", type(x).__name__)} {tuple(getattr(x, "shape", ()))}')
-    check_finite(x, 'x')
-    net = copy.deepcopy(model).double().eval().requires_grad_(False)
-    layers = list(net)
-    if layers and isinstance(layers[-1], nn.Softmax): layers = layers[:-1]
+    layers = _float64_layers(model, x)
     for i, m in enumerate(layers):
         if not isinstance(m, _SUPPORTED): raise ValueError(_unsupported(m, i))
     start = _trailing_mlp(layers)
@@ -658,13 +663,7 @@ def lipschitz_margin_bound(
     x:Tensor,              # inputs (N, ...)
 )->Bound:                  # certified bound (N,) float64; report [(layer, Lipschitz constant as a (N,) tensor)]
     "Sound lower bound: logit margin / (sqrt 2 * product of certified layer Lipschitz constants), in float64."
-    if not isinstance(model, nn.Sequential): raise TypeError(f'model must be an nn.Sequential; got {type(model).__name__}')
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
-        raise ValueError(f'x must be a floating tensor (N, ...); got {getattr(x, "dtype", type(x).__name__)} {tuple(getattr(x, "shape", ()))}')
-    check_finite(x, 'x')
-    net = copy.deepcopy(model).double().eval().requires_grad_(False)
-    layers = list(net)
-    if layers and isinstance(layers[-1], nn.Softmax): layers = layers[:-1]
+    layers = _float64_layers(model, x)
     h, consts = x.double(), []
     with torch.no_grad():
         for i, m in enumerate(layers):

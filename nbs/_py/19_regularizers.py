@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from netmoments.attacks import lp_perturbation
 from netmoments.core import check_finite, check_var
 from netmoments.linearize import _flatten
 from netmoments.relu import _relu_mean, _relu_var
@@ -358,14 +359,6 @@ def _dual_norm(g, q):
     pos = sq > 0
     return torch.where(pos, torch.where(pos, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
 
-def _dual_perturbation(g, eps, p):
-    "The first-order worst l_p perturbation of size eps along the gradient g (N, ...) (`004` eq 3)."
-    flat = g.flatten(1)
-    if p == float('inf'): d = flat.sign()
-    elif p == 2: d = flat / _dual_norm(flat, 2).clamp(min=torch.finfo(g.dtype).tiny)[:, None]
-    else: d = F.one_hot(flat.abs().argmax(1), flat.shape[1]).to(g.dtype) * flat.sign()
-    return (eps * d).reshape(g.shape)
-
 
 # %%
 #| export
@@ -420,12 +413,12 @@ def adversarial_examples(
     p:float=float('inf'),  # 1, 2 or inf
     loss=F.cross_entropy,
 )->Tensor:               # x + eps(p), detached
-    "x plus the first-order worst l_p perturbation of size eps (`004` eq 3; FGSM for p = inf)."
+    "x plus the first-order worst l_p perturbation of size eps (`004` eq 3 via `attacks.lp_perturbation`; FGSM for p = inf)."
     p = _check_p(p)
     if len(y) != len(x): raise ValueError(f'x and y must hold as many samples; got {len(x)} and {len(y)}')
     x = x.detach().requires_grad_(True)
     with torch.enable_grad(): g, = torch.autograd.grad(loss(model(x), y, reduction='sum'), x)
-    return (x + _dual_perturbation(g, eps, p)).detach()
+    return (x + lp_perturbation(g, eps, p)).detach()
 
 class AdversarialLoss(nn.Module):
     "weight * L(x) + (1 - weight) * L(adversarial_examples(x)), the adversarial-training objective."

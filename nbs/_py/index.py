@@ -29,7 +29,17 @@
 # | Moment propagation | layer-wise mean and full/low-rank/diagonal covariance through conv, pooling and ReLU layers, against MC and two-stage linearization | beyond the papers |
 # | Tightness on LeNet and MNIST | TPAMI Tables 2–3 and CVPR Table 1, CPU-sized, beside the published numbers | TPAMI §4.2, CVPR §4.1 |
 # | Tightness on synthetic networks | CVPR Fig. 2 slopes on FC-A/B/C and Conv-A/B/C in three noise regimes; TPAMI Table 1, linearization error against the layer | CVPR §4.1, TPAMI §4.2 |
-# | Command line | `netmoments check`, `netmoments bench` and `netmoments tightness` | |
+# | Linearization centers | k-means centers as shared points of linearization, nearest-center lookup, the farthest-member baseline; TPAMI Table 4 | TPAMI §4.2 |
+# | Gaussian attacks | expected logits under $\mathcal N(M + \mu, \sigma^2)$, targeted, $\alpha$%-pixel and sparse + smooth Gaussian attacks verified by sampling; Lyu's $\epsilon(p)$ gradient family | CVPR §4.4–4.5, TPAMI §4.3, Lyu §II |
+# | Predicting what noise does | probability that a prediction survives noise (Gaussian orthant, Cantelli) against MC; universal perturbation fooling rate; fooling maps | CVPR §4.2–4.3, Alfadly eq. 6 |
+# | Robustness lower bounds | Peck et al.'s bounds for linear, MLP and CNN classifiers, per-layer report, beside a sound global-Lipschitz margin bound | NIPS 2017, thesis |
+# | Minimal-norm attacks | FGS/FGV with line search, DeepFool, DDN, verified in float64 | thesis §2.5 |
+# | Bounds on trained networks | thesis Table 4.3 (Iris, Wine, Spambase), NIPS Tables 1–2 (LeNet, LRN), margin-penalty training | NIPS 2017, thesis |
+# | Gaussian-robust losses | the analytic expected-logit regularizer, noisy augmentation, gradient-norm regularizer and adversarial training | Alfadly et al., Lyu et al. |
+# | Robustness to Gaussian noise | the robustness metric with fresh seeded Gaussian noise and its AUC; Lyu's misclassification model | Alfadly eq. 6, Lyu eqs 26–33 |
+# | Training loop | validation split, LR decay on plateau, early stopping, best checkpoint | Alfadly Table 1 |
+# | Robust training experiments | accuracy against robustness for augmentation and the regularizer on MNIST and Fashion-MNIST; Lyu Tables V–IX; training cost | Alfadly Figs 3–4, Lyu |
+# | Command line | `netmoments tightness` (the main job), `netmoments check` and `netmoments bench` | |
 #
 # Install for development with `make setup`; `make check` compares the analytic moments of a random
 # Affine-ReLU-Affine network with Monte Carlo, and `make test` runs every notebook and the test suite.
