@@ -26,6 +26,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_close, test_fail
 from nbdev.showdoc import show_doc
+from sklearn.cluster import KMeans as SkKMeans
 from netmoments.linearize import seeded
 from netmoments.models import pretrained, mnist_slice
 
@@ -205,7 +206,6 @@ ref_centers, ref_assign = lloyd_reference(pts.numpy(), init.numpy(), ours.iters)
 test_close(ours.centers, torch.from_numpy(ref_centers), eps=1e-12)
 test_eq(ours.assignments, torch.from_numpy(ref_assign))
 
-from sklearn.cluster import KMeans as SkKMeans
 sk = SkKMeans(3, n_init=10, random_state=0).fit(blobs.numpy())
 test_close(km.inertia.item(), sk.inertia_, eps=1e-9 * sk.inertia_)
 

@@ -19,8 +19,11 @@ from netmoments.core import check_finite
 
 # %%
 #| hide
-import time
+import json, os, time
+from pathlib import Path
 import sympy as sp
+import netmoments
+from torch.func import hessian
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_close, test_fail
 from netmoments.minimal import minimal_l2, strongest
@@ -257,7 +260,6 @@ def random_mlp(
 mlp = random_mlp((3, 6, 4, 3), nn.Tanh, -1, 1, gen)
 h_L = mlp[:-1]
 pts = 2 * torch.randn(500, 3, dtype=torch.float64, generator=gen)
-from torch.func import hessian
 hess = vmap(hessian(h_L))(pts)                         # (500, 4, 3, 3)
 worst = hess.abs().sum((-1, -2)).max()
 M = algorithm41(mlp)
@@ -826,9 +828,6 @@ assert soundness[('ReLU', 0.0)]['violations'] > 0       # the linearization alon
 
 # %%
 #| slow
-import os, json
-from pathlib import Path
-import netmoments
 RESULTS42 = Path(netmoments.__file__).parents[1] / 'data' / 'results' / 'bounds_table42.json'
 if os.environ.get('NETMOMENTS_FULL') == '1':
     rows42_full = [mlp_row(*r[:8], seed=i) for i, r in enumerate(TABLE42)]
@@ -838,9 +837,6 @@ if os.environ.get('NETMOMENTS_FULL') == '1':
 else: print('full-size Table 4.2: set NETMOMENTS_FULL=1 (about 8 min)')
 
 # %%
-import json
-from pathlib import Path
-import netmoments
 RESULTS42 = Path(netmoments.__file__).parents[1] / 'data' / 'results' / 'bounds_table42.json'
 if RESULTS42.exists():
     rows42_full = json.loads(RESULTS42.read_text())
