@@ -651,7 +651,7 @@ if RESULTS.exists():
     print(f"full-size run: {saved['images']} images, {saved['n_mc']} samples, {saved['seconds']:.0f} s on {saved['device']}")
     show_table4({float(s): rows for s, rows in saved['table'].items()}, {})
 else:
-    print('no full-size results saved (data/results/centers_table4.json): run the #| slow cell with NETMOMENTS_FULL=1')
+    print('no full-size results saved (data/results/centers_table4.json): run the slow cell with NETMOMENTS_FULL=1')
 
 # %% [markdown]
 # ## Export -
