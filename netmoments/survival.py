@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .core import check_finite
 from .gaussian import normal_cdf
 from .relu import relu_mean
-from .linearize import AffineReluAffine, model_layers, two_stage
+from .linearize import AffineReluAffine, _relu_positions, model_layers, two_stage
 
 # %% auto #0
 __all__ = ['margin_moments', 'Orthant', 'orthant_probability', 'cantelli_survival', 'NoiseSurvival', 'noise_survival',
@@ -131,9 +131,8 @@ def _shifted(x, shift):
     except RuntimeError: raise ValueError(f'shift of shape {tuple(shift.shape)} does not broadcast to x {tuple(x.shape)}') from None
 
 def _last_relu(model):
-    relus = sum(isinstance(m, nn.ReLU) for m in model_layers(model))
-    if relus == 0: raise ValueError('the model has 0 ReLU modules: there is no ReLU to split at')
-    return relus
+    "The count of ReLU modules, i.e. the last l two_stage accepts; linearize's check raises when there is none."
+    return len(_relu_positions(model_layers(model)))
 
 # %% ../nbs/15_survival.ipynb #88087495
 _METHODS = ('gaussian', 'cantelli')

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from netmoments.core import check_finite
 from netmoments.gaussian import normal_cdf
 from netmoments.relu import relu_mean
-from netmoments.linearize import AffineReluAffine, model_layers, two_stage
+from netmoments.linearize import AffineReluAffine, _relu_positions, model_layers, two_stage
 
 # %%
 #| hide
@@ -290,9 +290,8 @@ def _shifted(x, shift):
     except RuntimeError: raise ValueError(f'shift of shape {tuple(shift.shape)} does not broadcast to x {tuple(x.shape)}') from None
 
 def _last_relu(model):
-    relus = sum(isinstance(m, nn.ReLU) for m in model_layers(model))
-    if relus == 0: raise ValueError('the model has 0 ReLU modules: there is no ReLU to split at')
-    return relus
+    "The count of ReLU modules, i.e. the last l two_stage accepts; linearize's check raises when there is none."
+    return len(_relu_positions(model_layers(model)))
 
 
 # %%
