@@ -8,6 +8,7 @@ import math
 from typing import NamedTuple
 import torch
 from torch import Tensor, nn
+import torch.nn.functional as F
 from torch.func import jacfwd, jacrev, vmap
 from .ara import AraMoments, ara_moments
 from .core import check_finite
@@ -64,22 +65,38 @@ def model_layers(
 # %% ../nbs/09_linearize.ipynb #4d6f16bb
 _IMAGE = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.BatchNorm2d)
 
-def _forward(layers, h, start, stop):
-    "Run layers[start:stop] on the batch `h`; a shape mismatch names the module."
+def _split_max_pool(m, h):
+    "`m(h)` for an nn.MaxPool2d `m`, whose derivative averages the members tied for a window's maximum."
+    k, s, p, d = (nn.modules.utils._pair(v) for v in (m.kernel_size, m.stride or m.kernel_size, m.padding, m.dilation))
+    out_shape = m(h).shape                                    # ceil_mode decides it; the padding below follows
+    extra = [(o - 1) * st + dl * (kk - 1) + 1 - (size + 2 * pp)
+             for o, st, dl, kk, size, pp in zip(out_shape[2:], s, d, k, h.shape[2:], p)]
+    padded = F.pad(h, (p[1], p[1] + max(extra[1], 0), p[0], p[0] + max(extra[0], 0)), value=float('-inf'))
+    u = F.unfold(padded, k, dilation=d, stride=s).unflatten(1, (h.shape[1], k[0] * k[1]))   # (N, C, k, windows)
+    top = u.max(2, keepdim=True).values
+    tied = u == top
+    # top + mean over the tied of (u - top): the value is the maximum exactly, the derivative the tied members' mean
+    return (top + torch.where(tied, u - top, 0).sum(2, keepdim=True) / tied.sum(2, keepdim=True)).reshape(out_shape)
+
+def _forward(layers, h, start, stop, ties='first'):
+    "Run layers[start:stop] on the batch `h`; a shape mismatch names the module. ties: see `two_stage`."
     for i in range(start, stop):
         m = layers[i]
         if isinstance(m, (nn.Dropout, nn.Identity)): continue
         if isinstance(m, _IMAGE) and h.ndim != 4:       # these would silently take an unbatched (C, H, W)
             raise ValueError(f'input of shape {tuple(h.shape)} does not fit module {i} of the model ({m}): '
                              f'it takes a batch (N, C, H, W)')
-        try: h = torch.relu(h) if isinstance(m, nn.ReLU) else m(h)
+        try:
+            if isinstance(m, nn.ReLU): h = torch.relu(h)
+            elif ties == 'split' and isinstance(m, nn.MaxPool2d): h = _split_max_pool(m, h)
+            else: h = m(h)
         except RuntimeError as e:
             raise ValueError(f'input of shape {tuple(h.shape)} does not fit module {i} of the model ({m}): {e}') from None
     return h
 
-def _jacobian(layers, start, stop, points, shape, width):
+def _jacobian(layers, start, stop, points, shape, width, ties='first'):
     "Jacobians (N, width, k) of the flattened map layers[start:stop] at the N rows of `points` (N, k)."
-    stage = lambda v: _forward(layers, v.reshape(1, *shape), start, stop).reshape(-1)
+    stage = lambda v: _forward(layers, v.reshape(1, *shape), start, stop, ties).reshape(-1)
     jac = jacfwd if points.shape[-1] <= width else jacrev     # k tangents forward or `width` cotangents back
     return vmap(jac(stage))(points)
 
@@ -189,9 +206,12 @@ def two_stage(
     layer:int,                     # l: split at the l-th ReLU module, counted from 1
     at:str='relu',                 # top-stage point y: 'relu', relu(R_{l-1}(x)) (CVPR §3.4); 'pre', R_{l-1}(x)
     max_bytes:int|None=2**31,      # refuse if A and B, or the N dense q x q hidden covariances, need more; None: no check
+    ties:str='split',              # max-pooling windows tied for the maximum: 'split' the derivative evenly among the
+                                   # tied, or 'first' to the first of them (autograd's choice)
 )->AffineReluAffine:               # A (N, q, n), c1 (N, q), B (N, d, q), c2 (N, d); use with mu = x.flatten(1)
     "Two-stage linearization of `model` around each point of `x`, split at its `layer`-th ReLU (CVPR §3.4)."
     if at not in ('relu', 'pre'): raise ValueError(f"at must be 'relu' or 'pre'; got {at!r}")
+    if ties not in ('split', 'first'): raise ValueError(f"ties must be 'split' or 'first'; got {ties!r}")
     layers = model_layers(model)
     r = _relu_positions(layers, layer)[layer - 1]
     _check_points(x, model)
@@ -202,8 +222,8 @@ def two_stage(
     q, d = z[0].numel(), out[0].numel()
     _check_memory(N, n, q, d, x.element_size(), layer, max_bytes)
     x_flat, y_flat = x.reshape(N, n), y.reshape(N, q)
-    A = _jacobian(layers, 0, r, x_flat, x.shape[1:], q)
-    B = _jacobian(layers, r + 1, len(layers), y_flat, z.shape[1:], d)
+    A = _jacobian(layers, 0, r, x_flat, x.shape[1:], q, ties)
+    B = _jacobian(layers, r + 1, len(layers), y_flat, z.shape[1:], d, ties)
     c1 = z.reshape(N, q) - (A @ x_flat[..., None])[..., 0]
     c2 = out.reshape(N, d) - (B @ y_flat[..., None])[..., 0]
     return AffineReluAffine(A, c1, B, c2)

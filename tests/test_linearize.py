@@ -61,7 +61,7 @@ def test_jacobians_match_autograd(layer, at):
     bottom, top = nn.Sequential(*list(net)[:r]), nn.Sequential(*list(net)[r + 1:])
     z = bottom(x)
     y = z.relu() if at == 'relu' else z
-    lin = two_stage(net, x, layer, at=at)
+    lin = two_stage(net, x, layer, at=at, ties='first')    # autograd's choice at tied max-pooling windows
     q = z[0].numel()
     assert lin.A.shape == (3, q, 144) and lin.c1.shape == (3, q) and lin.B.shape == (3, 4, q) and lin.c2.shape == (3, 4)
     for i in range(3):
@@ -252,6 +252,7 @@ def test_bad_points_and_arguments():
     with pytest.raises(TypeError, match='x must be a floating tensor'): two_stage(net, x.long(), 1)
     with pytest.raises(TypeError, match='x must be a tensor'): two_stage(net, x.tolist(), 1)
     with pytest.raises(ValueError, match="at must be 'relu' or 'pre'"): two_stage(net, x, 1, at='post')
+    with pytest.raises(ValueError, match="ties must be 'split' or 'first'"): two_stage(net, x, 1, ties='mean')
     with pytest.raises(TypeError, match='as_sequential'): two_stage(nn.LSTM(3, 3), x, 1)
 
 
@@ -273,3 +274,42 @@ def test_random_mlps(widths, N, seed, data):
     for i in range(N):
         A = torch.autograd.functional.jacobian(lambda v: bottom(v[None])[0], x[i])
         assert_close(lin.A[i], A, rtol=0, atol=1e-13)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Ties in max-pooling: the value is the maximum, the derivative is split evenly among the tied members.
+
+@given(k=st.integers(1, 3), s=st.integers(1, 3), p=st.integers(0, 1), d=st.integers(1, 2), ceil=st.booleans(),
+       seed=st.integers(0, 2**16), tie=st.booleans())
+def test_split_max_pool(k, s, p, d, ceil, seed, tie):
+    from netmoments.linearize import _forward, _split_max_pool
+    from torch.func import jacrev
+    if p > k // 2: p = 0                                      # torch requires padding <= kernel / 2
+    pool = nn.MaxPool2d(k, s, p, d, ceil_mode=ceil)
+    h = torch.randn(1, 2, 7, 6, dtype=f64, generator=torch.Generator().manual_seed(seed))
+    if tie: h[..., :3, :3] = 0.5                              # a constant patch: windows inside it tie
+    assert torch.equal(_split_max_pool(pool, h), pool(h))
+    split = jacrev(lambda v: _forward([pool], v, 0, 1, 'split'))(h).reshape(-1, h.numel())
+    first = jacrev(lambda v: _forward([pool], v, 0, 1, 'first'))(h).reshape(-1, h.numel())
+    assert_close(split.sum(1), torch.ones(len(split), dtype=f64), rtol=0, atol=1e-15)   # each output: weights sum to 1
+    out = pool(h).flatten()
+    tied = (split > 0).sum(1) > 1
+    if not tie: assert not tied.any() and torch.equal(split, first)    # continuous data: no ties, autograd's Jacobian
+    assert torch.equal(split[~tied], first[~tied])
+    for row in split[tied]:                                   # tied windows: equal shares, all on members at the max
+        members = row.nonzero().flatten()
+        assert_close(row[members], torch.full((len(members),), 1 / len(members), dtype=f64), rtol=0, atol=1e-15)
+        assert (h.flatten()[members] == 0.5).all()
+    assert (out[tied] == 0.5).all()
+
+
+def test_split_ties_on_lenet_mnist():
+    "On the bundled LeNet and MNIST digits, ties exist; the split changes A, not the value, and A still sums alike."
+    from netmoments.models import pretrained, mnist_slice
+    net = pretrained('lenet-mnist').double()
+    x = mnist_slice()[0][:2].double()
+    split, first = two_stage(net, x, 3), two_stage(net, x, 3, ties='first')
+    assert not torch.equal(split.A, first.A)
+    assert_close(split.c1 + (split.A @ x.flatten(1)[..., None])[..., 0], first.c1 + (first.A @ x.flatten(1)[..., None])[..., 0],
+                 rtol=0, atol=1e-12)                           # both reproduce R_{l-1}(x) at the points
+    assert torch.equal(split.B, first.B)                       # l = 3: the top stage is the last Linear, no pooling

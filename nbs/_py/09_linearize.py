@@ -12,6 +12,7 @@ import math
 from typing import NamedTuple
 import torch
 from torch import Tensor, nn
+import torch.nn.functional as F
 from torch.func import jacfwd, jacrev, vmap
 from netmoments.ara import AraMoments, ara_moments
 from netmoments.core import check_finite
@@ -188,22 +189,38 @@ test_fail(lambda: model_layers(nn.LSTM(4, 2)), exc=TypeError, contains='got LSTM
 #| exporti
 _IMAGE = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.BatchNorm2d)
 
-def _forward(layers, h, start, stop):
-    "Run layers[start:stop] on the batch `h`; a shape mismatch names the module."
+def _split_max_pool(m, h):
+    "`m(h)` for an nn.MaxPool2d `m`, whose derivative averages the members tied for a window's maximum."
+    k, s, p, d = (nn.modules.utils._pair(v) for v in (m.kernel_size, m.stride or m.kernel_size, m.padding, m.dilation))
+    out_shape = m(h).shape                                    # ceil_mode decides it; the padding below follows
+    extra = [(o - 1) * st + dl * (kk - 1) + 1 - (size + 2 * pp)
+             for o, st, dl, kk, size, pp in zip(out_shape[2:], s, d, k, h.shape[2:], p)]
+    padded = F.pad(h, (p[1], p[1] + max(extra[1], 0), p[0], p[0] + max(extra[0], 0)), value=float('-inf'))
+    u = F.unfold(padded, k, dilation=d, stride=s).unflatten(1, (h.shape[1], k[0] * k[1]))   # (N, C, k, windows)
+    top = u.max(2, keepdim=True).values
+    tied = u == top
+    # top + mean over the tied of (u - top): the value is the maximum exactly, the derivative the tied members' mean
+    return (top + torch.where(tied, u - top, 0).sum(2, keepdim=True) / tied.sum(2, keepdim=True)).reshape(out_shape)
+
+def _forward(layers, h, start, stop, ties='first'):
+    "Run layers[start:stop] on the batch `h`; a shape mismatch names the module. ties: see `two_stage`."
     for i in range(start, stop):
         m = layers[i]
         if isinstance(m, (nn.Dropout, nn.Identity)): continue
         if isinstance(m, _IMAGE) and h.ndim != 4:       # these would silently take an unbatched (C, H, W)
             raise ValueError(f'input of shape {tuple(h.shape)} does not fit module {i} of the model ({m}): '
                              f'it takes a batch (N, C, H, W)')
-        try: h = torch.relu(h) if isinstance(m, nn.ReLU) else m(h)
+        try:
+            if isinstance(m, nn.ReLU): h = torch.relu(h)
+            elif ties == 'split' and isinstance(m, nn.MaxPool2d): h = _split_max_pool(m, h)
+            else: h = m(h)
         except RuntimeError as e:
             raise ValueError(f'input of shape {tuple(h.shape)} does not fit module {i} of the model ({m}): {e}') from None
     return h
 
-def _jacobian(layers, start, stop, points, shape, width):
+def _jacobian(layers, start, stop, points, shape, width, ties='first'):
     "Jacobians (N, width, k) of the flattened map layers[start:stop] at the N rows of `points` (N, k)."
-    stage = lambda v: _forward(layers, v.reshape(1, *shape), start, stop).reshape(-1)
+    stage = lambda v: _forward(layers, v.reshape(1, *shape), start, stop, ties).reshape(-1)
     jac = jacfwd if points.shape[-1] <= width else jacrev     # k tangents forward or `width` cotangents back
     return vmap(jac(stage))(points)
 
@@ -221,6 +238,36 @@ stage = lambda v: _forward(layers, v.reshape(1, 1, 14, 14), 0, 4).reshape(-1)
 test_eq(A_func.shape, (3, 96, 196))
 for i in range(3): test_close(A_func[i], torch.autograd.functional.jacobian(stage, points[i]), eps=1e-14)
 test_close(_jacobian(layers, 0, 4, points, (1, 14, 14), 10**6), A_func, eps=1e-14)   # forced jacfwd
+
+# %% [markdown]
+# ### Ties in max-pooling
+# A max-pooling window whose maximum is shared by several members has no derivative, and autograd sends the whole
+# derivative to the first of them. Such exact ties are common in practice: MNIST digits sit on a constant background,
+# so a convolution with a positive bias outputs the same value at every background position, and on the bundled LeNet
+# about a quarter of the first pooling windows of a typical test image tie at a positive value (chapter 11 counts
+# them). Under noise the window then takes the largest of several equally likely members, a nonlinearity at every
+# noise scale that no linearization reproduces exactly. Routing the noise through one member gives the window that
+# member's full variance, while the maximum of several partly independent members varies less. `_forward(...,
+# ties='split')` (what `two_stage` uses by default) computes the same value and splits the derivative evenly among the
+# tied members: the centre of the window's subgradients, and the expected derivative when the noise treats the tied
+# members alike. Where no window ties, nothing changes, and ties at zero after a ReLU carry no derivative either way.
+# Chapter 11 measures what the split does to the moments of the bundled LeNet.
+#
+# The value is the maximum exactly, for any kernel, stride, padding, dilation and `ceil_mode`; on a constant image
+# every member of a window gets a quarter of the derivative, against all of it to the first member with autograd's
+# choice; and on random points, where nothing ties, the Jacobians are the same:
+
+# %%
+pools = [nn.MaxPool2d(2), nn.MaxPool2d(3, 2, 1), nn.MaxPool2d(2, 1, dilation=2), nn.MaxPool2d(3, 2, ceil_mode=True),
+         nn.MaxPool2d((2, 3), (1, 2), (1, 0), ceil_mode=True)]
+h = torch.randn(2, 3, 9, 8, generator=gen, dtype=torch.float64)
+flat = h.clone(); flat[..., :4, :4] = 0.25                       # a tied corner
+for pool in pools:
+    for v in (h, flat): test_eq(_split_max_pool(pool, v), pool(v))
+one = lambda ties: vmap(jacrev(lambda v: _forward([nn.MaxPool2d(2)], v.reshape(1, 1, 2, 2), 0, 1, ties).reshape(-1)))
+test_eq(one('split')(torch.full((1, 4), 0.3, dtype=torch.float64)), torch.full((1, 1, 4), 0.25, dtype=torch.float64))
+test_eq(one('first')(torch.full((1, 4), 0.3, dtype=torch.float64)), torch.tensor([[[1., 0., 0., 0.]]], dtype=torch.float64))
+test_eq(_jacobian(layers, 0, 4, points, (1, 14, 14), 6 * 4 * 4, 'split'), A_func)
 
 
 # %% [markdown]
@@ -398,9 +445,12 @@ def two_stage(
     layer:int,                     # l: split at the l-th ReLU module, counted from 1
     at:str='relu',                 # top-stage point y: 'relu', relu(R_{l-1}(x)) (CVPR §3.4); 'pre', R_{l-1}(x)
     max_bytes:int|None=2**31,      # refuse if A and B, or the N dense q x q hidden covariances, need more; None: no check
+    ties:str='split',              # max-pooling windows tied for the maximum: 'split' the derivative evenly among the
+                                   # tied, or 'first' to the first of them (autograd's choice)
 )->AffineReluAffine:               # A (N, q, n), c1 (N, q), B (N, d, q), c2 (N, d); use with mu = x.flatten(1)
     "Two-stage linearization of `model` around each point of `x`, split at its `layer`-th ReLU (CVPR §3.4)."
     if at not in ('relu', 'pre'): raise ValueError(f"at must be 'relu' or 'pre'; got {at!r}")
+    if ties not in ('split', 'first'): raise ValueError(f"ties must be 'split' or 'first'; got {ties!r}")
     layers = model_layers(model)
     r = _relu_positions(layers, layer)[layer - 1]
     _check_points(x, model)
@@ -411,8 +461,8 @@ def two_stage(
     q, d = z[0].numel(), out[0].numel()
     _check_memory(N, n, q, d, x.element_size(), layer, max_bytes)
     x_flat, y_flat = x.reshape(N, n), y.reshape(N, q)
-    A = _jacobian(layers, 0, r, x_flat, x.shape[1:], q)
-    B = _jacobian(layers, r + 1, len(layers), y_flat, z.shape[1:], d)
+    A = _jacobian(layers, 0, r, x_flat, x.shape[1:], q, ties)
+    B = _jacobian(layers, r + 1, len(layers), y_flat, z.shape[1:], d, ties)
     c1 = z.reshape(N, q) - (A @ x_flat[..., None])[..., 0]
     c2 = out.reshape(N, d) - (B @ y_flat[..., None])[..., 0]
     return AffineReluAffine(A, c1, B, c2)
@@ -435,20 +485,22 @@ for at in ('relu', 'pre'):
 # %% [markdown]
 # On the small convolutional network (`Conv2d, ReLU, MaxPool2d, Conv2d, ReLU, AvgPool2d, Flatten, Linear,
 # BatchNorm1d, ReLU, Dropout, Linear`, eval mode), at each of its three ReLUs, $A$ and $B$ are the Jacobians
-# `torch.autograd.functional.jacobian` finds for the network run module by module, and with `at="relu"` the linearized
-# network gives back $R(x)$ at the points themselves:
+# `torch.autograd.functional.jacobian` finds for the network run module by module (with `ties='first'`, autograd's
+# choice: at $l = 1$ the top stage starts with the max-pooling of $\mathrm{relu}(z)$, whose all-zero windows tie),
+# and with `at="relu"` the linearized network gives back $R(x)$ at the points themselves, whatever `ties` is:
 
 # %%
 x = torch.rand(3, 1, 14, 14, generator=gen, dtype=torch.float64)
 for l, r in enumerate([1, 4, 9], 1):                     # the ReLU modules of `small`
     bottom, top = nn.Sequential(*layers[:r]), nn.Sequential(*layers[r + 1:])
     z = bottom(x)
-    lin = two_stage(small, x, l)
+    lin = two_stage(small, x, l, ties='first')
     for i in range(3):
         A_ref = torch.autograd.functional.jacobian(lambda v: bottom(v.reshape(1, 1, 14, 14)).flatten(), x[i].flatten())
         B_ref = torch.autograd.functional.jacobian(lambda v: top(v.reshape(1, *z.shape[1:])).flatten(), z[i].relu().flatten())
         test_close(lin.A[i], A_ref, eps=1e-13); test_close(lin.B[i], B_ref, eps=1e-13)
     test_close(lin(x.flatten(1)), small(x), eps=1e-13)
+    test_close(two_stage(small, x, l)(x.flatten(1)), small(x), eps=1e-13)
 
 # %% [markdown]
 # With `at="pre"` the top stage is linearized at a point with negative entries, which ReLU maps elsewhere, so the
@@ -502,6 +554,7 @@ test_fail(lambda: two_stage(nn.Sequential(nn.Linear(196, 3), nn.Sigmoid()).doubl
           contains='module 1 of the model (Sigmoid)')
 test_fail(lambda: two_stage(SmallNet().double(), x, 1), exc=ValueError, contains='is in training mode')
 test_fail(lambda: two_stage(small, x, 1, at='post'), exc=ValueError, contains="at must be 'relu' or 'pre'")
+test_fail(lambda: two_stage(small, x, 1, ties='last'), exc=ValueError, contains="ties must be 'split' or 'first'")
 
 # %% [markdown]
 # and for points that do not fit the model, or a linearization over the memory budget:
