@@ -136,6 +136,8 @@ def _parser():
     t.add_argument('--model', default='lenet-mnist', help='bundled network (default lenet-mnist)')
     t.add_argument('--layer', type=int, default=3, help='l of the two-stage linearization (default 3)')
     t.add_argument('--at', choices=('relu', 'pre'), default='relu', help='top-stage point of the linearization')
+    t.add_argument('--ties', choices=('split', 'first'), default='split',
+                   help="tied max-pooling windows: split the derivative evenly (default) or give it to the first")
     t.add_argument('--sigma', type=float, default=0.01, help='noise level: trace of the covariance = sigma^2 * 784')
     t.add_argument('--images', type=int, default=3, help='first images of the bundled MNIST slice (default 3)')
     t.add_argument('--samples', type=int, default=10_000, help='Monte Carlo samples per image (default 1e4)')
@@ -153,15 +155,15 @@ def _tightness(args)->int:
     x, y = mnist_slice(device=args.device)
     x, y = x[:args.images], y[:args.images].tolist()
     t0 = time.perf_counter()
-    table = tightness_table(model, x, args.sigma, layer=args.layer, at=args.at, n_mc=args.samples,
+    table = tightness_table(model, x, args.sigma, layer=args.layer, at=args.at, n_mc=args.samples, ties=args.ties,
                             generator=torch.Generator().manual_seed(args.seed), progress=sys.stderr.isatty())
     rows, summary = tightness_rows(table, y), table.summary()
-    print(f'{args.model}, layer {args.layer}, at={args.at!r}, sigma {args.sigma}, {len(y)} images, '
+    print(f'{args.model}, layer {args.layer}, at={args.at!r}, ties={args.ties!r}, sigma {args.sigma}, {len(y)} images, '
           f'Monte Carlo: {args.samples} samples, seed {args.seed}, {time.perf_counter() - t0:.1f} s\n')
     print(tightness_text(rows, summary))
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump({'model': args.model, 'layer': args.layer, 'at': args.at, 'sigma': args.sigma,
+            json.dump({'model': args.model, 'layer': args.layer, 'at': args.at, 'ties': args.ties, 'sigma': args.sigma,
                        'samples': args.samples, 'seed': args.seed, 'summary': summary, 'images': rows}, f, indent=1)
     if args.figure: tightness_figure(table, args.figure)
     return 0

@@ -67,6 +67,12 @@ class TightnessTable(NamedTuple):
         return {k: getattr(self, 'er_' + k).mean().item() for k in ('mean', 'old', 'exact')}
 
 # %% ../nbs/11_tightness.ipynb #26583b7f
+def _draws(N, n, sigma, generator):
+    "The random covariance of each of N images and the seed of its Monte Carlo run, in the order tightness_table uses."
+    covs = [random_covariance(n, sigma, generator) for _ in range(N)]
+    return covs, torch.randint(2**62, (N,), generator=generator).tolist()
+
+# %% ../nbs/11_tightness.ipynb #a09f345b
 def tightness_table(
     model:nn.Module,                      # a ReLU network two_stage accepts (e.g. pretrained('lenet-mnist'))
     images:Tensor,                        # points of linearization and input means (N, *input_shape)
@@ -76,15 +82,16 @@ def tightness_table(
     n_mc:int=10_000,                      # Monte Carlo samples per image
     generator:torch.Generator|None=None,  # CPU generator for the covariances and the Monte Carlo seeds
     progress:bool=False,                  # progress bar over the images
-    lin:AffineReluAffine|None=None,       # a float64 two_stage(model, images, layer, at) to reuse
+    lin:AffineReluAffine|None=None,       # a float64 two_stage(model, images, layer, at, ties=ties) to reuse
+    ties:str='split',                     # tied max-pooling windows, see two_stage
 )->TightnessTable:
     "TPAMI §4.2: analytic mean, exact and old variance of the linearized `model` beside Monte Carlo of `model` itself."
     like = next(model.parameters())
     N, n = images.shape[0], images[0].numel()
     if lin is None:
-        with torch.no_grad(): lin = two_stage(copy.deepcopy(model).double(), images.to(like.device, torch.float64), layer, at)
-    covs = [random_covariance(n, sigma, generator) for _ in range(N)]
-    seeds = torch.randint(2**62, (N,), generator=generator).tolist()
+        with torch.no_grad():
+            lin = two_stage(copy.deepcopy(model).double(), images.to(like.device, torch.float64), layer, at, ties=ties)
+    covs, seeds = _draws(N, n, sigma, generator)
     mu = images.reshape(N, n).to(lin.A)
     S = torch.stack([dense(c) for c in covs]).to(lin.A)
     exact, old = (lin.moments(mu, S, method=m, full=False) for m in ('exact', 'zero_mean'))

@@ -69,9 +69,23 @@ def test_cli_tightness_json(tmp_path, capsys):
     assert main(['tightness', '--images', '2', '--samples', '300', '--json', str(out), '--figure', str(fig)]) == 0
     assert 'mean E_r' in capsys.readouterr().out and fig.stat().st_size > 0
     report = json.loads(out.read_text())
-    assert {'model', 'layer', 'at', 'sigma', 'samples', 'seed', 'summary', 'images'} <= set(report)
-    assert report['model'] == 'lenet-mnist' and report['layer'] == 3 and len(report['images']) == 2
+    assert {'model', 'layer', 'at', 'ties', 'sigma', 'samples', 'seed', 'summary', 'images'} <= set(report)
+    assert report['model'] == 'lenet-mnist' and report['layer'] == 3 and report['ties'] == 'split'
+    assert len(report['images']) == 2
     row = report['images'][0]['logits'][0]
     assert set(row) == {'logit', 'analytic_mean', 'exact_var', 'old_var', 'mc_mean', 'mc_mean_se', 'mc_var', 'mc_var_se',
                         'er_mean', 'er_exact_var', 'er_old_var'}
     assert all(len(r['logits']) == 10 for r in report['images'])
+
+
+def test_cli_tightness_ties(tmp_path):
+    "--ties first changes only the analytic variances: the Monte Carlo columns, run with the same seed, are equal."
+    reports = {}
+    for ties in ('split', 'first'):
+        out = tmp_path / f'{ties}.json'
+        assert main(['tightness', '--images', '1', '--samples', '200', '--ties', ties, '--json', str(out), '--figure', '']) == 0
+        reports[ties] = json.loads(out.read_text())
+    split, first = ([row for img in reports[k]['images'] for row in img['logits']] for k in ('split', 'first'))
+    assert reports['first']['ties'] == 'first'
+    assert [r['mc_var'] for r in split] == [r['mc_var'] for r in first]
+    assert [r['exact_var'] for r in split] != [r['exact_var'] for r in first]

@@ -121,7 +121,8 @@ test_fail(lambda: random_covariance(5, -1.), exc=ValueError, contains='sigma mus
 # Theorems 1-2 without the zero-mean assumption, which the series of TPAMI Lemma 4 approximates) and the old variance
 # (`method='zero_mean'`, TPAMI Theorem 2). Monte Carlo runs the *real* network, as given (its dtype and device), one
 # image at a time with a seeded `mc_moments`, under a progress bar. `lin` lets several noise levels share one
-# linearization.
+# linearization. Max-pooling windows tied for their maximum split their derivative evenly (`ties='split'`, chapter 9);
+# the section after Table 2 measures what that choice does against autograd's `ties='first'`.
 
 # %%
 #| export
@@ -145,6 +146,14 @@ class TightnessTable(NamedTuple):
 
 
 # %%
+#| exporti
+def _draws(N, n, sigma, generator):
+    "The random covariance of each of N images and the seed of its Monte Carlo run, in the order tightness_table uses."
+    covs = [random_covariance(n, sigma, generator) for _ in range(N)]
+    return covs, torch.randint(2**62, (N,), generator=generator).tolist()
+
+
+# %%
 #| export
 def tightness_table(
     model:nn.Module,                      # a ReLU network two_stage accepts (e.g. pretrained('lenet-mnist'))
@@ -155,15 +164,16 @@ def tightness_table(
     n_mc:int=10_000,                      # Monte Carlo samples per image
     generator:torch.Generator|None=None,  # CPU generator for the covariances and the Monte Carlo seeds
     progress:bool=False,                  # progress bar over the images
-    lin:AffineReluAffine|None=None,       # a float64 two_stage(model, images, layer, at) to reuse
+    lin:AffineReluAffine|None=None,       # a float64 two_stage(model, images, layer, at, ties=ties) to reuse
+    ties:str='split',                     # tied max-pooling windows, see two_stage
 )->TightnessTable:
     "TPAMI §4.2: analytic mean, exact and old variance of the linearized `model` beside Monte Carlo of `model` itself."
     like = next(model.parameters())
     N, n = images.shape[0], images[0].numel()
     if lin is None:
-        with torch.no_grad(): lin = two_stage(copy.deepcopy(model).double(), images.to(like.device, torch.float64), layer, at)
-    covs = [random_covariance(n, sigma, generator) for _ in range(N)]
-    seeds = torch.randint(2**62, (N,), generator=generator).tolist()
+        with torch.no_grad():
+            lin = two_stage(copy.deepcopy(model).double(), images.to(like.device, torch.float64), layer, at, ties=ties)
+    covs, seeds = _draws(N, n, sigma, generator)
     mu = images.reshape(N, n).to(lin.A)
     S = torch.stack([dense(c) for c in covs]).to(lin.A)
     exact, old = (lin.moments(mu, S, method=m, full=False) for m in ('exact', 'zero_mean'))
@@ -214,6 +224,15 @@ def table2(images, n_mc, seed=2018, sigmas=SIGMAS):
     tables = {s: tightness_table(lenet, images, s, n_mc=n_mc, generator=gen, lin=lin) for s in sigmas}
     return tables, time.perf_counter() - t0
 
+def er_exact_of(lin, tables, images, seed=2018):
+    "E_r of `lin`'s exact variance against the Monte Carlo of `tables` (from table2 with `seed`): same covariances."
+    gen, mu, out = torch.Generator().manual_seed(seed), images.flatten(1).double(), {}
+    for s, t in tables.items():
+        covs, _ = _draws(len(images), mu.shape[1], s, gen)
+        var = lin.moments(mu, torch.stack([dense(c) for c in covs]).double(), method='exact', full=False).var
+        out[s] = relative_error(var, t.mc_var)
+    return out
+
 def show_table2(tables):
     print(f"{'sigma':>6} | {'E[E_err]':>8} {'paper':>6} | {'E[var_err] old':>14} {'paper':>6} | "
           f"{'E[var_err] new':>14} {'paper':>6} | {'MC floor':>8}")
@@ -234,7 +253,7 @@ print(f'8 images, 2000 samples, 4 noise levels: {seconds:.0f} s on {platform.pro
 # floor at $\sigma \le 0.01$, where the linearization is nearly exact; the mean's $E_r$ grows with $\sigma$ as the
 # noise starts flipping ReLUs and max-pooling winners the linearization froze. Whether the exact variance's $E_r$ is
 # at or below the published 0.025 at $\sigma = 0.01$ cannot be decided with 2,000 samples (the floor alone is about
-# that); the `#| slow` run below, with $10^4$ samples, tests it.
+# that); the saved run of the `#| slow` cell below, with $10^4$ samples and 100 images, decides it.
 
 # %%
 r01, floor01 = tables[0.01].summary(), (0.8 * tables[0.01].mc_var_se / tables[0.01].mc_var).mean().item()
@@ -249,6 +268,44 @@ assert tables[0.001].summary()['mean'] < tables[0.1].summary()['mean']
 # and $\mu_x$ are from 0, a property of the trained weights; the bundled LeNet is not the paper's. Our exact variance
 # is the closed form, not the 5-term series the paper truncates Lemma 4 to, which may explain part of the paper's
 # 0.100 at $\sigma = 0.001$ where ours sits at the Monte Carlo floor.
+
+# %% [markdown]
+# ## Tied max-pooling windows
+# Most of what separates the exact variance from the Monte Carlo floor at small $\sigma$ does not shrink with
+# $\sigma$: it comes from max-pooling windows whose members are *exactly* equal. MNIST digits lie on a constant
+# background, so a first-layer filter with a positive bias outputs the same positive value at every background
+# position, and a pooling window there takes the largest of four equal members. Under noise that maximum is a
+# nonlinearity at every scale (the largest of four noisy copies), which a linearization cannot follow whatever the
+# noise level. Autograd sends a tied window's whole derivative to its first member; `two_stage` splits it evenly among
+# the tied ones by default (chapter 9). On the images above, the count of tied windows and the positive biases:
+
+# %%
+with torch.no_grad():
+    h = lenet[1](lenet[0](images[:8]))
+    windows = torch.nn.functional.unfold(h, 2, stride=2).unflatten(1, (20, 4))       # (8, channels, 4, windows)
+    top = windows.max(2).values
+    tied = ((windows == top[:, :, None]).sum(2) > 1) & (top > 0)
+print(f'{(lenet[0].bias > 0).sum().item()} of 20 first-layer biases are positive; first pooling layer: '
+      f'{tied.sum((1, 2)).float().mean():.0f} of {top[0].numel()} windows per image tie at a positive value')
+assert tied.sum((1, 2)).min() > 0
+
+# %% [markdown]
+# What the split does to the exact variance's $E_r$, against the *same* Monte Carlo runs (the covariances redrawn
+# from the same seed; redrawing them for the default linearization reproduces the table's $E_r$ exactly, which checks
+# the redraw):
+
+# %%
+lin_split = two_stage(copy.deepcopy(lenet).double(), images[:8].double(), 3)
+lin_first = two_stage(copy.deepcopy(lenet).double(), images[:8].double(), 3, ties='first')
+again, first = er_exact_of(lin_split, tables, images[:8]), er_exact_of(lin_first, tables, images[:8])
+for s, t in tables.items(): test_eq(again[s], t.er_exact)
+print(f"{'sigma':>6} | {'E_r exact var, ties split':>25} | {'ties first (autograd)':>21}")
+for s, t in tables.items(): print(f'{s:>6} | {t.er_exact.mean():>25.4f} | {first[s].mean():>21.4f}')
+
+# %% [markdown]
+# Eight images and 2,000 samples give these means a Monte Carlo floor of about 0.025, so only the small-$\sigma$ rows,
+# where the ties are nearly all of the linearization's error, separate the two here; the saved full run below compares
+# them on 100 images with $10^4$ samples at every level.
 
 # %% [markdown]
 # ## TPAMI Table 3: histograms of $E_r$
@@ -333,22 +390,28 @@ print(f'ratio MC 1e3 / analytic = {t_mc / (t_lin + t_ara):.2f}')
 # %%
 #| slow
 def blocks(images, n_mc, sigmas=SIGMAS, size=50):
-    "table2 over blocks of `size` images, the tables of each level concatenated."
-    parts = [table2(images[i:i + size], n_mc, seed=2018 + i, sigmas=sigmas)[0] for i in range(0, len(images), size)]
-    return {s: TightnessTable(s, *(torch.cat([getattr(p[s], f) for p in parts]) for f in TightnessTable._fields[1:]))
-            for s in sigmas}
+    "table2 over blocks of `size` images, the tables of each level concatenated; and E_r with ties='first'."
+    parts, firsts = [], []
+    for i in range(0, len(images), size):
+        block = images[i:i + size]
+        parts.append(table2(block, n_mc, seed=2018 + i, sigmas=sigmas)[0])
+        lin = two_stage(copy.deepcopy(lenet).double(), block.double(), 3, ties='first')
+        firsts.append(er_exact_of(lin, parts[-1], block, seed=2018 + i))
+    return ({s: TightnessTable(s, *(torch.cat([getattr(p[s], f) for p in parts]) for f in TightnessTable._fields[1:]))
+             for s in sigmas}, {s: torch.cat([f[s] for f in firsts]) for s in sigmas})
 
 if os.environ.get('NETMOMENTS_FULL') == '1':
     count = int(os.environ.get('NETMOMENTS_FULL_IMAGES', 1000))
     sigmas = tuple(float(v) for v in os.environ.get('NETMOMENTS_FULL_SIGMAS', ','.join(map(str, SIGMAS))).split(','))
     t0 = time.perf_counter()
-    full = blocks(images[:count], 10_000, sigmas)
+    full, first = blocks(images[:count], 10_000, sigmas)
     Path('../data/results').mkdir(parents=True, exist_ok=True)
     Path('../data/results/tightness_full.json').write_text(json.dumps({
         'images': count, 'samples': 10_000, 'seconds': time.perf_counter() - t0,
         'device': f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), '
                   f'{torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"}',
-        'rows': {str(s): {**t.summary(), 'floor': (0.8 * t.mc_var_se / t.mc_var).mean().item()} for s, t in full.items()}},
+        'rows': {str(s): {**t.summary(), 'exact_first': first[s].mean().item(),
+                          'floor': (0.8 * t.mc_var_se / t.mc_var).mean().item()} for s, t in full.items()}},
         indent=1))
 
 
@@ -358,11 +421,12 @@ def show_saved(path=Path('../data/results/tightness_full.json')):
     if not path.exists(): return print(f'no saved full-size run ({path} does not exist)')
     run = json.loads(path.read_text())
     print(f"{run['images']} images, {run['samples']:,} samples, {run['seconds']:.0f} s on {run['device']}")
-    print(f"{'sigma':>6} | {'E[E_err]':>8} {'paper':>6} | {'old var':>8} {'paper':>6} | {'new var':>8} {'paper':>6} | {'MC floor':>8}")
+    print(f"{'sigma':>6} | {'E[E_err]':>8} {'paper':>6} | {'old var':>8} {'paper':>6} | {'new var':>8} {'paper':>6} | "
+          f"{'ties first':>10} | {'MC floor':>8}")
     for s, r in run['rows'].items():
         p = PUBLISHED[float(s)]
         print(f"{float(s):>6} | {r['mean']:>8.3f} {p[0]:>6.3f} | {r['old']:>8.3f} {p[1]:>6.3f} | "
-              f"{r['exact']:>8.3f} {p[2]:>6.3f} | {r['floor']:>8.3f}")
+              f"{r['exact']:>8.3f} {p[2]:>6.3f} | {r.get('exact_first', float('nan')):>10.3f} | {r['floor']:>8.3f}")
     return run
 
 saved = show_saved()
@@ -371,15 +435,19 @@ if saved and '0.01' in saved['rows']:
     print(f"\nsigma = 0.01: exact-variance E_r {r['exact']:.4f} against the published 0.025: "
           f"{'at or below' if r['exact'] <= 0.025 else 'above'} it, {r['exact'] / 0.025:.2f} times; "
           f"old variance {r['old']:.3f} ({r['old'] / r['exact']:.0f} times the exact); Monte Carlo floor {r['floor']:.4f}")
-    assert r['exact'] < r['old'] / 5
+    if 'exact_first' in r: print(f"with autograd's choice at tied max-pooling windows (ties='first'): {r['exact_first']:.4f}")
+    assert r['exact'] < r['old'] / 5 and r['exact'] <= 0.025     # the issue's criterion, on the saved run
 
 # %% [markdown]
 # Reading the saved run: its $E_r$ mixes the linearization's error with Monte Carlo's, whose floor is printed (at
 # $10^4$ samples about 0.011, for the paper's Monte Carlo as for ours). The exact variance is an order of magnitude
 # tighter than the old one at every level run; whether it meets the published "new" value at $\sigma = 0.01$ is
-# printed above as measured, not assumed. Where it does not, the gap is the linearization error of our LeNet at
-# $l = 3$ (the noise flips some ReLUs and max-pooling winners of the two convolutional blocks the linearization
-# froze), which depends on the trained weights: the paper's LeNet is not available to compare.
+# printed above as measured, not assumed. The column "ties first" is the same run (same covariances, same Monte
+# Carlo) with autograd's derivative at tied max-pooling windows: at every level the even split is closer to Monte
+# Carlo, most at small $\sigma$, where the ties are nearly all of the linearization's error; with autograd's choice
+# the exact variance misses the published 0.025 at $\sigma = 0.01$, with the split it meets it. What remains above the
+# floor is the noise flipping ReLUs and near-tied max-pooling winners of the two convolutional blocks, which grows with
+# $\sigma$. The run was made on this 2-core machine while other jobs shared it (hence its wall time).
 
 # %% [markdown]
 # ## Export -
