@@ -68,15 +68,15 @@ _IMAGE = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.BatchNorm2d)
 def _split_max_pool(m, h):
     "`m(h)` for an nn.MaxPool2d `m`, whose derivative averages the members tied for a window's maximum."
     k, s, p, d = (nn.modules.utils._pair(v) for v in (m.kernel_size, m.stride or m.kernel_size, m.padding, m.dilation))
-    out_shape = m(h).shape                                    # ceil_mode decides it; the padding below follows
+    out = m(h)                                                # the maxima; its shape follows ceil_mode
     extra = [(o - 1) * st + dl * (kk - 1) + 1 - (size + 2 * pp)
-             for o, st, dl, kk, size, pp in zip(out_shape[2:], s, d, k, h.shape[2:], p)]
+             for o, st, dl, kk, size, pp in zip(out.shape[2:], s, d, k, h.shape[2:], p)]
     padded = F.pad(h, (p[1], p[1] + max(extra[1], 0), p[0], p[0] + max(extra[0], 0)), value=float('-inf'))
     u = F.unfold(padded, k, dilation=d, stride=s).unflatten(1, (h.shape[1], k[0] * k[1]))   # (N, C, k, windows)
-    top = u.max(2, keepdim=True).values
+    top = out.flatten(2)[:, :, None]                          # (N, C, 1, windows)
     tied = u == top
-    # top + mean over the tied of (u - top): the value is the maximum exactly, the derivative the tied members' mean
-    return (top + torch.where(tied, u - top, 0).sum(2, keepdim=True) / tied.sum(2, keepdim=True)).reshape(out_shape)
+    # out + mean over the tied of (u - top): the value is the maximum exactly, the derivative the tied members' mean
+    return out + (torch.where(tied, u - top, 0).sum(2) / tied.sum(2)).reshape(out.shape)
 
 def _forward(layers, h, start, stop, ties='first'):
     "Run layers[start:stop] on the batch `h`; a shape mismatch names the module. ties: see `two_stage`."
