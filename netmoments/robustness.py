@@ -77,7 +77,8 @@ def noise_robustness(
                 pred = model(noisy.flatten(0, 1)).argmax(-1).reshape(samples, len(xb))
                 counts[k] += (pred == ref).all(0).sum()
     rob = counts.to(x.dtype) / len(x)
-    auc = torch.trapezoid(rob, sigmas) / (sigmas[-1] - sigmas[0]) if len(sigmas) > 1 else rob[0]
+    s = sigmas.to(rob)                                  # the sigmas are checked on the CPU, rob is on x's device
+    auc = torch.trapezoid(rob, s) / (s[-1] - s[0]) if len(s) > 1 else rob[0]
     return NoiseRobustness(sigmas, rob, rob.mean(), auc)
 
 # %% ../nbs/20_robustness.ipynb #350b6916

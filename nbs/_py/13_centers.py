@@ -158,7 +158,9 @@ def kmeans(
     converged, step = False, 0
     for step in tqdm(range(1, iters + 1), disable=not progress, unit='step', leave=False):
         counts = torch.bincount(assign, minlength=k)
-        centers = xf.new_zeros(k, n).index_add_(0, assign, xf) / counts.clamp(min=1)[:, None].to(xf)
+        # index_put_ accumulates by sorting the indices, so the sums are bitwise reproducible on CUDA too, where
+        # index_add_'s atomic adds are not
+        centers = xf.new_zeros(k, n).index_put_((assign,), xf, accumulate=True) / counts.clamp(min=1)[:, None].to(xf)
         empty = (counts == 0).nonzero()[:, 0]
         if len(empty): centers[empty] = xf[d2.topk(len(empty)).indices]   # refill from the worst-served points
         new, d2 = _nearest(xf, centers, chunk)
