@@ -178,7 +178,8 @@ for k, t in times.items(): print(f'{k:22s} {1e3 * t:7.1f} ms/step   {t / times["
 # therefore **not met on the GPU either**. At batch 100 every scheme is launch-bound: augmentation's larger batch
 # costs almost nothing, while the regularizer's extra elementwise kernels ($\Phi$, $\varphi$, the squared-weight
 # convolution, the concatenation) add launches. At batch 1000 the second pass of the rest of the network dominates,
-# as on the CPU. Only from about N = 3 does the regularizer become cheaper than N-fold augmentation.
+# as on the CPU. So on this GPU the regularizer is cheaper than N-fold augmentation at batch 1000 only for some N
+# between 2 and 6, and at batch 100 not even against N = 6.
 
 # %% [markdown]
 # ## Lyu et al.: softmax models and weight decay (Tables VI-IX)
