@@ -4,11 +4,13 @@
 
 # %% ../nbs/19_regularizers.ipynb #19091f90
 from __future__ import annotations
+import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from .attacks import lp_perturbation
 from .core import check_finite, check_var
+from .gaussian import normal_cdf, normal_pdf
 from .linearize import _flatten
 from .relu import _relu_mean, _relu_var
 
@@ -90,7 +92,48 @@ def analytic_expected_logits(
     mean, _ = first_layer_moments(model, x, sigma)
     return _first_block(model)[3](mean)
 
-# %% ../nbs/19_regularizers.ipynb #a49a71f3
+# %% ../nbs/19_regularizers.ipynb #e97eaac8
+def _ratio(mu, s):
+    "mu / s, saturated at +-50 (where Phi is 0 or 1 and phi 0 in any float); s = 0 gives +-50 (or 0 at mu = 0)."
+    return (mu * s.reciprocal().clamp(max=torch.finfo(s.dtype).max)).clamp(-50, 50)
+
+class _ReluPair(torch.autograd.Function):
+    "[relu(mu); mu Phi(mu/s) + s phi(mu/s)] along dim 0, with the closed-form derivatives (Phi, phi)."
+    @staticmethod
+    def forward(ctx, mu, s):
+        n, r2 = len(mu), math.sqrt(2)
+        # b = |h| / sqrt 2, capped where Phi(-|h|) and phi(h) are still normal floats (subnormals are slow on CPUs)
+        cap = max(12., math.sqrt(-2 * math.log(torch.finfo(mu.dtype).tiny)) - 1) / r2
+        b = mu.abs().mul_(s.reciprocal().clamp(max=torch.finfo(s.dtype).max) / r2).clamp_(max=cap)
+        e = torch.special.erfc(b)                                             # 2 Phi(-|h|)
+        pdf = b.square().neg_().exp_().mul_(1 / math.sqrt(2 * math.pi))      # phi(h)
+        g = torch.addcmul(pdf, b, e, value=-1 / r2, out=b)                   # phi(|h|) - |h| Phi(-|h|) >= 0
+        out = mu.new_empty((2 * n, *mu.shape[1:]))
+        torch.clamp(mu, min=0, out=out[:n])
+        torch.addcmul(out[:n], s, g, out=out[n:])                            # T = relu(mu) + s g
+        cdf = torch.copysign(e.mul_(-0.5).add_(0.5), mu, out=e).add_(0.5)    # Phi(h) = 1/2 + sign(mu) (Phi(|h|) - 1/2)
+        ctx.save_for_backward(mu, s, cdf, pdf)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        mu, s, cdf, pdf = ctx.saved_tensors
+        g0, g1 = g[:len(mu)], g[len(mu):]
+        if torch.is_grad_enabled():      # create_graph: the same formulas, recorded for a second derivative
+            h = _ratio(mu, s)
+            gmu = g0 * (mu > 0) + g1 * normal_cdf(h)
+            gs = (g1 * normal_pdf(h)).sum_to_size(s.shape)
+        else:
+            gmu = torch.ops.aten.threshold_backward(g0, mu, 0).addcmul_(g1, cdf)
+            gs = (g1 * pdf).sum_to_size(s.shape)
+        return gmu, gs if ctx.needs_input_grad[1] else None
+
+def _relu_pair(mu, var):
+    "[relu(mu); E relu(z)] for z ~ N(mu, var) along dim 0: the two inputs of Omega; var broadcasts against mu."
+    pos = var > 0
+    return _ReluPair.apply(mu, torch.where(pos, var, 1).sqrt().where(pos, 0).to(mu.dtype))
+
+# %% ../nbs/19_regularizers.ipynb #5a1c1f30
 class GaussianMomentLoss(nn.Module):
     "l(f(x), y) + alpha * l(E[f(x + n)], y) with the analytic expected logits (`003` eq 3), n ~ N(0, diag(sigma^2))."
     def __init__(self,
@@ -99,18 +142,25 @@ class GaussianMomentLoss(nn.Module):
                  loss=F.cross_entropy):  # l(logits, y) -> scalar
         super().__init__()
         if not (isinstance(alpha, (int, float)) and alpha >= 0): raise ValueError(f'alpha must be a number >= 0; got {alpha!r}')
-        check_var(torch.as_tensor(sigma, dtype=torch.float64), 'sigma')
+        sig = torch.as_tensor(sigma, dtype=torch.float64)
+        check_var(sig, 'sigma')
+        var = sig ** 2
         self.sigma, self.alpha, self.loss = sigma, alpha, loss
+        self._var = float(var) if var.ndim == 0 else None   # checked once: a step then needs no host round trip
 
     def forward(self, model:nn.Sequential, x:Tensor, y:Tensor)->Tensor:
         flat, affine, bn, rest = _first_block(model)
-        var_x = _noise_var(x, self.sigma)
+        if self._var is None or not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
+            var_x = _noise_var(x, self.sigma)
+        else: var_x = x.new_full((1, *x.shape[1:]), self._var)
         if len(y) != len(x): raise ValueError(f'x and y must hold as many samples; got {len(x)} and {len(y)}')
         if flat is not None: x, var_x = flat(x), flat(var_x)
         mu2 = affine(x)
         if bn is not None: mu2 = bn(mu2)
-        var2 = _affine_var(affine, bn, var_x).expand_as(mu2)
-        logits = rest(torch.cat([torch.relu(mu2), _relu_mean(mu2, var2)]))
+        pair = _relu_pair(mu2, _affine_var(affine, bn, var_x))
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in rest.modules()):
+            logits = torch.cat([rest(pair[:len(x)]), rest(pair[len(x):])])   # each half its own batch statistics
+        else: logits = rest(pair)
         return self.loss(logits[:len(x)], y) + self.alpha * self.loss(logits[len(x):], y)
 
 # %% ../nbs/19_regularizers.ipynb #19bd65c6

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+from .bench import best_time
 
 # %% auto #0
-__all__ = ['cross_entropy_loss', 'FitResult', 'fit']
+__all__ = ['cross_entropy_loss', 'FitResult', 'fit', 'step_costs']
 
 # %% ../nbs/21_train.ipynb #bee97338
 def cross_entropy_loss(model:nn.Module, x:Tensor, y:Tensor)->Tensor:
@@ -113,3 +114,36 @@ def fit(
             if stale >= patience: break
     model.load_state_dict(best_state)
     return FitResult(model.eval(), history, best_epoch, best)
+
+# %% ../nbs/21_train.ipynb #3322ba8d
+def step_costs(
+    model_fn:Callable,   # () -> a fresh model; each scheme trains its own
+    schemes:dict,        # name -> loss(model, x, y), or (loss, augment(x, y, generator) -> (x, y)); first: baseline
+    x:Tensor,            # one batch of inputs, on the device to time
+    y:Tensor,            # its labels
+    rounds:int=5,        # round-robin rounds; each scheme keeps its best
+    steps:int=10,        # training steps per timed round
+    lr:float=1e-3,       # Adam's learning rate
+    seed:int=0,          # seeds each augmentation generator
+)->dict:                 # name -> (seconds per step, ratio to the first scheme)
+    "Seconds per training step (loss, backward, Adam update) of each scheme, timed side by side on one batch."
+    if not schemes: raise ValueError('schemes must name at least one scheme')
+    if len(x) != len(y): raise ValueError(f'x and y must hold as many samples; got {len(x)} and {len(y)}')
+    for name, v in (('rounds', rounds), ('steps', steps)):
+        if not isinstance(v, int) or v < 1: raise ValueError(f'{name} must be an int >= 1; got {v!r}')
+    def step_fn(scheme):
+        loss, augment = scheme if isinstance(scheme, tuple) else (scheme, None)
+        model = model_fn().to(x.device).train()
+        opt = torch.optim.Adam(model.parameters(), lr)
+        gen = torch.Generator(device=x.device).manual_seed(seed)
+        def run():
+            for _ in range(steps):
+                xb, yb = augment(x, y, gen) if augment else (x, y)
+                opt.zero_grad(set_to_none=True); loss(model, xb, yb).backward(); opt.step()
+        return run
+    runs = {k: step_fn(v) for k, v in schemes.items()}
+    best = dict.fromkeys(runs, float('inf'))
+    for _ in range(rounds):
+        for k, run in runs.items(): best[k] = min(best[k], best_time(run, repeats=1, device=x.device) / steps)
+    base = next(iter(best.values()))
+    return {k: (t, t / base) for k, t in best.items()}

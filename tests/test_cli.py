@@ -82,6 +82,17 @@ def test_bench_prints_eight_rows(capsys):
     assert sum(line.startswith('Lemma 4 series') for line in data) == 2
 
 
+def test_stepcost_prints_each_scheme_per_batch(capsys):
+    assert main(['stepcost', '--batch', '8', '16', '--rounds', '1', '--steps', '1', '--folds', '2', '3']) == 0
+    out = capsys.readouterr().out
+    assert out.count('batch N = ') == 2 and 'batch N = 16' in out
+    names = ('vanilla ', 'vanilla, batch 2N', 'regularizer (eq 3), alpha 1', 'augmentation N=2', 'augmentation N=3')
+    for name in names: assert out.count(name) == 2, name
+    rows = [line for line in out.splitlines() if 'ms/step' in line]
+    assert len(rows) == 10 and all(float(r.split('ms/step')[0].split()[-1]) > 0 for r in rows)
+    assert rows[0].rstrip().endswith('1.00x vanilla')
+
+
 def test_bad_arguments_exit_through_argparse(capsys):
     for argv in ([], ['frobnicate'], ['check', '--dtype', 'float16'], ['check', '--sizes', '4', '8']):
         with pytest.raises(SystemExit) as info: main(argv)

@@ -144,3 +144,67 @@ def test_augmentation_fresh_noise():
     assert (noise[0] != noise[1]).all() and (noise[:, 0] != noise[:, 1]).all()
     se = 0.3 ** 2 * (2 / noise.numel()) ** 0.5
     assert abs(noise.var().item() - 0.09) <= 4 * se
+
+
+# --- the fused first ReLU of the regularized loss -------------------------------------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from netmoments.regularizers import _relu_pair  # noqa: E402
+from netmoments.relu import _relu_mean  # noqa: E402
+
+
+def _composed(mu, var):
+    return torch.cat([mu.relu(), _relu_mean(mu, var.expand_as(mu))])
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([1e-3, 1., 30., 1e4]), st.floats(0, 0.5))
+def test_relu_pair_is_the_composed_moment(seed, scale, zero_fraction):
+    "Value and gradients equal the composed formulas in float64, from |h| ~ 0 to far in the tails, zero variances too."
+    g = torch.Generator().manual_seed(seed)
+    mu = (scale * torch.randn(4, 3, 5, generator=g, dtype=f64)).requires_grad_()
+    var = torch.rand(1, 3, 5, generator=g, dtype=f64)
+    var = var.where(torch.rand(var.shape, generator=g, dtype=f64) >= zero_fraction, 0).requires_grad_()
+    got, want = _relu_pair(mu, var), _composed(mu, var)
+    assert_close(got, want, atol=1e-14 * scale, rtol=1e-12)
+    assert (got[4:] >= got[:4]).all()                              # T >= relu(mu): Jensen, exactly
+    w = torch.randn(got.shape, generator=g, dtype=f64)
+    g_got, g_want = torch.autograd.grad((got * w).sum(), (mu, var)), torch.autograd.grad((want * w).sum(), (mu, var))
+    assert_close(g_got[0], g_want[0], atol=1e-13, rtol=1e-12)
+    assert_close(g_got[1], g_want[1], atol=1e-12 * max(1., scale), rtol=1e-10)
+
+
+def test_relu_pair_second_derivatives():
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(3, 4, generator=g, dtype=f64).requires_grad_()
+    var = (0.05 + torch.rand(1, 4, generator=g, dtype=f64)).requires_grad_()
+    assert torch.autograd.gradcheck(_relu_pair, (mu, var))
+    assert torch.autograd.gradgradcheck(_relu_pair, (mu, var))
+
+
+@pytest.mark.parametrize('device', DEVICE_PARAMS)
+@pytest.mark.parametrize('dtype', [torch.float32, f64])
+def test_relu_pair_float_kinds_and_extremes(device, dtype):
+    "dtype and device kept; finite values and gradients at var = 0, mu = 0 and |mu / s| far beyond the cap."
+    mu = torch.tensor([[0., 1e-30, -1e-30, 3., -3., 1e6, -1e6]], dtype=dtype, device=device).repeat(2, 1)
+    var = torch.tensor([[1e-40 if dtype == f64 else 1e-30, 0., 1., 0., 1e-12, 1., 1e-12]], dtype=dtype, device=device)
+    mu.requires_grad_(); var.requires_grad_()
+    out = _relu_pair(mu, var)
+    assert out.dtype == dtype and out.device.type == device and out.shape == (4, 7)
+    assert torch.isfinite(out).all() and (out[2:] >= out[:2]).all()
+    assert_close(out[:2], mu.detach().relu())
+    assert_close(out[2:].double(), _composed(mu.detach().double(), var.detach().double())[2:], atol=1e-6, rtol=1e-5)
+    out.sum().backward()
+    assert torch.isfinite(mu.grad).all() and torch.isfinite(var.grad).all()
+
+
+def test_train_mode_batch_norm_sees_each_half_alone():
+    "With a training-mode BatchNorm after the first ReLU, relu(mu2) and mu3 are normalized by their own statistics."
+    net = seeded(nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)), 0)
+    net.train()
+    x = torch.rand(6, 2, 6, 6, dtype=f64, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 3, (6,), generator=torch.Generator().manual_seed(1))
+    got = GaussianMomentLoss(0.3, 2.)(net, x, y)
+    mean, _ = first_layer_moments(net, x, 0.3)
+    want = F.cross_entropy(net(x), y) + 2 * F.cross_entropy(net[2:](mean), y)
+    assert_close(got, want)

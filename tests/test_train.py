@@ -5,7 +5,7 @@ from torch import nn
 
 from conftest import DEVICE_PARAMS
 from netmoments.regularizers import GaussianMomentLoss, noisy_augmentation
-from netmoments.train import cross_entropy_loss, fit
+from netmoments.train import cross_entropy_loss, fit, step_costs
 
 
 def blobs(n=600, seed=0):
@@ -57,3 +57,30 @@ def test_errors():
     with pytest.raises(ValueError, match='val_fraction'): fit(net(), data, val_fraction=1.5)
     with pytest.raises(ValueError, match='optimizer'): fit(net(), data, optimizer='x')
     with pytest.raises(TypeError, match='train must be'): fit(net(), 3)
+
+
+@pytest.mark.parametrize('device', DEVICE_PARAMS)
+def test_step_costs_trains_each_scheme_on_its_own_model(device):
+    "Every scheme trains its own model on the device, warm-up runs included; the first scheme is the baseline."
+    x, y = blobs(40)
+    x, y = x.to(device), y.to(device)
+    models, calls = [], []
+    def make():
+        models.append(net(0)); return models[-1]
+    def augment(xb, yb, g):
+        calls.append(g.device.type); return noisy_augmentation(xb, yb, 0.1, 2, g)
+    out = step_costs(make, {'plain': cross_entropy_loss, 'reg': GaussianMomentLoss(0.3, 1.),
+                            'aug': (cross_entropy_loss, augment)}, x, y, rounds=2, steps=3)
+    assert list(out) == ['plain', 'reg', 'aug'] and out['plain'][1] == 1.
+    assert all(sec > 0 and ratio > 0 for sec, ratio in out.values())
+    assert len(models) == 3 and all(next(m.parameters()).device.type == device for m in models)
+    assert len(calls) == 2 * 2 * 3 and set(calls) == {device}       # 2 rounds of (warm-up + timed run) of 3 steps
+    start = net(0).state_dict()
+    assert all(not torch.equal(m.state_dict()['0.weight'].cpu(), start['0.weight']) for m in models)
+
+
+def test_step_costs_errors():
+    x, y = blobs(10)
+    with pytest.raises(ValueError, match='at least one'): step_costs(net, {}, x, y)
+    with pytest.raises(ValueError, match='as many samples'): step_costs(net, {'p': cross_entropy_loss}, x, y[:3])
+    with pytest.raises(ValueError, match='rounds must be'): step_costs(net, {'p': cross_entropy_loss}, x, y, rounds=0)

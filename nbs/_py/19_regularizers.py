@@ -8,17 +8,19 @@
 # %%
 #| export
 from __future__ import annotations
+import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from netmoments.attacks import lp_perturbation
 from netmoments.core import check_finite, check_var
+from netmoments.gaussian import normal_cdf, normal_pdf
 from netmoments.linearize import _flatten
 from netmoments.relu import _relu_mean, _relu_var
 
 # %%
 #| hide
-import math, time
+import time
 import sympy as sp
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_close, test_fail
@@ -244,7 +246,6 @@ for sig in (0.05, 0.1, 0.2, 0.3, 0.5):
     rel = lambda a: ((a - mc_mean).norm(dim=1) / mc_mean.norm(dim=1)).mean().item()
     print(f'{sig:5.2f}  {rel(ana):24.3f}  {rel(net(xs)):22.3f}  {(mc_se.norm(dim=1) / mc_mean.norm(dim=1)).mean():10.4f}')
 
-
 # %% [markdown]
 # The first column is the regularizer's error; the second is that of ignoring the noise altogether. That is not a
 # defect of the code (the first layer is exact, above): eq 4 linearizes $\Omega$.
@@ -253,7 +254,108 @@ for sig in (0.05, 0.1, 0.2, 0.3, 0.5):
 # ## The regularized loss (eq 3)
 # `GaussianMomentLoss` computes $\ell(\Phi(x), y) + \alpha\,\ell(\Omega(\mu_3), y)$ with cross entropy averaged over
 # the batch. The first affine layer runs once; $\mathrm{relu}(\mu_2)$ and $\mu_3$ go through $\Omega$ as one
-# batch of $2N$, so a step costs one extra pass of $\Omega$ (measured in chapter 22).
+# batch of $2N$, so a step costs one extra pass of $\Omega$ (measured in chapter 22). If $\Omega$ holds a batch norm
+# in training mode, the two halves go through it separately, so each is normalized by its own batch statistics.
+#
+# ## A fused first ReLU for training
+# A training step evaluates $\mathrm{relu}(\mu_2)$ and $\mu_3 = T(\mu_2, \sigma_2)$ on every first-layer unit of
+# every image (11,520 per MNIST digit in LeNet) and differentiates both. Composed from torch operations, $T$ is some
+# twenty elementwise kernels forward and as many again in autograd's backward, which on LeNet cost more than the
+# second pass of $\Omega$ itself. Its derivatives are simple, though: the terms from differentiating $\Phi$ and
+# $\varphi$ cancel,
+# $$\frac{\partial T}{\partial \mu} = \Phi(\mu/s), \qquad \frac{\partial T}{\partial s} = \varphi(\mu/s),$$
+# which sympy confirms:
+
+# %%
+test_eq(sp.simplify(sp.diff(closed, mu) - (1 + sp.erf(mu / (s * sp.sqrt(2)))) / 2), 0)
+test_eq(sp.simplify(sp.diff(closed, s) - sp.exp(-mu**2 / (2 * s**2)) / sp.sqrt(2 * sp.pi)), 0)
+sp.diff(closed, mu), sp.simplify(sp.diff(closed, s))
+
+
+# %% [markdown]
+# `_relu_pair` therefore computes $[\mathrm{relu}(\mu_2); \mu_3]$ straight into the $2N$ batch that $\Omega$ takes,
+# keeps $\Phi$ and $\varphi$ from the forward pass, and its backward is two multiply-adds. It writes $T$ as
+# $\mathrm{relu}(\mu) + s\,g(|\mu|/s)$ with $g(a) = \varphi(a) - a\Phi(-a) \ge 0$ (the same function, as
+# $\Phi(-a) = 1 - \Phi(a)$), so $T \ge \mathrm{relu}(\mu)$ holds in floating point too, and it caps $a$ where
+# $\Phi(-a)$ and $\varphi(a)$ are still normal numbers ($a = 12$ in float32, where $g < 10^{-33}$): a CPU computes
+# with subnormal numbers many times slower. $\sigma_2$ stays in the
+# shape of the variance map (one input, or one per sample), and its gradient is summed over the batch. Where
+# $\sigma_2 = 0$ the ratio $\mu/\sigma_2$ saturates at $\pm 50$, so $T = \mathrm{relu}(\mu)$ and the gradients are the
+# one-sided limits, with no division by zero. When a second derivative is asked for (`create_graph=True`, e.g. a
+# gradient penalty on top), the backward recomputes $\Phi$ and $\varphi$ with differentiable operations, so double
+# backpropagation is exact, not a silent constant.
+
+# %%
+#| exporti
+def _ratio(mu, s):
+    "mu / s, saturated at +-50 (where Phi is 0 or 1 and phi 0 in any float); s = 0 gives +-50 (or 0 at mu = 0)."
+    return (mu * s.reciprocal().clamp(max=torch.finfo(s.dtype).max)).clamp(-50, 50)
+
+class _ReluPair(torch.autograd.Function):
+    "[relu(mu); mu Phi(mu/s) + s phi(mu/s)] along dim 0, with the closed-form derivatives (Phi, phi)."
+    @staticmethod
+    def forward(ctx, mu, s):
+        n, r2 = len(mu), math.sqrt(2)
+        # b = |h| / sqrt 2, capped where Phi(-|h|) and phi(h) are still normal floats (subnormals are slow on CPUs)
+        cap = max(12., math.sqrt(-2 * math.log(torch.finfo(mu.dtype).tiny)) - 1) / r2
+        b = mu.abs().mul_(s.reciprocal().clamp(max=torch.finfo(s.dtype).max) / r2).clamp_(max=cap)
+        e = torch.special.erfc(b)                                             # 2 Phi(-|h|)
+        pdf = b.square().neg_().exp_().mul_(1 / math.sqrt(2 * math.pi))      # phi(h)
+        g = torch.addcmul(pdf, b, e, value=-1 / r2, out=b)                   # phi(|h|) - |h| Phi(-|h|) >= 0
+        out = mu.new_empty((2 * n, *mu.shape[1:]))
+        torch.clamp(mu, min=0, out=out[:n])
+        torch.addcmul(out[:n], s, g, out=out[n:])                            # T = relu(mu) + s g
+        cdf = torch.copysign(e.mul_(-0.5).add_(0.5), mu, out=e).add_(0.5)    # Phi(h) = 1/2 + sign(mu) (Phi(|h|) - 1/2)
+        ctx.save_for_backward(mu, s, cdf, pdf)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        mu, s, cdf, pdf = ctx.saved_tensors
+        g0, g1 = g[:len(mu)], g[len(mu):]
+        if torch.is_grad_enabled():      # create_graph: the same formulas, recorded for a second derivative
+            h = _ratio(mu, s)
+            gmu = g0 * (mu > 0) + g1 * normal_cdf(h)
+            gs = (g1 * normal_pdf(h)).sum_to_size(s.shape)
+        else:
+            gmu = torch.ops.aten.threshold_backward(g0, mu, 0).addcmul_(g1, cdf)
+            gs = (g1 * pdf).sum_to_size(s.shape)
+        return gmu, gs if ctx.needs_input_grad[1] else None
+
+def _relu_pair(mu, var):
+    "[relu(mu); E relu(z)] for z ~ N(mu, var) along dim 0: the two inputs of Omega; var broadcasts against mu."
+    pos = var > 0
+    return _ReluPair.apply(mu, torch.where(pos, var, 1).sqrt().where(pos, 0).to(mu.dtype))
+
+
+# %% [markdown]
+# It is the composed $T$ to rounding, with the same gradients (`gradcheck`, and `gradgradcheck` for the second
+# derivatives), including units of zero variance; and it is several times faster:
+
+# %%
+g_pair = torch.Generator().manual_seed(0)
+mu_t = torch.randn(3, 4, 5, generator=g_pair, dtype=torch.float64).requires_grad_()
+var_t = torch.rand(1, 4, 5, generator=g_pair, dtype=torch.float64)
+var_t[0, 0] = 0                                    # a channel that sees no noise
+var_t.requires_grad_()
+pair = _relu_pair(mu_t, var_t)
+test_close(pair, torch.cat([mu_t.relu(), _relu_mean(mu_t, var_t.expand_as(mu_t))]), eps=1e-14)
+var_pos = var_t.detach().clamp(min=0.05).requires_grad_()   # finite differences need var away from 0
+test_eq(torch.autograd.gradcheck(_relu_pair, (mu_t, var_pos)), True)
+test_eq(torch.autograd.gradgradcheck(_relu_pair, (mu_t, var_pos)), True)
+g_fused = torch.autograd.grad(pair.sum(), (mu_t, var_t))
+g_comp = torch.autograd.grad(torch.cat([mu_t.relu(), _relu_mean(mu_t, var_t.expand_as(mu_t))]).sum(), (mu_t, var_t))
+test_close(g_fused[0], g_comp[0], eps=1e-14); test_close(g_fused[1], g_comp[1], eps=1e-12)
+test_eq(bool(torch.isfinite(g_fused[1]).all()), True)
+
+mu_b = torch.randn(100, 20, 24, 24, generator=g_pair).requires_grad_()   # LeNet's first layer on a batch of 100
+var_b = torch.rand(1, 20, 24, 24, generator=g_pair).requires_grad_()
+def composed(): torch.cat([mu_b.relu(), _relu_mean(mu_b, var_b.expand_as(mu_b))]).sum().backward()
+def fused(): _relu_pair(mu_b, var_b).sum().backward()
+t_comp, t_fused = best_time(composed, repeats=5), best_time(fused, repeats=5)
+print(f'forward + backward over 100 x 11,520 units (float32): composed {1e3 * t_comp:.1f} ms, '
+      f'fused {1e3 * t_fused:.1f} ms, {t_comp / t_fused:.1f}x faster')
+
 
 # %%
 #| export
@@ -265,18 +367,25 @@ class GaussianMomentLoss(nn.Module):
                  loss=F.cross_entropy):  # l(logits, y) -> scalar
         super().__init__()
         if not (isinstance(alpha, (int, float)) and alpha >= 0): raise ValueError(f'alpha must be a number >= 0; got {alpha!r}')
-        check_var(torch.as_tensor(sigma, dtype=torch.float64), 'sigma')
+        sig = torch.as_tensor(sigma, dtype=torch.float64)
+        check_var(sig, 'sigma')
+        var = sig ** 2
         self.sigma, self.alpha, self.loss = sigma, alpha, loss
+        self._var = float(var) if var.ndim == 0 else None   # checked once: a step then needs no host round trip
 
     def forward(self, model:nn.Sequential, x:Tensor, y:Tensor)->Tensor:
         flat, affine, bn, rest = _first_block(model)
-        var_x = _noise_var(x, self.sigma)
+        if self._var is None or not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
+            var_x = _noise_var(x, self.sigma)
+        else: var_x = x.new_full((1, *x.shape[1:]), self._var)
         if len(y) != len(x): raise ValueError(f'x and y must hold as many samples; got {len(x)} and {len(y)}')
         if flat is not None: x, var_x = flat(x), flat(var_x)
         mu2 = affine(x)
         if bn is not None: mu2 = bn(mu2)
-        var2 = _affine_var(affine, bn, var_x).expand_as(mu2)
-        logits = rest(torch.cat([torch.relu(mu2), _relu_mean(mu2, var2)]))
+        pair = _relu_pair(mu2, _affine_var(affine, bn, var_x))
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in rest.modules()):
+            logits = torch.cat([rest(pair[:len(x)]), rest(pair[len(x):])])   # each half its own batch statistics
+        else: logits = rest(pair)
         return self.loss(logits[:len(x)], y) + self.alpha * self.loss(logits[len(x):], y)
 
 

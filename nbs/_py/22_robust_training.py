@@ -13,10 +13,9 @@ import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_close
 from netmoments.data import load
 from netmoments.models import lenet
-from netmoments.bench import best_time
 from netmoments.regularizers import GaussianMomentLoss, GradientNormLoss, noisy_augmentation
 from netmoments.robustness import noise_robustness, predicted_misclassification, misclassification_rate
-from netmoments.train import fit, cross_entropy_loss
+from netmoments.train import fit, cross_entropy_loss, step_costs
 
 # %% [markdown]
 # This chapter exports nothing: it runs the experiments of `003` §4 and `004` §IV-V with the library of chapters
@@ -74,6 +73,7 @@ def run(train, test, kind, sigma=0., level=0, cfg=SMALL, seed=0, device='cpu'):
 # %%
 SMALL_GRID = ([('baseline', 0., 0), ('augment', 0.5, 2), ('augment', 0.5, 6)]
               + [('regularizer', 0.5, 1), ('regularizer', 2., 1), ('regularizer', 2., 5)])
+run(*datasets('mnist', dict(SMALL, n_train=200, n_test=50)), 'baseline')   # warm-up, so the first timed run pays no one-time costs
 t_all = time.perf_counter()
 small = {}
 for name in ('mnist', 'fashion-mnist'):
@@ -81,8 +81,9 @@ for name in ('mnist', 'fashion-mnist'):
     small[name] = [run(train, test, *setting) for setting in SMALL_GRID]
 print(f'{2 * len(SMALL_GRID)} training runs in {time.perf_counter() - t_all:.0f} s')
 for name, rows in small.items():
-    print(f'\n{name}: kind          sigma  N/alpha  accuracy  robustness')
-    for r in rows: print(f'{"":{len(name)}}  {r["kind"]:12s} {r["sigma"]:6.3f}  {r["level"]:7g}  {r["accuracy"]:8.3f}  {r["robustness"]:10.3f}')
+    print(f'\n{name}: kind          sigma  N/alpha  accuracy  robustness  s/epoch')
+    for r in rows: print(f'{"":{len(name)}}  {r["kind"]:12s} {r["sigma"]:6.3f}  {r["level"]:7g}  {r["accuracy"]:8.3f}  '
+                         f'{r["robustness"]:10.3f}  {r["seconds"] / r["epochs"]:7.2f}')
 
 # %% [markdown]
 # The baseline is the least robust model of each dataset's grid only if training noise helps at all in 2 epochs; the
@@ -131,7 +132,6 @@ for name, rows in small.items():
         print(f"  best {k:11s}: " + ('none within tolerance' if r is None else
               f"sigma {r['sigma']:g}, N/alpha {r['level']:g}: accuracy {r['accuracy']:.3f} robustness {r['robustness']:.3f}"))
 
-
 # %% [markdown]
 # Published (`003` Fig 4a, MNIST, LeNet, full training): the regularizer reaches the robustness of 21-fold
 # augmentation at the baseline's accuracy; on CIFAR-10 twice the best augmentation's. The figure's bar heights are
@@ -139,47 +139,39 @@ for name, rows in small.items():
 
 # %% [markdown]
 # ## Cost of each scheme
-# One training step (forward, backward, Adam update) of LeNet on a batch of 100 MNIST images, timed side by side with
-# `best_time`. The regularizer runs the network after the first ReLU twice (on $\mathrm{relu}(\mu_2)$ and $\mu_3$).
-# In LeNet 87% of the multiply-adds of a forward pass (conv2, fc1, fc2: 2.0M of 2.3M) come after the first ReLU, so
-# the regularized step cannot cost less than about $1 + 0.87 \approx 1.9\times$ a vanilla one, plus the elementwise
-# $\Phi$, $\varphi$ of $\mu_3$ over the 11,520 first-layer units: **the issue's target of about 1.5× is not met on
-# LeNet** (it would be for a network whose first layer dominates the cost). It is still independent of $\tilde N$,
-# which multiplies the batch (and the cost) by $\tilde N$. The CPU here is shared, so the ratios move by some 10%
-# between runs.
+# The last column of the grid above is the training time per epoch of each run (1,350 images, validation included),
+# measured in one sitting. A cleaner figure is one training step (forward, backward, Adam update) of LeNet on a batch
+# of 100 MNIST images, timed side by side by `step_costs` (chapter 21). The regularizer runs the first layer once and
+# the network after the first ReLU, $\Omega$, on $2N$ inputs ($\mathrm{relu}(\mu_2)$ and $\mu_3$). In LeNet, 87% of
+# the multiply-adds of a forward pass (conv2, fc1, fc2: 2.0M of 2.3M) come after the first ReLU, so a regularized
+# step costs about what a vanilla step on a batch of $2N$ costs: about twice a vanilla step on this CPU, which
+# has no spare throughput for a larger batch. The row "vanilla, batch 2N" measures that floor directly. Since the fused
+# first ReLU of chapter 19, the regularizer sits on it (the composed elementwise moments made it 2.5-3.4× before).
+# **The issue's target of about 1.5× is therefore out of reach on a CPU for LeNet**, by arithmetic rather than by
+# implementation. The regularizer still costs no more than 2-fold augmentation, and it stays flat in $\tilde N$, where
+# augmentation grows with it. The CPU here is shared, so the ratios move by some 10% between runs.
 
 # %%
-def step_fn(loss, augment=None, batch=100):
-    net = lenet(torch.Generator().manual_seed(0))
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
-    xb, yb = load('mnist', 'train', limit=batch)[:2]
-    gen = torch.Generator().manual_seed(0)
-    def step():
-        x, y = augment(xb, yb, gen) if augment else (xb, yb)
-        opt.zero_grad(); loss(net, x, y).backward(); opt.step()
-    return step
-
-schemes = {'vanilla': (cross_entropy_loss, None), 'regularizer (eq 3)': (GaussianMomentLoss(0.5, 1.), None),
-           'gradient norm (p=2)': (GradientNormLoss(0.1, 2), None)}
-schemes.update({f'augmentation N={n}': (cross_entropy_loss, lambda x, y, g, n=n: noisy_augmentation(x, y, 0.5, n, g))
-                for n in (2, 6)})
-steps = {k: step_fn(*v) for k, v in schemes.items()}
-times = {k: float('inf') for k in steps}
-for _ in range(5):    # round robin, best of 5 rounds: a shared machine's load hits every scheme alike
-    for k, f in steps.items(): times[k] = min(times[k], best_time(f, repeats=1))
-for k, t in times.items(): print(f'{k:22s} {1e3 * t:7.1f} ms/step   {t / times["vanilla"]:5.2f} x vanilla')
+mn_batch = load('mnist', 'train', limit=100)[:2]
+aug = lambda n: (cross_entropy_loss, lambda x, y, g: noisy_augmentation(x, y, 0.5, n, g))
+schemes = {'vanilla': cross_entropy_loss,
+           'vanilla, batch 2N': (cross_entropy_loss, lambda x, y, g: (x.repeat(2, 1, 1, 1), y.repeat(2))),
+           'regularizer (eq 3)': GaussianMomentLoss(0.5, 1.), 'gradient norm (p=2)': GradientNormLoss(0.1, 2),
+           'augmentation N=2': aug(2), 'augmentation N=6': aug(6)}
+costs = step_costs(lambda: lenet(torch.Generator().manual_seed(0)), schemes, *mn_batch, rounds=5, steps=4)
+for k, (sec, ratio) in costs.items(): print(f'{k:22s} {1e3 * sec:7.1f} ms/step   {ratio:5.2f} x vanilla')
+test_eq(costs['regularizer (eq 3)'][1] < costs['augmentation N=6'][1], True)
 
 
 # %% [markdown]
-# **On a GPU** (measured once, 2026-11-30, NVIDIA H200, torch 2.11 with CUDA 13; LeNet, Adam, random images in
-# [0, 1], best of 5 rounds of 20 steps each, synchronized): at batch 100, vanilla 2.17 ms, regularizer 3.96 ms
-# (1.83×), augmentation N=2 2.65 ms (1.22×), N=6 2.54 ms (1.17×); at batch 1000, vanilla 1.99 ms, regularizer
-# 4.97 ms (2.50×), N=2 2.95 ms (1.48×), N=6 7.35 ms (3.70×). The issue's "at most about 1.5× a vanilla step" is
-# therefore **not met on the GPU either**. At batch 100 every scheme is launch-bound: augmentation's larger batch
-# costs almost nothing, while the regularizer's extra elementwise kernels ($\Phi$, $\varphi$, the squared-weight
-# convolution, the concatenation) add launches. At batch 1000 the second pass of the rest of the network dominates,
-# as on the CPU. So on this GPU the regularizer is cheaper than N-fold augmentation at batch 1000 only for some N
-# between 2 and 6, and at batch 100 not even against N = 6.
+# **On a GPU** a small LeNet step is bound by kernel launches rather than arithmetic, so there the second pass of
+# $\Omega$ costs little and the extra elementwise kernels decide. Measured once (2026-11-30, NVIDIA H200, torch 2.11,
+# CUDA 13; random images in $[0, 1]$, best of 5 rounds of 20 synchronized steps), **with the composed elementwise
+# moments, before the fused first ReLU**: at batch 100, vanilla 2.17 ms, regularizer 3.96 ms (1.83×), augmentation
+# N=2 2.65 ms (1.22×), N=6 2.54 ms (1.17×); at batch 1000, vanilla 1.99 ms, regularizer 4.97 ms (2.50×), N=2 2.95 ms
+# (1.48×), N=6 7.35 ms (3.70×). The fused version replaces some forty of those kernels by about fifteen, and has not
+# been measured on a GPU yet (none was lent to the session that wrote it): `netmoments stepcost --device cuda`
+# (chapter 90) prints the same table there.
 
 # %% [markdown]
 # ## Lyu et al.: softmax models and weight decay (Tables VI-IX)

@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Command line
-# > `netmoments check`, `netmoments bench` and `netmoments tightness`: the analytic moments of a bundled network beside Monte Carlo, the benchmark table, and the tightness of the linearized LeNet
+# > `netmoments check`, `bench`, `tightness` and `stepcost`: the analytic moments of a bundled network beside Monte Carlo, the benchmark table, the tightness of the linearized LeNet, and the cost of a robust-training step
 
 # %%
 #| default_exp cli
@@ -200,6 +200,14 @@ def _parser():
     t.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
     t.add_argument('--json', default=None, metavar='PATH', help='also write the table as JSON')
     t.add_argument('--figure', default='tightness.png', metavar='PATH', help="MC against analytic variances ('' : none)")
+    s = sub.add_parser('stepcost', help='seconds per LeNet training step: vanilla, regularizer (eq 3), N-fold augmentation')
+    s.add_argument('--batch', type=int, nargs='+', default=[100, 1000], help='batch sizes (default 100 1000)')
+    s.add_argument('--sigma', type=float, default=0.5, help='training noise std (default 0.5)')
+    s.add_argument('--alpha', type=float, default=1., help="weight of the regularizer's term (default 1)")
+    s.add_argument('--folds', type=int, nargs='*', default=[2, 6], help='augmentation folds N (default 2 6)')
+    s.add_argument('--rounds', type=int, default=5, help='round-robin rounds, best kept (default 5)')
+    s.add_argument('--steps', type=int, default=20, help='steps per timed round (default 20)')
+    s.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
     return ap
 
 def _tightness(args)->int:
@@ -223,10 +231,36 @@ def _tightness(args)->int:
     if args.figure: tightness_figure(table, args.figure)
     return 0
 
+def _stepcost(args)->int:
+    from netmoments.models import lenet
+    from netmoments.regularizers import GaussianMomentLoss, noisy_augmentation
+    from netmoments.train import cross_entropy_loss, step_costs
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        print('netmoments stepcost: --device cuda asked for, but torch sees no CUDA device', file=sys.stderr); return 2
+    dev = torch.device(args.device)
+    where = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
+    print(f'LeNet training step (Adam), random images in [0, 1]; torch {torch.__version__}, {where}; '
+          f'best of {args.rounds} rounds of {args.steps} steps')
+    schemes = {'vanilla': cross_entropy_loss,
+               'vanilla, batch 2N': (cross_entropy_loss, lambda x, y, g: (x.repeat(2, 1, 1, 1), y.repeat(2))),
+               f'regularizer (eq 3), alpha {args.alpha:g}': GaussianMomentLoss(args.sigma, args.alpha)}
+    augment = lambda n: lambda x, y, g: noisy_augmentation(x, y, args.sigma, n, g)
+    schemes.update({f'augmentation N={n}': (cross_entropy_loss, augment(n)) for n in args.folds})
+    gen = torch.Generator().manual_seed(0)
+    for n in args.batch:
+        x = torch.rand(n, 1, 28, 28, generator=gen).to(dev)
+        y = torch.randint(0, 10, (n,), generator=gen).to(dev)
+        costs = step_costs(lambda: lenet(torch.Generator().manual_seed(0)), schemes, x, y, rounds=args.rounds,
+                           steps=args.steps)
+        print(f'\nbatch N = {n}')
+        for k, (sec, ratio) in costs.items(): print(f'  {k:28s} {1e3 * sec:8.2f} ms/step  {ratio:5.2f}x vanilla')
+    return 0
+
 def main(argv:list|None=None)->int:
-    "The `netmoments` command: `check`, `bench` or `tightness`."
+    "The `netmoments` command: `check`, `bench`, `tightness` or `stepcost`."
     args = _parser().parse_args(argv)
     if args.command == 'tightness': return _tightness(args)
+    if args.command == 'stepcost': return _stepcost(args)
     if args.command == 'check':
         if args.device.startswith('cuda') and not torch.cuda.is_available():
             print('netmoments check: --device cuda asked for, but torch sees no CUDA device', file=sys.stderr); return 2
@@ -269,6 +303,18 @@ test_eq([len(r['logits']) for r in report['images']], [10, 10])
 test_eq(set(report['images'][0]['logits'][0]), {'logit', 'analytic_mean', 'exact_var', 'old_var', 'mc_mean', 'mc_mean_se',
                                                 'mc_var', 'mc_var_se', 'er_mean', 'er_exact_var', 'er_old_var'})
 assert 'mean E_r' in out.getvalue()
+
+# %% [markdown]
+# `stepcost` times one LeNet training step of each scheme of chapter 22 side by side, on random images (the cost does
+# not depend on the pixels); "vanilla, batch 2N" is a plain step on the batch repeated twice, the cost the regularizer
+# cannot go below (it runs the network after the first ReLU on $2N$ inputs). Here with a small batch and few rounds:
+
+# %%
+with contextlib.redirect_stdout(io.StringIO()) as out: test_eq(main(['stepcost', '--batch', '20', '--rounds', '1', '--steps', '2', '--folds', '2']), 0)
+print(out.getvalue())
+for k in ('vanilla ', 'vanilla, batch 2N', 'regularizer (eq 3)', 'augmentation N=2'): assert k in out.getvalue()
+if not torch.cuda.is_available():
+    with contextlib.redirect_stderr(io.StringIO()): test_eq(main(['stepcost', '--device', 'cuda']), 2)
 
 # %% [markdown]
 # ## Export -
