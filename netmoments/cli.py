@@ -157,8 +157,6 @@ def _parser():
 
 def _tightness(args)->int:
     from netmoments.models import mnist_slice, pretrained
-    if args.device.startswith('cuda') and not torch.cuda.is_available():
-        print('netmoments tightness: --device cuda asked for, but torch sees no CUDA device', file=sys.stderr); return 2
     model = pretrained(args.model, device=args.device)
     x, y = mnist_slice(device=args.device)
     x, y = x[:args.images], y[:args.images].tolist()
@@ -178,19 +176,12 @@ def _tightness(args)->int:
 
 def _stepcost(args)->int:
     from netmoments.models import lenet
-    from netmoments.regularizers import GaussianMomentLoss, noisy_augmentation
-    from netmoments.train import cross_entropy_loss, step_costs
-    if args.device.startswith('cuda') and not torch.cuda.is_available():
-        print('netmoments stepcost: --device cuda asked for, but torch sees no CUDA device', file=sys.stderr); return 2
+    from netmoments.train import step_costs, step_schemes
     dev = torch.device(args.device)
     where = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
     print(f'LeNet training step (Adam), random images in [0, 1]; torch {torch.__version__}, {where}; '
           f'best of {args.rounds} rounds of {args.steps} steps')
-    schemes = {'vanilla': cross_entropy_loss,
-               'vanilla, batch 2N': (cross_entropy_loss, lambda x, y, g: (x.repeat(2, 1, 1, 1), y.repeat(2))),
-               f'regularizer (eq 3), alpha {args.alpha:g}': GaussianMomentLoss(args.sigma, args.alpha)}
-    augment = lambda n: lambda x, y, g: noisy_augmentation(x, y, args.sigma, n, g)
-    schemes.update({f'augmentation N={n}': (cross_entropy_loss, augment(n)) for n in args.folds})
+    schemes = step_schemes(args.sigma, args.alpha, args.folds)
     gen = torch.Generator().manual_seed(0)
     for n in args.batch:
         x = torch.rand(n, 1, 28, 28, generator=gen).to(dev)
@@ -204,11 +195,12 @@ def _stepcost(args)->int:
 def main(argv:list|None=None)->int:
     "The `netmoments` command: `check`, `bench`, `tightness` or `stepcost`."
     args = _parser().parse_args(argv)
+    if getattr(args, 'device', 'cpu').startswith('cuda') and not torch.cuda.is_available():
+        print(f'netmoments {args.command}: --device cuda asked for, but torch sees no CUDA device', file=sys.stderr)
+        return 2
     if args.command == 'tightness': return _tightness(args)
     if args.command == 'stepcost': return _stepcost(args)
     if args.command == 'check':
-        if args.device.startswith('cuda') and not torch.cuda.is_available():
-            print('netmoments check: --device cuda asked for, but torch sees no CUDA device', file=sys.stderr); return 2
         net = bundled_network(*args.sizes, seed=args.network_seed, dtype=getattr(torch, args.dtype), device=args.device)
         text, worst = check_report(net, samples=args.samples, seed=args.seed, progress=sys.stderr.isatty())
         print(text)

@@ -12,7 +12,7 @@ from .attacks import lp_perturbation
 from .core import check_finite, check_var
 from .gaussian import normal_cdf, normal_pdf
 from .linearize import _flatten
-from .relu import _relu_mean, _relu_var
+from .relu import _relu_mean, _relu_var, _safe_std
 
 # %% auto #0
 __all__ = ['first_layer_moments', 'analytic_expected_logits', 'GaussianMomentLoss', 'noisy_augmentation', 'GradientNormLoss',
@@ -46,6 +46,9 @@ def _noise_var(x, sigma):
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
         raise ValueError(f'x must be a floating batch (N, ...) of inputs; got '
                          f'{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}')
+    if isinstance(sigma, (int, float)):      # checked on the host: no device round trip in a training step
+        check_var(torch.tensor(float(sigma), dtype=torch.float64), 'sigma')
+        return x.new_full((1, *x.shape[1:]), float(sigma) ** 2)
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
     check_var(sigma, 'sigma')
     if sigma.shape == x.shape: return sigma ** 2
@@ -93,9 +96,13 @@ def analytic_expected_logits(
     return _first_block(model)[3](mean)
 
 # %% ../nbs/19_regularizers.ipynb #e97eaac8
+def _inverse(s):
+    "1 / s, with the largest float instead of inf at s = 0, so that 0 / 0 gives 0 rather than nan."
+    return s.reciprocal().clamp(max=torch.finfo(s.dtype).max)
+
 def _ratio(mu, s):
     "mu / s, saturated at +-50 (where Phi is 0 or 1 and phi 0 in any float); s = 0 gives +-50 (or 0 at mu = 0)."
-    return (mu * s.reciprocal().clamp(max=torch.finfo(s.dtype).max)).clamp(-50, 50)
+    return (mu * _inverse(s)).clamp(-50, 50)
 
 class _ReluPair(torch.autograd.Function):
     "[relu(mu); mu Phi(mu/s) + s phi(mu/s)] along dim 0, with the closed-form derivatives (Phi, phi)."
@@ -104,7 +111,7 @@ class _ReluPair(torch.autograd.Function):
         n, r2 = len(mu), math.sqrt(2)
         # b = |h| / sqrt 2, capped where Phi(-|h|) and phi(h) are still normal floats (subnormals are slow on CPUs)
         cap = max(12., math.sqrt(-2 * math.log(torch.finfo(mu.dtype).tiny)) - 1) / r2
-        b = mu.abs().mul_(s.reciprocal().clamp(max=torch.finfo(s.dtype).max) / r2).clamp_(max=cap)
+        b = mu.abs().mul_(_inverse(s) / r2).clamp_(max=cap)
         e = torch.special.erfc(b)                                             # 2 Phi(-|h|)
         pdf = b.square().neg_().exp_().mul_(1 / math.sqrt(2 * math.pi))      # phi(h)
         g = torch.addcmul(pdf, b, e, value=-1 / r2, out=b)                   # phi(|h|) - |h| Phi(-|h|) >= 0
@@ -130,8 +137,8 @@ class _ReluPair(torch.autograd.Function):
 
 def _relu_pair(mu, var):
     "[relu(mu); E relu(z)] for z ~ N(mu, var) along dim 0: the two inputs of Omega; var broadcasts against mu."
-    pos = var > 0
-    return _ReluPair.apply(mu, torch.where(pos, var, 1).sqrt().where(pos, 0).to(mu.dtype))
+    s, zero = _safe_std(var)
+    return _ReluPair.apply(mu, s.masked_fill(zero, 0).to(mu.dtype))
 
 # %% ../nbs/19_regularizers.ipynb #5a1c1f30
 class GaussianMomentLoss(nn.Module):
@@ -142,17 +149,12 @@ class GaussianMomentLoss(nn.Module):
                  loss=F.cross_entropy):  # l(logits, y) -> scalar
         super().__init__()
         if not (isinstance(alpha, (int, float)) and alpha >= 0): raise ValueError(f'alpha must be a number >= 0; got {alpha!r}')
-        sig = torch.as_tensor(sigma, dtype=torch.float64)
-        check_var(sig, 'sigma')
-        var = sig ** 2
+        check_var(torch.as_tensor(sigma, dtype=torch.float64), 'sigma')
         self.sigma, self.alpha, self.loss = sigma, alpha, loss
-        self._var = float(var) if var.ndim == 0 else None   # checked once: a step then needs no host round trip
 
     def forward(self, model:nn.Sequential, x:Tensor, y:Tensor)->Tensor:
         flat, affine, bn, rest = _first_block(model)
-        if self._var is None or not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
-            var_x = _noise_var(x, self.sigma)
-        else: var_x = x.new_full((1, *x.shape[1:]), self._var)
+        var_x = _noise_var(x, self.sigma)
         if len(y) != len(x): raise ValueError(f'x and y must hold as many samples; got {len(x)} and {len(y)}')
         if flat is not None: x, var_x = flat(x), flat(var_x)
         mu2 = affine(x)

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from .bench import best_time
+from .regularizers import GaussianMomentLoss, noisy_augmentation
 
 # %% auto #0
-__all__ = ['cross_entropy_loss', 'FitResult', 'fit', 'step_costs']
+__all__ = ['cross_entropy_loss', 'FitResult', 'fit', 'step_costs', 'step_schemes']
 
 # %% ../nbs/21_train.ipynb #bee97338
 def cross_entropy_loss(model:nn.Module, x:Tensor, y:Tensor)->Tensor:
@@ -147,3 +148,16 @@ def step_costs(
         for k, run in runs.items(): best[k] = min(best[k], best_time(run, repeats=1, device=x.device) / steps)
     base = next(iter(best.values()))
     return {k: (t, t / base) for k, t in best.items()}
+
+# %% ../nbs/21_train.ipynb #c1d42897
+def step_schemes(
+    sigma:float=0.5,     # training noise std of the regularizer and of the augmentation
+    alpha:float=1.,      # the regularizer's weight
+    folds=(2, 6),        # augmentation folds N~
+)->dict:                 # name -> scheme, for `step_costs`
+    "Vanilla, vanilla on 2N, the analytic regularizer (`003` eq 3) and N-fold augmentation, as `step_costs` schemes."
+    augment = lambda n: lambda x, y, g: noisy_augmentation(x, y, sigma, n, g)
+    return {'vanilla': cross_entropy_loss,
+            'vanilla, batch 2N': (cross_entropy_loss, lambda x, y, g: (x.repeat(2, *[1] * (x.ndim - 1)), y.repeat(2))),
+            f'regularizer (eq 3), alpha {alpha:g}': GaussianMomentLoss(sigma, alpha),
+            **{f'augmentation N={n}': (cross_entropy_loss, augment(n)) for n in folds}}

@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from netmoments.bench import best_time
+from netmoments.regularizers import GaussianMomentLoss, noisy_augmentation
 
 # %%
 #| hide
 from fastcore.test import test_eq, test_close, test_fail
-from netmoments.regularizers import GaussianMomentLoss, GradientNormLoss, noisy_augmentation
+from netmoments.regularizers import GradientNormLoss
 
 
 # %% [markdown]
@@ -245,6 +246,32 @@ test_eq(list(costs), ['vanilla', 'regularizer', 'augmentation N=3']); test_eq(co
 for k, (sec, ratio) in costs.items(): print(f'{k:17s} {1e6 * sec:8.0f} us/step  {ratio:5.2f}x')
 test_fail(lambda: step_costs(lambda: small_net(0), {}, xs_, ys_), contains='at least one')
 test_fail(lambda: step_costs(lambda: small_net(0), {'v': cross_entropy_loss}, xs_, ys_[:5]), contains='as many samples')
+
+
+# %% [markdown]
+# `step_schemes` names the schemes of `003`'s cost comparison, as chapter 22 and `netmoments stepcost` time them:
+# vanilla; vanilla on the batch repeated twice, the floor under the regularizer, which runs everything after the
+# first ReLU on $2N$ inputs; the regularizer of eq 3; and $\tilde N$-fold noisy augmentation.
+
+# %%
+#| export
+def step_schemes(
+    sigma:float=0.5,     # training noise std of the regularizer and of the augmentation
+    alpha:float=1.,      # the regularizer's weight
+    folds=(2, 6),        # augmentation folds N~
+)->dict:                 # name -> scheme, for `step_costs`
+    "Vanilla, vanilla on 2N, the analytic regularizer (`003` eq 3) and N-fold augmentation, as `step_costs` schemes."
+    augment = lambda n: lambda x, y, g: noisy_augmentation(x, y, sigma, n, g)
+    return {'vanilla': cross_entropy_loss,
+            'vanilla, batch 2N': (cross_entropy_loss, lambda x, y, g: (x.repeat(2, *[1] * (x.ndim - 1)), y.repeat(2))),
+            f'regularizer (eq 3), alpha {alpha:g}': GaussianMomentLoss(sigma, alpha),
+            **{f'augmentation N={n}': (cross_entropy_loss, augment(n)) for n in folds}}
+
+
+# %%
+sch = step_schemes(folds=(2, 3))
+test_eq(list(sch), ['vanilla', 'vanilla, batch 2N', 'regularizer (eq 3), alpha 1', 'augmentation N=2', 'augmentation N=3'])
+test_eq([v[1](xs_, ys_, torch.Generator())[0].shape[0] for k, v in sch.items() if isinstance(v, tuple)], [200, 200, 300])
 
 # %% [markdown]
 # ## Export -
