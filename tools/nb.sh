@@ -16,5 +16,5 @@ for n in "${names[@]}"; do
   fi
 done
 nbdev_export
-nbdev_clean
+for n in "${names[@]}"; do nbdev_clean --fname "nbs/$n.ipynb"; done
 for n in "${names[@]}"; do jupytext --quiet --sync "nbs/$n.ipynb"; done

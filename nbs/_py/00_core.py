@@ -8,7 +8,7 @@
 # %%
 #| export
 from __future__ import annotations
-import functools
+import functools, html, numbers
 import torch
 from torch import Tensor
 
@@ -165,6 +165,67 @@ test_fail(lambda: check_cov(torch.tensor([[1., .5], [0., 1.]]), 'cov'), contains
 test_fail(lambda: check_cov(torch.tensor([[1., 2.], [2., 1.]]), 'cov'),
           contains='cov must be positive semi-definite; smallest eigenvalue is -1')
 test_fail(lambda: check_cov(torch.tensor([[-1., 0.], [0., 1.]]), 'cov'), contains='non-negative diagonal')
+
+
+# %% [markdown]
+# ## Tables
+# Results that are read as a grid (published numbers beside ours, timings side by side) are `Table`s: aligned text
+# when printed in a terminal, an HTML table in a notebook and in the book, where monospace text would wrap mid-number.
+
+# %%
+#| export
+class Table:
+    "Rows under a header: aligned text when printed, an HTML table in a notebook or the book."
+    def __init__(self,
+        rows:list,                 # one sequence of cells per row (numbers, strings, 0-d tensors, None)
+        header:list,               # column names, one per cell
+        fmt:str|dict='.4g',        # format spec of numeric cells: one for all columns, or {column name: spec}
+        caption:str|None=None,     # a line shown above the table
+    ):
+        self.header, self.caption = [str(h) for h in header], caption
+        self.rows = [list(r) for r in rows]
+        bad = [i for i, r in enumerate(self.rows) if len(r) != len(self.header)]
+        if bad: raise ValueError(f'rows must have {len(self.header)} cells, one per header column; row {bad[0]} has {len(self.rows[bad[0]])}')
+        self.fmt = fmt if isinstance(fmt, dict) else dict.fromkeys(self.header, fmt)
+    def _cell(self, v, col):
+        if isinstance(v, Tensor): v = v.item()
+        if v is None: return ''
+        if isinstance(v, numbers.Number) and not isinstance(v, bool): return format(v, self.fmt.get(col, '.4g'))
+        return str(v)
+    def _numeric(self, j):
+        "Whether column `j` holds numbers only (right-aligned)."
+        vals = [r[j] for r in self.rows if r[j] is not None]
+        return bool(vals) and all(isinstance(v, (numbers.Number, Tensor)) and not isinstance(v, bool) for v in vals)
+    def cells(self)->list:
+        "The formatted cells, row by row."
+        return [[self._cell(v, c) for v, c in zip(r, self.header)] for r in self.rows]
+    def __str__(self):
+        cells, num = self.cells(), [self._numeric(j) for j in range(len(self.header))]
+        w = [max([len(h)] + [len(r[j]) for r in cells]) for j, h in enumerate(self.header)]
+        line = lambda r: '  '.join(c.rjust(w[j]) if num[j] else c.ljust(w[j]) for j, c in enumerate(r)).rstrip()
+        out = [line(self.header), '  '.join('-' * x for x in w)] + [line(r) for r in cells]
+        return '\n'.join(([self.caption] if self.caption else []) + out)
+    __repr__ = __str__
+    def _repr_html_(self):
+        num, e = [self._numeric(j) for j in range(len(self.header))], html.escape
+        td = lambda tag, j, c: f'<{tag} style="text-align: {"right" if num[j] else "left"}">{e(c)}</{tag}>'
+        head = ''.join(td('th', j, h) for j, h in enumerate(self.header))
+        body = ''.join('<tr>' + ''.join(td('td', j, c) for j, c in enumerate(r)) + '</tr>' for r in self.cells())
+        cap = f'<caption>{e(self.caption)}</caption>' if self.caption else ''
+        return f'<table class="netmoments-table">{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+# %% [markdown]
+# Numbers take the column's format and align right; text aligns left; a missing value is an empty cell:
+
+# %%
+t = Table([['old', 0.2034, torch.tensor(0.2)], ['exact', 0.0189, None]], ['variance', 'ours', 'published'], fmt={'ours': '.3f'})
+test_eq(str(t).splitlines(), ['variance   ours  published', '--------  -----  ---------', 'old       0.203        0.2',
+                              'exact     0.019'])
+assert '<th style="text-align: right">ours</th>' in t._repr_html_() and '<td style="text-align: left">old</td>' in t._repr_html_()
+test_eq(Table([['<b>', 1]], ['a', 'b'], caption='x & y')._repr_html_().count('&lt;b&gt;'), 1)
+test_fail(lambda: Table([[1, 2, 3]], ['a', 'b']), contains='rows must have 2 cells, one per header column; row 0 has 3')
+t
 
 # %% [markdown]
 # ## Export -
