@@ -32,16 +32,16 @@ def best_time(
 # %% ../nbs/06_bench.ipynb #f22a9d15
 class BenchRow(NamedTuple):
     "One measurement: what, where, the figure and its unit, and its ratio to the row's baseline."
-    name:str
-    device:str
-    dtype:str
-    value:float
-    unit:str
-    ratio:float
-    baseline:str
+    name:str      # what was timed
+    device:str    # 'cpu' or 'cuda'
+    dtype:str     # 'float64' or 'float32'
+    value:float   # the measured figure, in `unit`
+    unit:str      # 'pairs/s' (throughput) or 'ms' (time per call)
+    ratio:float   # times faster than `baseline` (1 on the baseline's own row)
+    baseline:str  # the row this one is compared with
 
 def _pairs(count, dtype, device, generator):
-    "Random (mu1, mu2, var1, var2, cov12) over the paper's range (TPAMI Fig. 2), |rho| < 0.7."
+    "Random (mu1, mu2, var1, var2, cov12) over the range of Alfadly et al. 2020, Fig. 2, |rho| < 0.7."
     u = lambda lo, hi: lo + (hi - lo) * torch.rand(count, generator=generator, dtype=torch.float64)
     s1, s2, rho = u(0.2, 2), u(0.2, 2), u(-0.69, 0.69)
     args = (u(-2, 2), u(-2, 2), s1**2, s2**2, rho * s1 * s2)
@@ -54,7 +54,7 @@ def bench_pairs(
     repeats:int=3,           # timed runs, best kept
     seed:int=0,              # seeds the random pairs
 )->list:                     # BenchRow list: exact form per dtype, and the series at 5 and 20 terms (float64)
-    "Throughput of the exact cross moment (float64, float32) and of TPAMI Lemma 4's series, on `count` random pairs."
+    "Throughput of the exact cross moment (float64, float32) and of the Lemma 4 series (Alfadly et al. 2020), on `count` random pairs."
     gen = torch.Generator().manual_seed(seed)
     rows, exact_time = [], {}
     for dtype in (torch.float64, torch.float32):

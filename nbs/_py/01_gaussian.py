@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Gaussian toolbox
-# > Normal pdf and cdf with accurate tails, and the bivariate normal CDF Phi2(h, k; rho) in torch (SPEC §1, §3)
+# > Normal pdf and cdf with accurate tails, and the bivariate normal CDF Phi2(h, k; rho) in torch by Genz's algorithm (Genz 2004)
 
 # %%
 #| default_exp gaussian
@@ -34,7 +34,7 @@ from fastcore.test import test_eq, test_close, test_fail
 # ## Univariate pdf and cdf
 # $\varphi(x) = e^{-x^2/2}/\sqrt{2\pi}$ and $\Phi(x) = \tfrac12 \operatorname{erfc}(-x/\sqrt2)$. The erfc form matters:
 # torch's `special.ndtr` computes $(1 + \operatorname{erf}(x/\sqrt2))/2$, which is 0 at $x = -10$ in float64 (the true
-# value is $7.6\cdot10^{-24}$) and loses most digits of its float32 lower tail (SPEC §3, numerical notes).
+# value is $7.6\cdot10^{-24}$) and loses most digits of its float32 lower tail.
 
 # %%
 #| export
@@ -75,7 +75,7 @@ test_close(normal_pdf(tail) / pdf_ref, torch.ones_like(pdf_ref), eps=1e-13)
 # $\varphi_2(h, k; \rho) = \frac{1}{2\pi\sqrt{1-\rho^2}} \exp\!\big(-\frac{h^2 - 2\rho h k + k^2}{2(1-\rho^2)}\big)
 # = \varphi(h)\,\varphi\big(\tfrac{k - \rho h}{r}\big)/r$ with $r = \sqrt{1-\rho^2}$. The second form, with $k - \rho h$
 # computed as $(k - \operatorname{sign}(\rho) h) + (\operatorname{sign}(\rho) - \rho) h$, keeps its accuracy as
-# $|\rho| \to 1$ (SPEC §3). At $|\rho| = 1$ the distribution is singular and has no density; there the function returns
+# $|\rho| \to 1$. At $|\rho| = 1$ the distribution is singular and has no density; there the function returns
 # the limit off the line $k = \rho h$, which is 0.
 
 # %%
@@ -114,14 +114,15 @@ test_eq(bvn_pdf(torch.tensor(1.), torch.tensor(1.), torch.tensor(1.)).item(), 0.
 
 # %% [markdown]
 # ## Bivariate CDF: the Drezner–Wesolowsky integral
-# Plackett's identity $\partial \Phi_2 / \partial \rho = \varphi_2$ together with $\Phi_2(h, k; 0) = \Phi(h)\Phi(k)$
+# The identity $\partial \Phi_2 / \partial \rho = \varphi_2$ of [Plackett (1954)](99_references.ipynb#plackett1954)
+# together with $\Phi_2(h, k; 0) = \Phi(h)\Phi(k)$
 # gives, substituting $\rho = \sin\theta$,
 # $$\Phi_2(h, k; \rho) = \Phi(h)\Phi(k) + \frac{1}{2\pi}\int_0^{\arcsin\rho}
 #   \exp\!\Big(-\frac{h^2 + k^2 - 2hk\sin\theta}{2\cos^2\theta}\Big)\,d\theta,$$
-# the integral Drezner and Wesolowsky (1990) evaluate by Gauss–Legendre quadrature. We let sympy confirm both facts
-# the formula rests on: the derivative of the integral in $\rho$ is the bivariate density, and the $h$-derivative of
-# $\Phi_2$ is $\varphi(h)\,\Phi\big((k - \rho h)/\sqrt{1-\rho^2}\big)$ (the conditional-distribution form we use for
-# the gradient).
+# the integral [Drezner and Wesolowsky (1990)](99_references.ipynb#drezner1990) evaluate by Gauss–Legendre quadrature.
+# We let sympy confirm both facts the formula rests on: the derivative of the integral in $\rho$ is the bivariate
+# density, and the $h$-derivative of $\Phi_2$ is $\varphi(h)\,\Phi\big((k - \rho h)/\sqrt{1-\rho^2}\big)$ (the
+# conditional-distribution form we use for the gradient).
 
 # %%
 h_, k_, t_ = sp.symbols('h k t', real=True)
@@ -147,12 +148,12 @@ test_eq(sp.simplify(sp.diff(dPhi2_dh, k_) - phi2_sym), 0)
 
 # %% [markdown]
 # ### Genz's BVND
-# We implement Genz's BVND (2004), the algorithm behind scipy's and R's bivariate normal CDF: for
-# $|\rho| < 0.925$ the integral above with 6, 12 or 20 Gauss–Legendre nodes (for $|\rho|$ below 0.3, 0.75, 0.925); above, the substitution around $|\rho| = 1$ with
-# Genz's asymptotic expansion, which stays accurate all the way to $|\rho| = 1$, where $\Phi_2$ is
-# $\Phi(\min(h, k))$ ($\rho = 1$) or $\max(0, \Phi(h) + \Phi(k) - 1)$ ($\rho = -1$), evaluated exactly. Two changes
-# from the Fortran: each branch runs on its own elements of the flattened batch (boolean indexing, no Python loop over
-# elements), and the product
+# We implement the BVND routine of [Genz (2004)](99_references.ipynb#genz2004), the algorithm behind scipy's and R's
+# bivariate normal CDF: for $|\rho| < 0.925$ the integral above with 6, 12 or 20 Gauss–Legendre nodes (for $|\rho|$
+# below 0.3, 0.75, 0.925); above, the substitution around $|\rho| = 1$ with Genz's asymptotic expansion, which stays
+# accurate all the way to $|\rho| = 1$, where $\Phi_2$ is $\Phi(\min(h, k))$ ($\rho = 1$) or
+# $\max(0, \Phi(h) + \Phi(k) - 1)$ ($\rho = -1$), evaluated exactly. Two changes from the Fortran: each branch runs on
+# its own elements of the flattened batch (boolean indexing, no Python loop over elements), and the product
 # $e^{-hk/2}\,\Phi(-b/a)$ is evaluated as one exponential of $-hk/2 + \log\Phi(-b/a)$, so no intermediate overflows.
 # The nodes are numpy's `leggauss`.
 
@@ -165,7 +166,7 @@ def _nodes(m, like):
     return torch.as_tensor(x, dtype=like.dtype, device=like.device), torch.as_tensor(w, dtype=like.dtype, device=like.device)
 
 def _bvn_mid(h, k, rho, m):
-    "P(X > h, Y > k) for |rho| < 0.925: Drezner-Wesolowsky's integral over theta in (0, asin rho), m nodes."
+    "P(X > h, Y > k) for |rho| < 0.925: the integral of Drezner and Wesolowsky 1990 over theta in (0, asin rho), m nodes."
     x, w = _nodes(m, h)
     asr = torch.asin(rho)
     sn = torch.sin(asr[:, None] * (1 + x) / 2)
@@ -174,7 +175,7 @@ def _bvn_mid(h, k, rho, m):
     return total * asr / (4 * math.pi) + normal_cdf(-h) * normal_cdf(-k)
 
 def _bvn_high(h, k, rho):
-    "P(X > h, Y > k) for |rho| >= 0.925: Genz's expansion around |rho| = 1 (exact at |rho| = 1)."
+    "P(X > h, Y > k) for |rho| >= 0.925: the expansion of Genz 2004 around |rho| = 1 (exact at |rho| = 1)."
     x, w = _nodes(20, h)
     tp = 2 * math.pi
     neg = rho < 0
@@ -214,8 +215,8 @@ def _bvn_upper(h, k, rho):
 # The gradient does not go through the quadrature: a custom `autograd.Function` returns the closed forms
 # $\partial\Phi_2/\partial h = \varphi(h)\,\Phi\big(\tfrac{k - \rho h}{\sqrt{1-\rho^2}}\big)$ (and symmetrically in
 # $k$) and $\partial\Phi_2/\partial\rho = \varphi_2(h, k; \rho)$, written with torch operations so that second
-# derivatives (Price's theorem, chapter 4) are exact too. Autograd through the quadrature loses digits in float32 and
-# near $|\rho| = 1$ (SPEC §3).
+# derivatives ([Price's theorem](04_price.ipynb)) are exact too. Autograd through the quadrature loses digits in float32
+# and near $|\rho| = 1$.
 
 # %%
 #| exporti
@@ -244,7 +245,7 @@ def bvn_cdf(
     k:Tensor,    # upper limit of the second, broadcastable with `h`
     rho:Tensor,  # correlation, in [-1, 1]
 )->Tensor:       # Phi2(h, k; rho) = P(X <= h, Y <= k), broadcast shape, dtype and device of the inputs
-    "Bivariate standard normal CDF by Genz's BVND; differentiable in h, k and rho with closed-form gradients."
+    "Bivariate standard normal CDF by the BVND algorithm of Genz 2004; differentiable in h, k and rho with closed-form gradients."
     h, k, rho = as_tensors(h, k, rho, names=('h', 'k', 'rho'))
     check_broadcast(('h', 'k', 'rho'), h, k, rho)
     h, k, rho = torch.broadcast_tensors(h, k, rho)

@@ -190,8 +190,8 @@ test_close(streamed, direct, eps=1e-12 * direct)
 # block in order; `chunk` only decides how many samples go through `f` at once (memory holds about max(`chunk`, 1024)
 # inputs, and `f`'s intermediates for `chunk` of them). So the samples, the shift and the order of every addition do
 # not depend on `chunk`, and the estimates are bitwise identical for every chunk size as long as `f` computes each row
-# the same way in any batch (true of elementwise maps and, on this machine, of `nn.Linear`; a batch-size-dependent
-# kernel would change only the last bits). `_rechunk` regroups a stream of row batches:
+# the same way in any batch (true of elementwise maps; a matrix product such as `nn.Linear` may pick a
+# batch-size-dependent kernel, which changes only the last bits). `_rechunk` regroups a stream of row batches:
 
 # %%
 #| exporti
@@ -409,7 +409,8 @@ for form, (cov, dense) in covs.items():
 # %% [markdown]
 # ### A nonlinear check: the mean of a rectified Gaussian
 # For $z \sim \mathcal N(m, s^2)$, $\mathbb E[\mathrm{relu}(z)] = m\,\Phi(m/s) + s\,\varphi(m/s)$ and
-# $\mathbb E[\mathrm{relu}(z)^2] = (m^2 + s^2)\,\Phi(m/s) + m s\,\varphi(m/s)$ (SPEC §2, derived in the ReLU chapter).
+# $\mathbb E[\mathrm{relu}(z)^2] = (m^2 + s^2)\,\Phi(m/s) + m s\,\varphi(m/s)$ (both derived in
+# [ReLU moments](03_relu.ipynb), after [Bibi et al. (2018)](99_references.ipynb#bibi2018), Remark 1 and Lemma 1).
 # With independent entries and $f = \mathrm{relu}$ both the mean and the variance agree within 4 standard errors:
 
 # %%

@@ -1,6 +1,6 @@
 # %% [markdown]
 # # ReLU moments
-# > E[relu(z)], E[relu(z)^2] and E[relu(z1) relu(z2)] for Gaussian z: CVPR Remark 1 and Lemmas 1, 3, TPAMI Lemma 4, and the exact general-mean form (SPEC §2–3)
+# > E[relu(z)], E[relu(z)^2] and E[relu(z1) relu(z2)] for Gaussian z: Remark 1 and Lemmas 1, 3 of Bibi et al. 2018, Lemma 4 of Alfadly et al. 2020, and the exact general-mean form (Rosenbaum 1961)
 
 # %%
 #| default_exp relu
@@ -23,12 +23,15 @@ import mpmath as mp
 import sympy as sp
 import matplotlib.pyplot as plt
 from scipy import integrate, stats
+from IPython.display import Markdown
 from fastcore.test import test_eq, test_close, test_fail
+from netmoments.core import Table
 from netmoments.montecarlo import mc_moments
 
 # %% [markdown]
 # For $z \sim \mathcal N(\mu, s^2)$ we write $h = \mu/s$; for a pair, $h_i = \mu_i/s_i$ and $\rho = \sigma_{12}/(s_1 s_2)$
-# (SPEC §1). These are the building blocks of the moments of $g(x) = B\,\mathrm{relu}(Ax + c_1) + c_2$ (chapter 5):
+# These are the building blocks of the moments of $g(x) = B\,\mathrm{relu}(Ax + c_1) + c_2$
+# ([Affine-ReLU-Affine networks](05_ara.ipynb)):
 # its mean needs $\mathbb E[\mathrm{relu}(z)]$, its covariance needs $\mathbb E[\mathrm{relu}(z_1)\mathrm{relu}(z_2)]$
 # for every pair of hidden units.
 
@@ -41,11 +44,11 @@ s = sp.symbols('s', positive=True)
 density = phi_s((z - mu) / s) / s
 
 # %% [markdown]
-# ## Mean of a rectified Gaussian (CVPR Remark 1)
+# ## Mean of a rectified Gaussian
 # $$\mathbb E[\mathrm{relu}(z)] = \mu\,\Phi(h) + s\,\varphi(h)
 #   = \frac{\mu}{2} - \frac{\mu}{2}\operatorname{erf}\Big(\frac{-\mu}{\sqrt2 s}\Big) + \frac{s}{\sqrt{2\pi}} e^{-\mu^2/(2s^2)},$$
-# the second form as the paper prints it. It tends to $\mathrm{relu}(\mu)$ as $s \to 0$. Integrating $z$ against the
-# density over $z > 0$:
+# the second form as [Bibi et al. (2018)](99_references.ipynb#bibi2018), Remark 1, prints it. It tends to
+# $\mathrm{relu}(\mu)$ as $s \to 0$. Integrating $z$ against the density over $z > 0$:
 
 # %%
 mean_closed = mu * Phi_s(mu / s) + s * phi_s(mu / s)
@@ -85,7 +88,7 @@ def relu_mean(
     mu:Tensor,   # mean of z, any shape
     var:Tensor,  # variance of z, broadcastable with `mu`; must be >= 0
 )->Tensor:       # E[relu(z)]: broadcast shape, dtype and device of the inputs
-    "Mean of relu(z) for z ~ N(mu, var), elementwise (CVPR Remark 1)."
+    "Mean of relu(z) for z ~ N(mu, var), elementwise (Bibi et al. 2018, Remark 1)."
     return _relu_mean(*_unit_inputs(mu, var))
 
 def _relu_mean(mu, var):
@@ -120,9 +123,9 @@ ax.plot(mu_axis, mu_axis.clamp(min=0), 'k--', label='relu(mu)')
 ax.set(xlabel='mu', ylabel='E[relu(z)]'); ax.legend();
 
 # %% [markdown]
-# ## The square of a rectified Gaussian (CVPR Lemma 1)
-# For zero mean, $q = \mathrm{relu}(x)^2$ has an atom of mass $\tfrac12$ at 0 and the density
-# $f_x(\sqrt q)/(2\sqrt q)$ for $q > 0$:
+# ## The square of a rectified Gaussian
+# For zero mean ([Bibi et al. (2018)](99_references.ipynb#bibi2018), Lemma 1), $q = \mathrm{relu}(x)^2$ has an atom of
+# mass $\tfrac12$ at 0 and the density $f_x(\sqrt q)/(2\sqrt q)$ for $q > 0$:
 # $f_{q}(q) = \tfrac12\,\delta(q) + \frac{1}{2\sqrt q} f_x(\sqrt q)\,u(\sqrt q)$, so $\mathbb E[q] = s^2/2$. For any
 # mean the atom is $\Phi(-h)$ and the second moment is
 # $$\mathbb E[\mathrm{relu}(z)^2] = (\mu^2 + s^2)\,\Phi(h) + \mu\, s\, \varphi(h).$$
@@ -159,7 +162,7 @@ def relu_second_moment(
     mu:Tensor,   # mean of z, any shape
     var:Tensor,  # variance of z, broadcastable with `mu`; must be >= 0
 )->Tensor:       # E[relu(z)^2]
-    "Second moment of relu(z) for z ~ N(mu, var) (CVPR Lemma 1, any mean)."
+    "Second moment of relu(z) for z ~ N(mu, var) (Bibi et al. 2018, Lemma 1, for any mean)."
     mu, var = _unit_inputs(mu, var)
     s, zero = _safe_std(var)
     h = (mu / s).clamp(-50, 50)
@@ -202,14 +205,15 @@ test_close(relu_var(big, 1.), 1., eps=1e-15)
 print(f'naive variance at h = 1e8: {naive.item():.3g} (true 1)')
 
 # %% [markdown]
-# ## Two ReLUs at zero mean: CVPR Lemma 3 from Price's theorem
-# For zero-mean $(x_1, x_2)$ with covariance $\sigma_{12}$, Price's theorem (chapter 4) says
+# ## Two ReLUs at zero mean: Lemma 3 from Price's theorem
+# For zero-mean $(x_1, x_2)$ with covariance $\sigma_{12}$, [Price's theorem](04_price.ipynb)
+# ([Price (1958)](99_references.ipynb#price1958); [Bibi et al. (2018)](99_references.ipynb#bibi2018), Lemma 2) says
 # $\partial \mathbb E[\mathrm{relu}(x_1)\mathrm{relu}(x_2)]/\partial\sigma_{12} = \mathbb E[u(x_1)u(x_2)]
 # = \Phi_2(0, 0; \rho) = \tfrac14 + \tfrac{\arcsin\rho}{2\pi}$, so
 # $\partial^2 \mathbb E/\partial\sigma_{12}^2 = \varphi_2(0,0;\rho)/(s_1s_2) = \frac{1}{2\pi\sqrt{s_1^2s_2^2 - \sigma_{12}^2}}$.
 # With the two boundary conditions at $\sigma_{12} = 0$ (independence): $\mathbb E = \mathbb E[\mathrm{relu}(x_1)]
 # \mathbb E[\mathrm{relu}(x_2)] = s_1 s_2/(2\pi)$ and $\partial\mathbb E/\partial\sigma_{12} = \tfrac14$, sympy's
-# `dsolve` returns Lemma 3:
+# `dsolve` returns Lemma 3 of [Bibi et al. (2018)](99_references.ipynb#bibi2018):
 # $$\mathbb E[\mathrm{relu}(x_1)\mathrm{relu}(x_2)] = \frac{1}{2\pi}\Big(\sigma_{12}\arcsin\frac{\sigma_{12}}{s_1 s_2}
 #   + s_1 s_2\sqrt{1 - \frac{\sigma_{12}^2}{s_1^2 s_2^2}}\Big) + \frac{\sigma_{12}}{4}.$$
 
@@ -273,7 +277,7 @@ def relu_cross_moment_zero_mean(
     var2:Tensor,   # variance of x2, broadcastable
     cov12:Tensor,  # covariance of x1 and x2, |cov12| <= sqrt(var1 var2)
 )->Tensor:         # E[relu(x1) relu(x2)] for zero-mean (x1, x2)
-    "CVPR Lemma 3: the product moment of two zero-mean ReLUs."
+    "The product moment of two zero-mean ReLUs (Bibi et al. 2018, Lemma 3)."
     return _lemma3(*_pair_inputs(0., 0., var1, var2, cov12)[2:])
 
 
@@ -290,8 +294,10 @@ test_eq(relu_cross_moment_zero_mean(torch.tensor(0.), 3., 0.).item(), 0.)
 
 # %% [markdown]
 # ## Two ReLUs at any mean: the exact closed form
-# The papers stop at zero mean (Lemma 3) or at a truncated series (Lemma 4, below). The truncated-bivariate-normal
-# moments of Rosenbaum (1961) give the exact value for any means, through $\Phi_2$ (SPEC §3):
+# [Bibi et al. (2018)](99_references.ipynb#bibi2018) stop at zero mean (Lemma 3) and [Alfadly et al.
+# (2020)](99_references.ipynb#alfadly2020) at a truncated series (Lemma 4, below). The moments of the truncated
+# bivariate normal of [Rosenbaum (1961)](99_references.ipynb#rosenbaum1961) give the exact value for any means, through
+# $\Phi_2$:
 # $$\begin{aligned}\mathbb E[\mathrm{relu}(z_1)\mathrm{relu}(z_2)] ={}& (\mu_1\mu_2 + \sigma_{12})\,\Phi_2(h_1, h_2; \rho)
 #   + \mu_1 s_2\,\varphi(h_2)\,\Phi\Big(\tfrac{h_1 - \rho h_2}{\sqrt{1-\rho^2}}\Big)
 #   + \mu_2 s_1\,\varphi(h_1)\,\Phi\Big(\tfrac{h_2 - \rho h_1}{\sqrt{1-\rho^2}}\Big) \\
@@ -311,8 +317,8 @@ test_eq(sp.simplify(exact_at_zero - lemma3.subs(c, rho_ * s1 * s2)), 0)
 # The limits need care, and each is a `torch.where` on safe inputs: a zero variance makes the pair independent
 # ($\mathbb E = \mathbb E[\mathrm{relu}(z_1)]\,\mathbb E[\mathrm{relu}(z_2)]$); at $|\rho| = 1$ the conditional
 # arguments $(h_1 - \rho h_2)/\sqrt{1-\rho^2}$ become $\pm\infty$ (or 0 on the line $h_1 = \rho h_2$) and the last term
-# vanishes; $h_1 - \rho h_2$ is computed as $(h_1 - \mathrm{sign}(\rho)h_2) + (\mathrm{sign}(\rho) - \rho)h_2$ (SPEC §3).
-# The result is clamped at 0: in float64 it can come out $-10^{-21} s_1 s_2$.
+# vanishes; $h_1 - \rho h_2$ is computed as $(h_1 - \mathrm{sign}(\rho)h_2) + (\mathrm{sign}(\rho) - \rho)h_2$.
+# The result is clamped at 0: round-off can leave a tiny negative multiple of $s_1 s_2$.
 
 # %%
 #| export
@@ -342,14 +348,14 @@ def _relu_cross_moment(mu1, mu2, var1, var2, cov12):
 
 # %% [markdown]
 # ### Check against a high-precision reference
-# The reference integrates the paper's own route (TPAMI eq 4): condition on $z_2$, use Remark 1 for
-# $\mathbb E[\mathrm{relu}(z_1)\mid z_2]$, and integrate against $z_2$'s density over $z_2 > 0$, in mpmath at 20 digits,
-# split where the conditional mean crosses 0. It shares no code with the closed form.
+# The reference integrates the route of [Alfadly et al. (2020)](99_references.ipynb#alfadly2020), eq 4: condition on
+# $z_2$, use Remark 1 for $\mathbb E[\mathrm{relu}(z_1)\mid z_2]$, and integrate against $z_2$'s density over $z_2 > 0$,
+# in mpmath at 20 digits, split where the conditional mean crosses 0. It shares no code with the closed form.
 
 # %%
 #| exporti
 def _relu_cross_moment_mp(mu1, mu2, var1, var2, cov12, dps=20):
-    "High-precision E[relu(z1) relu(z2)] by 1-D quadrature of TPAMI eq 4 (dev-only: tests import it)."
+    "High-precision E[relu(z1) relu(z2)] by 1-D quadrature of Alfadly et al. 2020, eq 4 (dev-only: tests import it)."
     import mpmath as mp
     with mp.workdps(dps):
         m1, m2, v1, v2, c = (mp.mpf(x) for x in (mu1, mu2, var1, var2, cov12))
@@ -365,7 +371,7 @@ def _relu_cross_moment_mp(mu1, mu2, var1, var2, cov12, dps=20):
 
 # %% [markdown]
 # A grid over the paper's range ($\mu \in [-2, 2]$, $s \in [0.2, 2]$, $\rho$ up to $\pm0.999$ and $\pm1/\sqrt2$)
-# plus the extremes the issue lists: $|\mu/s|$ up to 30, $s$ down to $10^{-6}$, $|\rho| = 1$ exactly, zero variance.
+# plus extremes: $|\mu/s|$ up to 30, $s$ down to $10^{-6}$, $|\rho| = 1$ exactly, zero variance.
 # On the paper's grid the error is scaled by $s_1 s_2$. For the extremes that scale is meaningless (with
 # $s_1 = 10^{-6}$ and $\mathbb E \approx 0.15$, one float64 ulp of the result is $3\cdot10^{-11} s_1 s_2$), so there
 # the error is scaled by $\sqrt{(\mu_1^2 + s_1^2)(\mu_2^2 + s_2^2)}$, the Cauchy–Schwarz bound on the value itself.
@@ -436,10 +442,10 @@ test_fail(lambda: relu_cross_moment(torch.ones(2), torch.ones(3), 1., 1., 0.), c
 test_fail(lambda: relu_cross_moment(torch.ones(2), torch.ones(2, device='meta'), 1., 1., 0.), contains='one device')
 
 # %% [markdown]
-# ## Two ReLUs at any mean: the series of TPAMI Lemma 4
-# TPAMI Lemma 4 (SPEC §3) writes the same moment as a closed part $\Omega$ plus one integral, which it evaluates by a
-# series. With $r = \sqrt{1-\rho^2}$, $a = \rho/r$, $b = \mu_1/(\sqrt2\, s_1 r)$, $\kappa = -\mu_2/(\sqrt2\, s_2)$,
-# $w = a\kappa + b = (h_1 - \rho h_2)/(\sqrt2\, r)$ and
+# ## Two ReLUs at any mean: the series of Lemma 4
+# [Alfadly et al. (2020)](99_references.ipynb#alfadly2020), Lemma 4, writes the same moment as a closed part $\Omega$
+# plus one integral, which it evaluates by a series. With $r = \sqrt{1-\rho^2}$, $a = \rho/r$,
+# $b = \mu_1/(\sqrt2\, s_1 r)$, $\kappa = -\mu_2/(\sqrt2\, s_2)$, $w = a\kappa + b = (h_1 - \rho h_2)/(\sqrt2\, r)$ and
 # $$I_{a,b}(x) = \frac{\sqrt\pi}{2}\int_0^x e^{-t^2}\operatorname{erf}(at + b)\,dt,$$
 # eq 1 reads
 # $$\mathbb E[\mathrm{relu}(z_1)\mathrm{relu}(z_2)] = \Omega + \frac{\mu_1\mu_2 + \rho s_1 s_2}{\pi}\begin{cases}
@@ -458,11 +464,11 @@ test_fail(lambda: relu_cross_moment(torch.ones(2), torch.ones(2, device='meta'),
 #   - \operatorname{sign}(x)\frac{(a/2)^{2u+2}}{\Gamma(u + 2)}P(u + \tfrac32, x^2)\,H_{2u+1}(b)\Big].$$
 # At $x = \infty$ the sum converges for $|a| < 1$, i.e. $|\rho| < 1/\sqrt2$; above, eq 6 (an integration by parts)
 # trades $a$ for $1/|a|$. `relu_cross_moment` above is exact and cheaper; this section proves the lemma, implements it
-# as `relu_cross_moment_series` to compare against, and reproduces TPAMI Fig. 2.
+# as `relu_cross_moment_series` to compare against, and reproduces the paper's Fig. 2.
 
 # %% [markdown]
 # ### Where the lemma comes from
-# Conditioning on $z_2$ (TPAMI eq 4) and substituting $w = \sqrt2 z$ in
+# Conditioning on $z_2$ (eq 4) and substituting $w = \sqrt2 z$ in
 # $\Phi_2(h_1, h_2; \rho) = \int_{-h_2}^\infty \varphi(w)\,\Phi\big(\tfrac{h_1 + \rho w}{r}\big)\,dw$ turns the integrand
 # into $\frac{e^{-z^2}}{2\sqrt\pi}\big(1 + \operatorname{erf}(az + b)\big)$ on $z > \kappa$. Its first half integrates to
 # $\Phi(h_2)/2$, the second is $\frac1\pi\big(I_{a,b}(\infty) - I_{a,b}(\kappa)\big)$, so
@@ -514,7 +520,7 @@ a_s, b_s = sp.symbols('a b', real=True)
 pairs = 3
 P_s = lambda order, arg: sp.lowergamma(order, arg) / sp.gamma(order)
 def eq3(x, sign, a=a_s, b=b_s):
-    "TPAMI eq 3 truncated after `pairs` pairs, for an upper limit x of the given sign."
+    "Eq 3 of Alfadly et al. 2020 truncated after `pairs` pairs, for an upper limit x of the given sign."
     return sp.pi / 4 * sp.erf(x) * sp.erf(b) + sp.sqrt(sp.pi) / 2 * sp.exp(-b**2) * sum(
         (a / 2)**(2*u + 1) / sp.gamma(u + sp.Rational(3, 2)) * P_s(u + 1, x**2) * sp.hermite(2*u, b)
         - sign * (a / 2)**(2*u + 2) / sp.gamma(u + 2) * P_s(u + sp.Rational(3, 2), x**2) * sp.hermite(2*u + 1, b)
@@ -571,7 +577,7 @@ def erf_integral_series_mp(a, b, x, terms):
 
 # %%
 def lemma4_mp(mu1, mu2, var1, var2, cov12, I=erf_integral_mp):
-    "TPAMI eq 1 with Omega as printed in eq 2 (Sigma-tilde form) and the integrals I by `I`."
+    "Eq 1 of Alfadly et al. 2020 with Omega as printed in eq 2 (Sigma-tilde form) and the integrals I by `I`."
     mu1, mu2, var1, var2, cov12 = map(mp.mpf, (mu1, mu2, var1, var2, cov12))
     s1, s2, det = mp.sqrt(var1), mp.sqrt(var2), var1 * var2 - cov12**2
     rho, sq2 = cov12 / (s1 * s2), mp.sqrt(2)
@@ -625,10 +631,10 @@ l4_cases = [(0.3, 0.5, mp.inf), (-0.6, 1.2, mp.inf), (0.9, -2., mp.inf), (0.9, 0
 with mp.workdps(30):
     conv = [[abs(erf_integral_series_mp(mp.mpf(a), mp.mpf(b), mp.mpf(x), n) - erf_integral_mp(mp.mpf(a), mp.mpf(b), mp.mpf(x)))
              for n in terms_list] for a, b, x in l4_cases]
-print('   a     b     x  | ' + ' '.join(f'{n:>8} terms' for n in terms_list))
-for (a, b, x), row in zip(l4_cases, conv):
-    print(f'{a:5} {b:5} {str(x):>5} | ' + ' '.join(f'{float(e):14.1e}' for e in row))
 assert all(row[-1] < 1e-7 for row in conv) and all(row[2] < row[1] < row[0] for row in conv[:4])
+conv_head = [f'{n} terms' for n in terms_list]
+Table([[a, b, str(x), *(float(e) for e in row)] for (a, b, x), row in zip(l4_cases, conv)], ['a', 'b', 'x', *conv_head],
+      fmt={'a': 'g', 'b': 'g', **dict.fromkeys(conv_head, '.1e')}, caption='|eq 3 truncated - quadrature|')
 
 # %% [markdown]
 # ### Evaluating the series in torch
@@ -642,7 +648,7 @@ assert all(row[-1] < 1e-7 for row in conv) and all(row[2] < row[1] < row[0] for 
 # rescaled by a power of two every step (exact, so float64 results are unchanged), and $e^{-b^2}$ never underflows on its
 # own. The incomplete gammas follow from $P(1, y) = 1 - e^{-y}$, $P(\frac32, y) = \operatorname{erf}(\sqrt y) -
 # 2\sqrt{y/\pi}\,e^{-y}$ and $P(s + 1, y) = P(s, y) - y^s e^{-y}/\Gamma(s + 1)$: one multiply per order instead of a
-# `torch.special.gammainc` call, which is about 30 times slower here and whose gradient is NaN at $y = 0$ for $s = 1$
+# `torch.special.gammainc` call per order, which costs far more and whose gradient is NaN at $y = 0$ for $s = 1$
 # (that is $\mu_2 = 0$). The upward recurrence keeps an absolute error of a few $\epsilon$ per step; that is enough
 # because the $g_n$ it multiplies are bounded when $|a| \le 1$, the only case we call it with.
 
@@ -662,9 +668,9 @@ def _erf_integral_series(
     a:Tensor,   # slope inside erf; |a| <= 1 (the sum at x = inf converges for |a| < 1)
     b:Tensor,   # offset inside erf, broadcastable with `a`
     x:Tensor,   # upper limit, +inf allowed, broadcastable with `a` and `b`
-    terms:int,  # pairs u = 0 .. terms-1 kept in the sum of TPAMI eq 3
+    terms:int,  # pairs u = 0 .. terms-1 kept in the sum of eq 3 (Alfadly et al. 2020)
 )->Tensor:      # I_{a,b}(x) = (sqrt(pi)/2) int_0^x exp(-t^2) erf(a t + b) dt, truncated
-    "TPAMI eq 3 by recurrences: Hermite terms rescaled by powers of two, incomplete gammas two orders at a time."
+    "Eq 3 of Alfadly et al. 2020 by recurrences: Hermite terms rescaled by powers of two, incomplete gammas two orders at a time."
     inf = torch.isinf(x)
     one = torch.ones_like(x)
     x = torch.where(inf, one, x)                                  # safe value; P = 1, sign = 1, erf = 1 below
@@ -714,7 +720,7 @@ for n in (1, 5, 20):
 # %%
 #| exporti
 def _lemma4_integral(h1, h2, rho, terms):
-    "(sqrt(pi)/2) int_kappa^inf exp(-t^2) erf(a t + b) dt of TPAMI eq 5, by eq 3 or, for |rho| >= 1/sqrt2, eq 6."
+    "(sqrt(pi)/2) int_kappa^inf exp(-t^2) erf(a t + b) dt of Alfadly et al. 2020, eq 5, by eq 3 or, for |rho| >= 1/sqrt2, eq 6."
     direct = rho.abs() < 1 / math.sqrt(2)
     r = (1 - rho * rho).sqrt()
     sgn = torch.where(rho < 0, -torch.ones_like(rho), torch.ones_like(rho))
@@ -756,9 +762,9 @@ def relu_cross_moment_series(
     var1:Tensor,   # variance of z1, > 0 (0 raises: use relu_cross_moment)
     var2:Tensor,   # variance of z2, > 0
     cov12:Tensor,  # covariance of z1 and z2, |cov12| < sqrt(var1 var2) (|rho| = 1 raises: use relu_cross_moment)
-    terms:int=5,   # pairs u = 0 .. terms-1 kept in each series of TPAMI eq 3
+    terms:int=5,   # pairs u = 0 .. terms-1 kept in each series of eq 3 (Alfadly et al. 2020)
 )->Tensor:         # E[relu(z1) relu(z2)] by the truncated series; broadcast shape, dtype and device of the inputs
-    "E[relu(z1) relu(z2)] for a bivariate Gaussian with any means by TPAMI Lemma 4, its series truncated."
+    "E[relu(z1) relu(z2)] for a bivariate Gaussian with any means by Alfadly et al. 2020, Lemma 4, its series truncated."
     if isinstance(terms, bool) or not isinstance(terms, int):
         raise TypeError(f'terms must be an int; got {type(terms).__name__}')
     if terms < 1: raise ValueError(f'terms must be >= 1; got {terms}')
@@ -819,15 +825,15 @@ test_fail(lambda: relu_cross_moment_series(0., 0., 1., 1., 0., terms=0), contain
 
 
 # %% [markdown]
-# ### TPAMI Fig. 2: error against the number of terms
+# ### Fig. 2 of the paper: error against the number of terms
 # The paper's grid: $\mu_1, \mu_2 \in [-2, 2]$ and $s_1, s_2 \in [0.2, 2]$ in steps of 0.2, and "$\rho$ sampled
 # uniformly from the grid $[-0.7, 0.7]$ with 0.2 spacing", plus $\rho = 0$ and $0.999$. We read the $\rho$ grid as
 # $\pm0.1, \pm0.3, \pm0.5, \pm0.7$ (adding 0 separately suggests 0 is not on it): $21^2 \cdot 10^2 \cdot 10 = 441{,}000$
 # combinations. The paper's reference was Monte Carlo; ours is the exact `relu_cross_moment`, whose own error against
 # `_relu_cross_moment_mp` we measure on a sample and draw beside the series. By default we run every second $\mu$
-# (step 0.4) and $s \in \{0.2, 0.8, 1.4, 2\}$, all ten $\rho$: 19,360 combinations, a fraction of a second here, whose
-# maxima are within 25% of the full grid's at 1 to 20 terms; the full grid is the `#| slow` cell below (about 15 s on
-# one CPU core). The disjunction $\rho = \pm1/\sqrt2$ is run on the same $(\mu, s)$ grid, separately.
+# (step 0.4) and $s \in \{0.2, 0.8, 1.4, 2\}$, all ten $\rho$: 19,360 combinations, whose maxima are within 25% of
+# the full grid's at 1 to 20 terms; the full grid is the `#| slow` cell below. The disjunction $\rho = \pm1/\sqrt2$ is
+# run on the same $(\mu, s)$ grid, separately.
 
 # %%
 def fig2_grid(mu_step, s_values, rhos):
@@ -863,21 +869,19 @@ fig2_sample = torch.randperm(len(sub_R), generator=torch.Generator().manual_seed
 fig2_exact = max(abs(relu_cross_moment(*(x[i] for x in sub_args)).item() - float(_relu_cross_moment_mp(*(x[i].item() for x in sub_args), dps=30)))
                  for i in fig2_sample.tolist())
 paper_fig2 = {5: '~1e-4 (away from +-1/sqrt2)', 20: '10^-2.5 = 3.2e-3'}
-print(f'{len(sub_R) + len(dis_R)} combinations, {t_fig2:.1f} s; exact form on 8 of them: max |error| {fig2_exact:.1e}')
-print(f'{"terms":>5} | ' + ' | '.join(f'{k:>19}' for k in fig2) + ' | TPAMI Fig. 2')
-for j, n in enumerate(terms_list):
-    print(f'{n:>5} | ' + ' | '.join(f'{v[j]:19.1e}' for v in fig2.values()) + f' | {paper_fig2.get(n, "")}')
 assert 4e-3 < fig2['rho = +-0.7'][3] < 7e-3 and 1e-2 < fig2['rho = +-1/sqrt2'][3] < 1.5e-2
 assert fig2['|rho| <= 0.5, 0.999'][1] < 2e-4 and fig2['|rho| <= 0.5, 0.999'][3] < 1e-11 and fig2_exact < 1e-14
 
+def fig2_table(errors, caption):
+    "Max |error| by number of terms and group of rho, beside the paper's Fig. 2."
+    return Table([[n, *(v[j] for v in errors.values()), paper_fig2.get(n)] for j, n in enumerate(terms_list)],
+                 ['terms', *errors, 'Alfadly et al. (2020), Fig. 2'], fmt=dict.fromkeys(errors, '.1e'), caption=caption)
+fig2_table(fig2, f'{len(sub_R) + len(dis_R)} combinations, {t_fig2:.1f} s; exact form on 8 of them: '
+                 f'max |error| {fig2_exact:.1e}')
+
 # %% [markdown]
-# Measured here: at 20 terms $5.7\cdot10^{-3}$ at $\rho = \pm0.7$ (the paper: $10^{-2.5} \approx 3.2\cdot10^{-3}$, read
-# off its Monte Carlo-referenced figure) and $1.3\cdot10^{-2}$ at $\pm1/\sqrt2$; at 5 terms $1.4\cdot10^{-4}$ for
-# $|\rho| \le 0.5$, the paper's "$\approx 10^{-4}$". The worst points have $s_1 = s_2 = 2$: the error is absolute and
-# grows with $s_1 s_2$. At the disjunction itself the paper says the series diverges. Measured on the $s_1 = s_2 = 2$
-# part of the grid, where the error is largest, the worst error halves each time the number of terms doubles
-# ($4.7\cdot10^{-3}$ at 50 terms, $3.0\cdot10^{-4}$ at 800): there it converges, like $1/\mathrm{terms}$, too slowly to
-# be of use.
+# At the disjunction itself the paper says the series diverges. On the $s_1 = s_2 = 2$ part of the grid, where the
+# error is largest (it is absolute and grows with $s_1 s_2$), we double the number of terms from 50 to 400:
 
 # %%
 half_args, _ = fig2_grid(0.4, [2.0], [-2**-0.5, 2**-0.5])
@@ -885,9 +889,18 @@ half_exact = relu_cross_moment(*half_args)
 half = [(relu_cross_moment_series(*half_args, terms=n) - half_exact).abs().max().item() for n in (50, 100, 200, 400)]
 assert all(0.4 < later / earlier < 0.6 for earlier, later in zip(half, half[1:])), half
 
+# %%
+sci = lambda v: f'{v:.1e}'.replace('e-0', 'e-').replace('e', r'\cdot10^{') + '}'   # 5.7e-03 -> 5.7\cdot10^{-3}
+Markdown(rf"At 20 terms the worst error is ${sci(fig2['rho = +-0.7'][3])}$ at $\rho = \pm0.7$ (the paper: "
+         rf"$10^{{-2.5}} \approx 3.2\cdot10^{{-3}}$, read off its Monte Carlo-referenced figure) and "
+         rf"${sci(fig2['rho = +-1/sqrt2'][3])}$ at $\pm1/\sqrt2$; at 5 terms ${sci(fig2['|rho| <= 0.5, 0.999'][1])}$ "
+         rf"for $|\rho| \le 0.5$, the paper's $\approx 10^{{-4}}$. At the disjunction the worst error halves each "
+         rf"time the number of terms doubles (${sci(half[0])}$ at 50 terms, ${sci(half[-1])}$ at 400): there the series "
+         rf"converges, like $1/\mathrm{{terms}}$, too slowly to be of use.")
+
 # %% [markdown]
-# The full grid, `#| slow` (about 15 s here on one core: 441,000 + 88,200 combinations, five truncations each, and the
-# exact form; it asserts the 25%):
+# The full grid, `#| slow` (441,000 + 88,200 combinations, five truncations each, and the exact form; it states its
+# run time and asserts the 25%):
 
 # %%
 #| slow
@@ -896,11 +909,8 @@ full_args, full_R = fig2_grid(0.2, [0.2 * k for k in range(1, 11)], paper_rhos)
 fig2_full = fig2_errors(full_args, full_R, fig2_groups)
 dis_full_args, dis_full_R = fig2_grid(0.2, [0.2 * k for k in range(1, 11)], [-2**-0.5, 2**-0.5])
 fig2_full.update(fig2_errors(dis_full_args, dis_full_R, {'rho = +-1/sqrt2': lambda R: R == R}))
-print(f'{len(full_R) + len(dis_full_R)} combinations, {time.perf_counter() - t0:.1f} s')
-print(f'{"terms":>5} | ' + ' | '.join(f'{k:>19}' for k in fig2_full) + ' | TPAMI Fig. 2')
-for j, n in enumerate(terms_list):
-    print(f'{n:>5} | ' + ' | '.join(f'{v[j]:19.1e}' for v in fig2_full.values()) + f' | {paper_fig2.get(n, "")}')
 assert all(abs(fig2_full[k][j] - fig2[k][j]) <= 0.25 * fig2_full[k][j] for k in fig2 for j in range(4))
+fig2_table(fig2_full, f'{len(full_R) + len(dis_full_R)} combinations, {time.perf_counter() - t0:.1f} s')
 
 # %% [markdown]
 # The second panel sweeps $\rho$ over $(-1, 1)$ on the same $(\mu, s)$ grid: the error peaks at the disjunction and
@@ -916,13 +926,13 @@ assert sweep[20][sweep_rhos.index(0.5)] < 1e-10 and sweep[20][sweep_rhos.index(2
 
 # %%
 #| label: fig-lemma4-terms
-#| fig-cap: "TPAMI Fig. 2 redone against the exact moment. Left: worst absolute error of Lemma 4 truncated to 1-50 pairs of terms, by group of rho (star: the paper's 10^-2.5 at 20 terms; dotted: the exact form's own error). Right: worst error over (mu, s) against rho; dashed: rho = +-1/sqrt2."
+#| fig-cap: "Fig. 2 of Alfadly et al. 2020 redone against the exact moment. Left: worst absolute error of Lemma 4 truncated to 1-50 pairs of terms, by group of rho (star: the paper's 10^-2.5 at 20 terms; dotted: the exact form's own error). Right: worst error over (mu, s) against rho; dashed: rho = +-1/sqrt2."
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4), layout='constrained')
 for name, errs in fig2.items():
     wide = dict(lw=5, alpha=0.3, ms=10) if name == 'paper grid' else {}
     ax1.semilogy(terms_list, np.maximum(errs, 1e-17), 'o-', label=name, **wide)
 ax1.axhline(fig2_exact, color='k', ls=':', lw=1, label='exact form (relu_cross_moment)')
-ax1.plot([20], [10**-2.5], 'k*', ms=11, label='TPAMI Fig. 2, 20 terms')
+ax1.plot([20], [10**-2.5], 'k*', ms=11, label='Alfadly et al. 2020, Fig. 2, 20 terms')
 ax1.set(xlabel='terms (pairs u in eq 3)', ylabel='max |error|', ylim=(1e-17, 1)); ax1.legend(fontsize=7)
 for n, errs in sweep.items():
     ax2.semilogy(sweep_rhos, errs.clamp(min=1e-17), '.-', label=f'{n} terms')
@@ -956,9 +966,9 @@ ax.set(xlabel='rho', ylabel='E[relu(z1) relu(z2)]'); ax.legend(fontsize=8);
 #| export
 class ReluMoments(NamedTuple):
     "Mean, covariance (None in diagonal mode) and variance of relu(z)."
-    mean:Tensor
-    cov:Tensor|None
-    var:Tensor
+    mean:Tensor      # (..., p) E[relu(z)]
+    cov:Tensor|None  # (..., p, p) Cov[relu(z)], symmetric PSD; None when cov was given as variances
+    var:Tensor       # (..., p) Var[relu(z)], cancellation-free
 
 
 # %%
@@ -1011,7 +1021,7 @@ test_close(diag.mean, res.mean, eps=1e-15); test_close(diag.var, res.var, eps=1e
 test_close(relu_moments(mean_z, cov_z[0]).cov[0], res.cov[0], eps=1e-15)   # one covariance shared by the batch
 
 # %% [markdown]
-# Against Monte Carlo (chapter 2) with $10^5$ samples, within 4 standard errors entry by entry:
+# Against [Monte Carlo](02_montecarlo.ipynb) with $10^5$ samples, within 4 standard errors entry by entry:
 
 # %%
 mc = mc_moments(torch.relu, mean_z[0], cov_z[0], n=100_000, seed=0)

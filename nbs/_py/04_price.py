@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Price's theorem
-# > Covariance derivatives of E[Psi(x)] are expectations of derivatives of Psi: CVPR Lemma 2, checked in sympy, on ReLU products and by Monte Carlo (SPEC §4)
+# > Covariance derivatives of E[Psi(x)] are expectations of derivatives of Psi (Price 1958; Bibi et al. 2018, Lemma 2), checked in sympy, on ReLU products and by Monte Carlo
 
 # %%
 #| default_exp price
@@ -24,25 +24,28 @@ from netmoments.gaussian import bvn_cdf, bvn_pdf
 from netmoments.relu import relu_cross_moment
 
 # %% [markdown]
-# The second moment of a ReLU layer needs $\mathbb E[\mathrm{relu}(x_1)\mathrm{relu}(x_2)]$, and the papers get it
-# (Lemma 3, chapter 3) not by integrating the product but by differentiating it: in the covariance $\sigma_{12}$ the
-# kinks of the two ReLUs turn into steps and then into a density, whose expectations are easy. This chapter states the
-# tool (CVPR Lemma 2), proves and checks it symbolically, checks it numerically on the ReLU product for any mean, and
-# exports three functions with which any differentiable $\mathbb E[\Psi(x)]$ can be checked the same way.
+# The second moment of a ReLU layer needs $\mathbb E[\mathrm{relu}(x_1)\mathrm{relu}(x_2)]$, and [Bibi et al.
+# (2018)](99_references.ipynb#bibi2018) get it (Lemma 3, see [ReLU moments](03_relu.ipynb)) not by integrating the
+# product but by differentiating it: in the covariance $\sigma_{12}$ the kinks of the two ReLUs turn into steps and then
+# into a density, whose expectations are easy. This chapter states the tool (their Lemma 2), proves and checks it
+# symbolically, checks it numerically on the ReLU product for any mean, and exports three functions with which any
+# differentiable $\mathbb E[\Psi(x)]$ can be checked the same way.
 
 # %% [markdown]
-# ## Price's theorem (CVPR Lemma 2)
-# Let $x \sim \mathcal N(\mu, \Sigma)$ in $\mathbb R^n$, $\sigma_{ij} = \Sigma_{ij}$, and $p$ even. Under mild
-# assumptions on $\Psi: \mathbb R^n \to \mathbb R$ (growth slow enough for the expectations to exist; derivatives in
-# the sense of distributions, so $\mathrm{relu}' = u$, the unit step, and $u' = \delta$):
+# ## Price's theorem
+# Lemma 2 of [Bibi et al. (2018)](99_references.ipynb#bibi2018): let $x \sim \mathcal N(\mu, \Sigma)$ in $\mathbb R^n$,
+# $\sigma_{ij} = \Sigma_{ij}$, and $p$ even. Under mild assumptions on $\Psi: \mathbb R^n \to \mathbb R$ (growth slow
+# enough for the expectations to exist; derivatives in the sense of distributions, so $\mathrm{relu}' = u$, the unit
+# step, and $u' = \delta$):
 # $$\frac{\partial^{p/2}\, \mathbb E[\Psi(x)]}{\prod_{\text{odd } i}\partial\sigma_{i,i+1}}
 #   = \mathbb E\Big[\frac{\partial^p \Psi(x)}{\partial x_1 \cdots \partial x_p}\Big],
 # \qquad\text{bivariate: }\quad \frac{\partial\, \mathbb E[\Psi(x)]}{\partial\sigma_{12}} = \mathbb E\Big[\frac{\partial^2 \Psi}{\partial x_1 \partial x_2}\Big].$$
 # For the variances the same argument gives the heat equation
 # $\partial\mathbb E[\Psi]/\partial\Sigma_{11} = \tfrac12\,\mathbb E[\partial^2\Psi/\partial x_1^2]
-# = \tfrac12\,\partial^2\mathbb E[\Psi]/\partial\mu_1^2$ (SPEC §4). Price (1958) proved the bivariate case for
-# $\Psi = \Psi_1(x_1)\Psi_2(x_2)$ and unit variances, McMahon (1964) dropped both restrictions for $n = 2$; Lemma 2 is the
-# $n$-variate form.
+# = \tfrac12\,\partial^2\mathbb E[\Psi]/\partial\mu_1^2$. [Price (1958)](99_references.ipynb#price1958) proved the
+# bivariate case for $\Psi = \Psi_1(x_1)\Psi_2(x_2)$ and unit variances,
+# [McMahon (1964)](99_references.ipynb#mcmahon1964) dropped both restrictions for $n = 2$; Lemma 2 is the $n$-variate
+# form.
 #
 # **One parameter, two entries.** $\sigma_{12}$ and $\sigma_{21}$ are one number: the derivative perturbs both
 # entries of $\Sigma$ at once. The entrywise gradient of a function of the full matrix (as autograd returns it for a
@@ -123,7 +126,7 @@ expectation_sym(psis[0], (x1, x2), (mu1, mu2), Sigma).diff(sigma12)
 # %% [markdown]
 # (b) Four variables, $p = 4$: $\partial^2\mathbb E[\Psi]/\partial\sigma_{12}\partial\sigma_{34}
 # = \mathbb E[\partial^4\Psi/\partial x_1\partial x_2\partial x_3\partial x_4]$ for $\Psi = x_1^2x_2x_3x_4^2$, with a
-# full symmetric $4\times4$ covariance of ten symbols (about a second):
+# full symmetric $4\times4$ covariance of ten symbols:
 
 # %%
 sig4 = {(i, j): sp.Symbol(f'sigma{min(i, j)}{max(i, j)}', real=True) for i in range(1, 5) for j in range(1, 5)}
@@ -138,7 +141,7 @@ rhs4
 # %% [markdown]
 # (c) The heat equation, $\partial\mathbb E[\Psi]/\partial\Sigma_{11} = \tfrac12\,\partial^2\mathbb E[\Psi]/\partial\mu_1^2$,
 # for the same polynomials; and for a non-polynomial one, $\mathbb E[\mathrm{relu}(x)] = \mu\Phi(\mu/s) + s\varphi(\mu/s)$
-# (chapter 3) as a function of $v = s^2$:
+# ([ReLU moments](03_relu.ipynb)) as a function of $v = s^2$:
 
 # %%
 for psi in psis:
@@ -151,7 +154,7 @@ relu_mean_sym = mu * Phi_s(mu / sp.sqrt(v)) + sp.sqrt(v) * phi_s(mu / sp.sqrt(v)
 test_eq(sp.simplify(relu_mean_sym.diff(v) - relu_mean_sym.diff(mu, 2) / 2), 0)
 
 # %% [markdown]
-# ## Two ReLUs (SPEC §4)
+# ## Two ReLUs
 # For $\Psi = \mathrm{relu}(x_1)\mathrm{relu}(x_2)$, $\partial^2\Psi/\partial x_1\partial x_2 = u(x_1)u(x_2)$ and
 # $\partial^4\Psi/\partial x_1^2\partial x_2^2 = \delta(x_1)\delta(x_2)$, so with $s_i = \sqrt{\Sigma_{ii}}$,
 # $h_i = \mu_i/s_i$, $\rho = \sigma_{12}/(s_1s_2)$:
@@ -159,7 +162,7 @@ test_eq(sp.simplify(relu_mean_sym.diff(v) - relu_mean_sym.diff(mu, 2) / 2), 0)
 # \qquad \frac{\partial^2\,\mathbb E[\mathrm{relu}(x_1)\mathrm{relu}(x_2)]}{\partial\sigma_{12}^2} = f_x(0, 0) = \frac{\varphi_2(h_1, h_2; \rho)}{s_1 s_2}.$$
 # (The second follows from the first too: $\partial\Phi_2/\partial\rho = \varphi_2$ and $\partial\rho/\partial\sigma_{12} = 1/(s_1s_2)$.)
 # At zero mean $\Phi_2(0, 0; \rho) = \tfrac14 + \arcsin(\rho)/(2\pi)$ and $\varphi_2(0, 0; \rho) = 1/(2\pi\sqrt{1-\rho^2})$;
-# sympy differentiates CVPR Lemma 3 and finds both:
+# sympy differentiates Lemma 3 of [Bibi et al. (2018)](99_references.ipynb#bibi2018) and finds both:
 
 # %%
 s1, s2 = sp.symbols('s1 s2', positive=True)
@@ -170,8 +173,9 @@ test_eq(sp.simplify(lemma3.diff(sigma12, 2) - 1 / (2 * sp.pi * sp.sqrt(1 - rho_s
 
 # %% [markdown]
 # ### Any mean, by autograd
-# For non-zero means, `relu_cross_moment` (chapter 3) is exact, and autograd differentiates it in `cov12` once and
-# twice. The references are independent code: $\Phi_2$ is Genz's algorithm (`bvn_cdf`), $\varphi_2$ the density
+# For non-zero means, `relu_cross_moment` ([ReLU moments](03_relu.ipynb)) is exact, and autograd differentiates it in
+# `cov12` once and twice. The references are independent code: $\Phi_2$ is the algorithm of
+# [Genz (2004)](99_references.ipynb#genz2004) (`bvn_cdf`), $\varphi_2$ the density
 # (`bvn_pdf`). The grid has zero and non-zero means, unequal variances, $\rho$ on both sides of the branch of `bvn_cdf` at
 # $|\rho| = 0.925$ and up to $1 - 10^{-5}$.
 
@@ -203,15 +207,15 @@ assert (err2 <= 1e-15 / (1 - g_rho**2)**2).all()
 # %% [markdown]
 # The first derivative is exact to $10^{-12}$ up to $|\rho| = 1 - 10^{-5}$. The second is differentiated through the
 # closed form's four terms, whose $\rho$-derivatives grow like $(1-\rho^2)^{-3/2}$ and cancel: its float64 error grows
-# as $|\rho| \to 1$, staying below $10^{-15}/(1-\rho^2)^2$ relative (on 20,000 random points with $|h| \le 15$, measured
-# while writing this chapter: $7\cdot10^{-12}$ at $1 - |\rho| = 10^{-3}$, $5\cdot10^{-10}$ at $10^{-4}$;
-# `tests/test_price.py` checks the bound on random points). $\rho = 0$ exactly is on the grid: this check found that
-# computing $1 - \rho^2$ as $(1-|\rho|)(1+|\rho|)$ loses a term of the second derivative there (torch takes
-# $d|\rho|/d\rho = 0$ at 0); chapters 1 and 3 now compute $(1-\rho)(1+\rho)$, and `tests/test_price.py` keeps the case.
+# as $|\rho| \to 1$, staying below $10^{-15}/(1-\rho^2)^2$ relative (asserted on this grid; `tests/test_price.py` checks
+# the bound on random points). $\rho = 0$ exactly is on the grid because computing $1 - \rho^2$ as
+# $(1-|\rho|)(1+|\rho|)$ would lose a term of the second derivative there (torch takes $d|\rho|/d\rho = 0$ at 0);
+# [Gaussian toolbox](01_gaussian.ipynb) and [ReLU moments](03_relu.ipynb) compute $(1-\rho)(1+\rho)$, and
+# `tests/test_price.py` keeps the case.
 
 # %% [markdown]
-# The step-function side by Monte Carlo (chapter 2): $\mathbb E[u(x_1)u(x_2)]$ from $2\cdot10^4$ samples agrees with
-# $\Phi_2(h_1, h_2; \rho)$ within 4 standard errors, at three points of the grid where it is neither near 0 nor 1:
+# The step-function side by [Monte Carlo](02_montecarlo.ipynb): $\mathbb E[u(x_1)u(x_2)]$ from $2\cdot10^4$ samples
+# agrees with $\Phi_2(h_1, h_2; \rho)$ within 4 standard errors, at points of the grid where it is neither near 0 nor 1:
 
 # %%
 for i in torch.nonzero((ref1 > 0.05) & (ref1 < 0.95)).squeeze(1)[::50].tolist():
@@ -399,7 +403,8 @@ test_fail(lambda: price_derivative(lambda mu, cov: quartic_expectation(mu, cov).
 # ### The expectation of the mixed partial, by Monte Carlo
 # `price_rhs_mc` estimates the right side $\mathbb E[\partial^p\Psi/\partial x_{i_1}\cdots]$ from samples, given the
 # mixed partial as a torch function of a batch of points (for ReLUs a product of steps, which autograd cannot produce).
-# It samples standard normals $z$ with `mc_moments` (chapter 2: seeded, streamed, with standard errors) and maps them to
+# It samples standard normals $z$ with `mc_moments` ([Monte Carlo](02_montecarlo.ipynb): seeded, streamed, with
+# standard errors) and maps them to
 # $x = \mu + Lz$, $LL^\top = \Sigma$, for the whole batch at once; $L$ is the Cholesky factor, or $V\Lambda^{1/2}$ from
 # the eigendecomposition when a covariance is singular.
 
@@ -526,7 +531,7 @@ test_fail(lambda: check_price(quartic_expectation, quartic_partial, b_mu, b_cov,
 
 # %% [markdown]
 # And the ReLU product, where the mixed partial is the product of steps: the exact `relu_cross_moment` against
-# $\mathbb E[u(x_1)u(x_2)]$ on the whole grid above (210 Gaussians, one batched call; some quadrants have
+# $\mathbb E[u(x_1)u(x_2)]$ on the whole grid above (every Gaussian of it in one batched call; some quadrants have
 # probability $10^{-40}$, hence `atol` $= 10/n$):
 
 # %%

@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Affine-ReLU-Affine networks
-# > Mean and covariance of g(x) = B relu(Ax + c1) + c2 for Gaussian x: CVPR Theorems 1–2, the papers' "old" variance, and the exact covariance for any mean and bias (SPEC §1–3)
+# > Mean and covariance of g(x) = B relu(Ax + c1) + c2 for Gaussian x: Theorems 1–2 of Bibi et al. 2018, the papers' "old" variance, and the exact covariance for any mean and bias
 
 # %%
 #| default_exp ara
@@ -22,6 +22,7 @@ import time
 import sympy as sp
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_close, test_fail
+from netmoments.core import Table
 from netmoments.montecarlo import mc_moments
 
 
@@ -29,19 +30,20 @@ from netmoments.montecarlo import mc_moments
 # The network is $g(x) = B\,\mathrm{relu}(Ax + c_1) + c_2$ with $A \in \mathbb R^{p\times n}$, $B \in \mathbb R^{d\times p}$
 # and the input $x \sim \mathcal N(\mu, \Sigma)$. Its hidden pre-activation is Gaussian,
 # $z = Ax + c_1 \sim \mathcal N(\bar\mu, \bar\Sigma)$ with $\bar\mu = A\mu + c_1$ and $\bar\Sigma = A\Sigma A^\top$, so
-# everything reduces to the ReLU moments of chapter 3:
+# everything reduces to the [ReLU moments](03_relu.ipynb):
 # $$\mathbb E[g] = B\,\mathbb E[\mathrm{relu}(z)] + c_2, \qquad
 #   \mathrm{Cov}[g] = B\,\mathrm{Cov}[\mathrm{relu}(z)]\,B^\top.$$
-# The first is CVPR Theorem 1 (exact for any $\mu, \Sigma, c_1$). The papers' second moment (Theorem 2) assumes
-# $\mu = 0$ and $c_1 = 0$; later chapters call the variance it gives the "old" variance. This chapter implements all
-# three: the exact covariance, Theorem 2 as published, and TPAMI's Lemma 4 series in place of the exact pair moments.
+# The first is Theorem 1 of [Bibi et al. (2018)](99_references.ipynb#bibi2018) (exact for any $\mu, \Sigma, c_1$). Their
+# second moment (Theorem 2) assumes $\mu = 0$ and $c_1 = 0$; later chapters call the variance it gives the "old"
+# variance. This chapter implements all three: the exact covariance, Theorem 2 as published, and the Lemma 4 series of
+# [Alfadly et al. (2020)](99_references.ipynb#alfadly2020) in place of the exact pair moments.
 
 # %% [markdown]
 # ## The hidden Gaussian
 # `cov` may be a full $(n, n)$ matrix, the variances $(n,)$ of a diagonal one, or one number for $\sigma^2 I$. The
 # hidden covariance $\bar\Sigma$ is then $A\Sigma A^\top$, $(A \circ \sigma^2) A^\top$ or $\sigma^2 AA^\top$. Every
-# argument may carry leading batch dimensions (one network per input point, as the two-stage linearization of
-# chapter 9 produces); they broadcast.
+# argument may carry leading batch dimensions (one network per input point, as the
+# [two-stage linearization](09_linearize.ipynb) produces); they broadcast.
 
 # %%
 #| exporti
@@ -99,10 +101,11 @@ test_eq(sp.simplify((by_integration - theorem1).rewrite(sp.erf)), 0)
 # %% [markdown]
 # ## Theorem 2 as published, and its typo
 # For $\mu = 0$ and $c_1 = 0$ the hidden units have zero mean, so Lemma 1 ($\mathbb E[\mathrm{relu}(z_v)^2] =
-# \bar s_v^2/2$) and Lemma 3 give the second moment. CVPR Theorem 2 prints
+# \bar
+# s_v^2/2$) and Lemma 3 give the second moment. Theorem 2 of [Bibi et al. (2018)](99_references.ipynb#bibi2018) prints
 # $$\mathbb E[g_i^2] = \sum_r B_{ir}^2\frac{\bar s_r^2}{2} + 2\sum_{v_1 > v_2} B_{iv_1}B_{iv_2}\,
 #   \mathbb E[\mathrm{relu}(z_{v_1})\mathrm{relu}(z_{v_2})] + 2c_2(i)\sum_v B_{iv}\frac{\bar s_v}{\sqrt{2\pi}} + c_2(i),$$
-# whose last term should be $c_2(i)^2$ (SPEC §3): $\mathbb E[(b^\top r + c)^2] = b^\top\mathbb E[rr^\top]b + 2c\,b^\top
+# whose last term should be $c_2(i)^2$: $\mathbb E[(b^\top r + c)^2] = b^\top\mathbb E[rr^\top]b + 2c\,b^\top
 # \mathbb E[r] + c^2$. sympy expands the square:
 
 # %%
@@ -126,7 +129,7 @@ def ara_second_moment_zero_mean(
     c2:Tensor,             # second layer bias, (..., d)
     published:bool=False,  # True: the printed `+ c2(i)` instead of `+ c2(i)^2`
 )->Tensor:                 # E[g_i^2], shape (..., d)
-    "CVPR Theorem 2: the second moment of g for zero-mean input and c1 = 0."
+    "The second moment of g for zero-mean input and c1 = 0 (Bibi et al. 2018, Theorem 2)."
     p, n = A.shape[-2:]
     zeros_n, zeros_p = A.new_zeros(n), A.new_zeros(p)
     mu, cov, A, c1, B, c2, kind = _ara_inputs(zeros_n, cov, A, zeros_p, B, c2)
@@ -154,13 +157,16 @@ thm2 = ara_second_moment_zero_mean(cov_x, A, B, c2)
 assert ((thm2 - mc.mean).abs() <= 4 * mc.mean_se).all()
 printed = ara_second_moment_zero_mean(cov_x, A, B, c2, published=True)
 test_close(printed - thm2, c2 - c2**2, eps=1e-12)
-print('E[g^2] Monte Carlo', mc.mean.numpy().round(4), '| corrected', thm2.numpy().round(4), '| as printed', printed.numpy().round(4))
+thm2_cols = ['Monte Carlo', 'its SE', 'corrected', 'as printed']
+Table([[i, mc.mean[i], mc.mean_se[i], thm2[i], printed[i]] for i in range(d)], ['output i', *thm2_cols],
+      fmt=dict.fromkeys(thm2_cols, '.4f'), caption='E[g_i^2]')
 
 
 # %% [markdown]
 # ## The exact mean and covariance for any input and bias
 # `ara_moments` computes $\mathbb E[g]$ and $\mathrm{Cov}[g] = B\,\mathrm{Cov}[\mathrm{relu}(z)]\,B^\top$ with
-# $\mathrm{Cov}[\mathrm{relu}(z)]$ from the exact pair moments (`method="exact"`), from TPAMI's Lemma 4 series
+# $\mathrm{Cov}[\mathrm{relu}(z)]$ from the exact pair moments (`method="exact"`), from the Lemma 4 series of
+# [Alfadly et al. (2020)](99_references.ipynb#alfadly2020)
 # (`method="series"`, with `terms`; its diagonal uses the exact Lemma 1 second moment, since the series is undefined at
 # $\rho = 1$), or as the papers' "old" covariance (`method="zero_mean"`: Theorem 2, i.e. the moments of
 # $\mathrm{relu}(z)$ evaluated with $\bar\mu$ set to 0; the mean returned is still the exact Theorem 1 mean).
@@ -174,9 +180,9 @@ print('E[g^2] Monte Carlo', mc.mean.numpy().round(4), '| corrected', thm2.numpy(
 #| export
 class AraMoments(NamedTuple):
     "Output mean (..., d), covariance (..., d, d) or None, and variance (..., d) of an Affine-ReLU-Affine network."
-    mean:Tensor
-    cov:Tensor|None
-    var:Tensor
+    mean:Tensor      # (..., d) E[g(x)]
+    cov:Tensor|None  # (..., d, d) Cov[g(x)], symmetric PSD; None when full=False
+    var:Tensor       # (..., d) Var[g(x)], the diagonal of cov
 
 
 # %%
@@ -217,12 +223,12 @@ def ara_moments(
     c1:Tensor,              # first layer bias, (..., p)
     B:Tensor,               # second layer weights, (..., d, p)
     c2:Tensor,              # second layer bias, (..., d)
-    method:str='exact',     # 'exact', 'series' (TPAMI Lemma 4 with `terms`) or 'zero_mean' (the papers' "old" covariance)
+    method:str='exact',     # 'exact', 'series' (Alfadly et al. 2020, Lemma 4, with `terms`) or 'zero_mean' (the papers' "old" covariance)
     terms:int=5,            # number of series terms, for method='series'
     full:bool=True,         # False: only the output variances (cov is None), for wide outputs
     chunk:int|None=None,    # hidden rows per block (default: all); bounds memory to O(chunk * p)
 )->AraMoments:              # mean (..., d), cov (..., d, d) or None, var (..., d)
-    "Mean and covariance of g(x) = B relu(A x + c1) + c2 for x ~ N(mu, cov) (CVPR Theorems 1-2, exact for any mu, c1)."
+    "Mean and covariance of g(x) = B relu(A x + c1) + c2 for x ~ N(mu, cov) (Bibi et al. 2018, Theorems 1-2, exact for any mu, c1)."
     if method not in ('exact', 'series', 'zero_mean'):
         raise ValueError(f"method must be 'exact', 'series' or 'zero_mean'; got {method!r}")
     mu, cov, A, c1, B, c2, kind = _ara_inputs(mu, cov, A, c1, B, c2)
@@ -261,6 +267,7 @@ def _hidden_var(cov, kind, A):
 
 # %%
 def random_ara(n, p, d, gen, dtype=torch.float64):
+    "A random network (A, c1, B, c2) with n inputs, p hidden units and d outputs, scaled to keep activations of order 1."
     A = torch.randn(p, n, generator=gen, dtype=dtype) / n**0.5
     c1 = torch.randn(p, generator=gen, dtype=dtype) * 0.5
     B = torch.randn(d, p, generator=gen, dtype=dtype) / p**0.5

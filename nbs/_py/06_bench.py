@@ -17,17 +17,20 @@ from netmoments.relu import relu_cross_moment, relu_cross_moment_series
 
 # %%
 #| hide
+import os
 import matplotlib.pyplot as plt
+from IPython.display import display
 from fastcore.test import test_eq, test_fail
+from netmoments.core import Table
 
 
 # %% [markdown]
-# Every figure here is a ratio measured side by side in one run, on one machine, so it survives a change of machine
-# better than the absolute numbers do. The functions are exported so that `netmoments bench` prints the same table on
-# any machine; its output on a GPU, when one was lent, is recorded at the end of the chapter. Timings are the best of
-# `repeats` runs after one warm-up, with `torch.cuda.synchronize` around GPU work. On a shared CPU, run with
-# `OMP_WAIT_POLICY=PASSIVE` (as `make bench` does): OpenMP threads that spin while the cores are busy elsewhere make
-# small torch operations up to 100 times slower and the table meaningless.
+# Every figure here is a ratio measured side by side in one run, so it carries over to other hardware better than the
+# absolute numbers do. The functions are exported so that `netmoments bench` prints the same table on any computer,
+# with CUDA rows where torch sees a GPU. Timings are the best of `repeats` runs after one warm-up, with
+# `torch.cuda.synchronize` around GPU work. On a CPU shared with other work, run with `OMP_WAIT_POLICY=PASSIVE` (as
+# `make bench` does): OpenMP threads that spin while the cores are busy elsewhere make small torch operations many times
+# slower and the table meaningless.
 
 # %%
 #| export
@@ -53,7 +56,8 @@ test_eq(best_time(lambda: None, repeats=2) < 0.01, True)
 # %% [markdown]
 # ## The benchmarks
 # 1. Exact `relu_cross_moment` evaluations per second, float64 and float32, on random pairs from the paper's range.
-# 2. TPAMI Lemma 4's series at 5 and 20 terms on the same pairs, as a ratio to the exact form.
+# 2. The Lemma 4 series of [Alfadly et al. (2020)](99_references.ipynb#alfadly2020) at 5 and 20 terms on the same
+#    pairs, as a ratio to the exact form.
 # 3. `ara_moments` (exact mean and full covariance) against `mc_moments` with $10^4$ samples, the accuracy the papers'
 #    Monte Carlo references use, on a random Affine-ReLU-Affine network.
 
@@ -61,16 +65,16 @@ test_eq(best_time(lambda: None, repeats=2) < 0.01, True)
 #| export
 class BenchRow(NamedTuple):
     "One measurement: what, where, the figure and its unit, and its ratio to the row's baseline."
-    name:str
-    device:str
-    dtype:str
-    value:float
-    unit:str
-    ratio:float
-    baseline:str
+    name:str      # what was timed
+    device:str    # 'cpu' or 'cuda'
+    dtype:str     # 'float64' or 'float32'
+    value:float   # the measured figure, in `unit`
+    unit:str      # 'pairs/s' (throughput) or 'ms' (time per call)
+    ratio:float   # times faster than `baseline` (1 on the baseline's own row)
+    baseline:str  # the row this one is compared with
 
 def _pairs(count, dtype, device, generator):
-    "Random (mu1, mu2, var1, var2, cov12) over the paper's range (TPAMI Fig. 2), |rho| < 0.7."
+    "Random (mu1, mu2, var1, var2, cov12) over the range of Alfadly et al. 2020, Fig. 2, |rho| < 0.7."
     u = lambda lo, hi: lo + (hi - lo) * torch.rand(count, generator=generator, dtype=torch.float64)
     s1, s2, rho = u(0.2, 2), u(0.2, 2), u(-0.69, 0.69)
     args = (u(-2, 2), u(-2, 2), s1**2, s2**2, rho * s1 * s2)
@@ -85,7 +89,7 @@ def bench_pairs(
     repeats:int=3,           # timed runs, best kept
     seed:int=0,              # seeds the random pairs
 )->list:                     # BenchRow list: exact form per dtype, and the series at 5 and 20 terms (float64)
-    "Throughput of the exact cross moment (float64, float32) and of TPAMI Lemma 4's series, on `count` random pairs."
+    "Throughput of the exact cross moment (float64, float32) and of the Lemma 4 series (Alfadly et al. 2020), on `count` random pairs."
     gen = torch.Generator().manual_seed(seed)
     rows, exact_time = [], {}
     for dtype in (torch.float64, torch.float32):
@@ -131,8 +135,9 @@ def bench_ara_vs_mc(
 
 
 # %% [markdown]
-# `run_benchmarks` runs both on the CPU and, when present, on CUDA; `format_rows` prints them as one table. The ratio
-# column is "times faster than the baseline" (the baseline's own row reads 1).
+# `run_benchmarks` runs both on the CPU and, when present, on CUDA; `format_rows` writes them as one fixed-width text
+# table for the terminal (what `netmoments bench` prints). The ratio column is "times faster than the baseline" (the
+# baseline's own row reads 1).
 
 # %%
 #| export
@@ -159,20 +164,27 @@ def format_rows(rows:list)->str:
 
 
 # %% [markdown]
-# ## Measured here
-# A run on this book's build machine (2 CPU cores), smaller than the CLI's default so the notebook stays quick; the
-# ratios, not the absolute numbers, are what to compare. Nothing here is asserted about speed (timings on a shared
-# machine are noisy); the table is the result:
+# ## Measured on the CPU
+# A run smaller than the CLI's default, so that the notebook stays quick; the ratios, not the absolute numbers, are
+# what to compare, and the caption says how many cores and torch threads the run had. Nothing here is asserted about
+# speed (timings are noisy when other work shares the cores); the table is the result:
 
 # %%
+bench_header = ['benchmark', 'device', 'dtype', 'value', 'unit', 'ratio', 'baseline']   # format_rows' columns
+
+def bench_table(rows, caption=None):
+    "BenchRows as a `Table`, the columns of `format_rows`."
+    return Table(rows, bench_header, fmt={'value': '.4g', 'ratio': '.3g'}, caption=caption)
+
 rows = run_benchmarks(devices=['cpu'], count=20_000, mc_samples=10_000, repeats=2)
-print(format_rows(rows))
 test_eq(len(rows), 8)
 assert all(r.value > 0 and r.ratio > 0 for r in rows)
+test_eq(format_rows(rows).splitlines()[0].split(), bench_header)
+bench_table(rows, f'CPU: {os.cpu_count()} cores, {torch.get_num_threads()} torch threads')
 
 # %%
 #| label: fig-bench
-#| fig-cap: "Speed-ups measured side by side in one run on this machine's CPU: each bar is the baseline's time over the benchmark's (log scale)."
+#| fig-cap: "Speed-ups measured side by side in one CPU run: each bar is the baseline's time over the benchmark's (log scale)."
 fig, ax = plt.subplots(figsize=(6, 3), layout='constrained')
 shown = [r for r in rows if r.ratio != 1 or r.name.startswith('exact')]
 ax.barh([f'{r.name}\n{r.dtype}' for r in shown], [r.ratio for r in shown], color='C0')
@@ -181,14 +193,14 @@ ax.set_xscale('log'); ax.set(xlabel='times faster than the baseline'); ax.tick_p
 
 # %% [markdown]
 # ## On a GPU
-# `netmoments bench` adds CUDA rows when torch sees a device, and the cell below does the same here. No GPU was lent to
-# the session that built this page, so the stored output has no CUDA figures yet; a run on a GPU machine records them.
+# `netmoments bench` adds CUDA rows when torch sees a device, and the cell below does the same; where torch sees no
+# GPU it says so, and the page shows CPU figures only.
 
 # %%
 if torch.cuda.is_available():
     gpu_rows = run_benchmarks(devices=['cuda'])
-    print(format_rows(gpu_rows))
     assert all(r.value > 0 for r in gpu_rows)
+    display(bench_table(gpu_rows, torch.cuda.get_device_name()))
 else: print('no CUDA device: GPU benchmarks not run')
 
 # %% [markdown]

@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Datasets
-# > MNIST, Fashion-MNIST, Iris, Wine, Spambase and CIFAR-10/100 as tensors, read from local files and never downloaded (SPEC §10)
+# > MNIST, Fashion-MNIST, Iris, Wine, Spambase and CIFAR-10/100 as tensors, read from local files and never downloaded
 
 # %%
 #| default_exp data
@@ -27,18 +27,18 @@ from fastcore.test import test_eq, test_close, test_fail
 # Spambase). `load(name, split)` returns any of them as a `Dataset(x, y, classes)`: float32 inputs, int64 labels and
 # the class names, with images as $(N, C, H, W)$ in $[0, 1]$ and tabular rows as raw feature values.
 #
-# Nothing is ever downloaded: the project's machines reach only package registries, so every file is read from a
-# folder on disk. `shared/data/README.md` records where each verified file came from, with its checksums.
+# Nothing is ever downloaded: every file is read from a folder on disk, so that loading works offline and always
+# reads the same verified bytes. `shared/data/README.md` records where each file came from, with its checksums.
 #
-# | name | splits | `x` | classes | where it is here | licence |
+# | name | splits | `x` | classes | where the book reads it | licence |
 # |---|---|---|---|---|---|
 # | `mnist` | train 60,000, test 10,000 | (N, 1, 28, 28) | 10 digits | `../shared/data/mnist` | CC BY-SA 3.0 (LeCun & Cortes) |
 # | `fashion-mnist` | train 60,000, test 10,000 | (N, 1, 28, 28) | 10 garments | Debian `dataset-fashion-mnist` | MIT (Zalando Research) |
 # | `iris` | all 150 | (N, 4) | 3 species, 50 each | inside scikit-learn | CC BY 4.0 (UCI) |
 # | `wine` | all 178 | (N, 13) | 3 cultivars, 59/71/48 | inside scikit-learn | CC BY 4.0 (UCI) |
 # | `spambase` | all 4,601 | (N, 57) | non-spam 2,788, spam 1,813 | `../shared/data/spambase` | CC BY 4.0 (UCI) |
-# | `cifar10` | train 50,000, test 10,000 | (N, 3, 32, 32) | 10 objects | not available offline | none stated; cite Krizhevsky 2009 |
-# | `cifar100` | train 50,000, test 10,000 | (N, 3, 32, 32) | 100 fine classes | not available offline | none stated; cite Krizhevsky 2009 |
+# | `cifar10` | train 50,000, test 10,000 | (N, 3, 32, 32) | 10 objects | not on disk | none stated; cite [Krizhevsky (2009)](99_references.ipynb#krizhevsky2009) |
+# | `cifar100` | train 50,000, test 10,000 | (N, 3, 32, 32) | 100 fine classes | not on disk | none stated; cite [Krizhevsky (2009)](99_references.ipynb#krizhevsky2009) |
 #
 # The readers are strict: a file whose header, size or labels disagree with its format is refused with a `ValueError`
 # that names the file and what is wrong, instead of turning into wrong images.
@@ -278,7 +278,8 @@ test_fail(lambda: _read_idx(tmp/'idx/broken.gz', 3, None), contains='broken.gz i
 # ## MNIST
 # Handwritten digits 0–9 (LeCun, Cortes & Burges): 60,000 training and 10,000 test images of 28×28 grey levels, ink
 # bright on black. Licence: CC BY-SA 3.0, copyright Yann LeCun and Corinna Cortes (a derivative of NIST data); cite
-# LeCun et al. 1998. The four official gz files are in `../shared/data/mnist`, checked against the official md5s.
+# [LeCun et al. (1998)](99_references.ipynb#lecun1998). The four official gz files are in `../shared/data/mnist`,
+# checked against the official md5s.
 #
 # A split is two IDX files, `train-*` or `t10k-*`, accepted under the official names (`t10k-images-idx3-ubyte.gz`),
 # uncompressed, or with the `t10k-images.idx3-ubyte` spelling some mirrors use. The reader checks that the images are
@@ -375,10 +376,10 @@ print(message)
 
 # %% [markdown]
 # ## Fashion-MNIST
-# Zalando's article images (Xiao, Rasul & Vollgraf 2017), a drop-in replacement for MNIST: the same IDX format and
-# sizes, 60,000 training and 10,000 test images of 28×28 grey levels, 6,000 and 1,000 per class, in ten classes of
-# clothing. Licence: MIT. Here it comes from the Debian package `dataset-fashion-mnist`, which installs the four gz
-# files into `/usr/share/datasets/fashion-mnist`; a `fashion-mnist` folder under the data root comes first.
+# Zalando's article images ([Xiao et al. (2017)](99_references.ipynb#xiao2017)), a drop-in replacement for MNIST: the
+# same IDX format and sizes, 60,000 training and 10,000 test images of 28×28 grey levels, 6,000 and 1,000 per class, in
+# ten classes of clothing. Licence: MIT. Here it comes from the Debian package `dataset-fashion-mnist`, which installs
+# the four gz files into `/usr/share/datasets/fashion-mnist`; a `fashion-mnist` folder under the data root comes first.
 
 # %%
 #| exporti
@@ -412,8 +413,10 @@ for row, data in zip(axes, (mnist, fashion)):
 # %% [markdown]
 # ## Iris and Wine
 # Two classic small tables from the UCI repository, both bundled with scikit-learn (`sklearn.datasets.load_iris`,
-# `load_wine`), so no folder is needed. Iris (Fisher 1936): 150 flowers, 4 measurements in cm, 3 species of 50.
-# Wine (Forina et al.): 178 wines from 3 cultivars (59, 71, 48), 13 chemical measurements. Licence: CC BY 4.0 (UCI).
+# `load_wine`), so no folder is needed. Iris ([Fisher (1936)](99_references.ipynb#fisher1936)): 150 flowers, 4
+# measurements in cm, 3 species of 50. Wine ([Aeberhard and Forina (1991)](99_references.ipynb#aeberhard1991), from the
+# PARVUS data of Forina et al.): 178 wines from 3 cultivars (59, 71, 48), 13 chemical measurements. Licence: CC BY 4.0
+# (UCI).
 #
 # They have no official train/test split, so `split` must be `'all'`; divide them with `split_indices` (below).
 # `x` holds the raw measurements: standardize them with `standardize`, using training statistics only. scikit-learn is
@@ -457,9 +460,9 @@ with mock.patch.dict(sys.modules, {'sklearn': None, 'sklearn.datasets': None}):
 
 # %% [markdown]
 # ## Spambase
-# 4,601 e-mails from Hewlett-Packard (Hopkins, Reeber, Forman & Suermondt, 1999), 1,813 of them spam, as 57 numeric
-# features: 48 word frequencies and 6 character frequencies (percent), then the average, longest and total length of
-# runs of capital letters. Licence: CC BY 4.0 (UCI ML Repository, DOI 10.24432/C53G6X). The file
+# 4,601 e-mails from Hewlett-Packard ([Hopkins et al. (1999)](99_references.ipynb#hopkins1999)), 1,813 of them spam, as
+# 57 numeric features: 48 word frequencies and 6 character frequencies (percent), then the average, longest and total
+# length of runs of capital letters. Licence: CC BY 4.0 (UCI ML Repository, DOI 10.24432/C53G6X). The file
 # `<root>/spambase/spambase.data` is a headerless CSV of 58 columns, the last one the label (1 = spam), rows in UCI's
 # order (spam first). There is no official split: `split='all'`.
 
@@ -584,11 +587,11 @@ test_fail(lambda: standardize(torch.ones(2, 2, dtype=torch.int64)), contains='tr
 
 # %% [markdown]
 # ## CIFAR-10 and CIFAR-100
-# Tiny colour images (Krizhevsky 2009), 32×32 RGB: 50,000 for training and 10,000 for testing. CIFAR-10 has 10
-# classes of 6,000 images; CIFAR-100 has 100 fine classes of 600 (grouped into 20 coarse ones, which `load` does not
-# use). No licence is stated by the authors; cite the technical report. **They are not available offline here**
-# (`shared/data/README.md` found no source), so the reader is tested on small synthetic files written in the
-# official format.
+# Tiny colour images ([Krizhevsky (2009)](99_references.ipynb#krizhevsky2009)), 32×32 RGB: 50,000 for training and
+# 10,000 for testing. CIFAR-10 has 10 classes of 6,000 images; CIFAR-100 has 100 fine classes of 600 (grouped into 20
+# coarse ones, which `load` does not use). No licence is stated by the authors; cite the technical report. **The data
+# folder holds no copy of them** (`shared/data/README.md` lists no source), so the reader is tested on small synthetic
+# files written in the official format.
 #
 # That format is the "python version": pickled dicts, written by Python 2, read with `encoding='bytes'` so their keys
 # stay bytes. `cifar-10-batches-py/` holds `data_batch_1` … `data_batch_5` (10,000 images each), `test_batch` and
@@ -729,7 +732,7 @@ test_fail(lambda: load('cifar100', root=tmp/'bad'), exc=ValueError,
           contains='test is not a CIFAR python-version file: it asks for __builtin__.print, which CIFAR files never')
 
 # %% [markdown]
-# Every name in `DATASETS` now has a reader. Here, where CIFAR is not on disk, `load('cifar10')` says so:
+# Every name in `DATASETS` has a reader. Where CIFAR is not on disk, `load('cifar10')` says so:
 
 # %%
 test_eq(set(_READERS), set(DATASETS))

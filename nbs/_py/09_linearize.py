@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Two-stage linearization
-# > Cast a ReLU network into Affine-ReLU-Affine form around a point, through the Jacobians before and after its l-th ReLU: CVPR §3.4, TPAMI §3.3 and Table 1 (SPEC §5)
+# > Cast a ReLU network into Affine-ReLU-Affine form around a point, through the Jacobians before and after its l-th ReLU (Bibi et al. 2018, §3.4; Alfadly et al. 2020, §3.3 and Table 1)
 
 # %%
 #| default_exp linearize
@@ -22,8 +22,10 @@ from netmoments.core import check_finite
 import copy, time
 import sympy as sp
 import matplotlib.pyplot as plt
+from IPython.display import Markdown
 from fastcore.test import test_eq, test_close, test_fail
 from nbdev.showdoc import show_doc
+from netmoments.core import Table
 from netmoments.montecarlo import mc_moments
 
 
@@ -48,17 +50,19 @@ def seeded(
 
 
 # %% [markdown]
-# Chapter 5 gives the exact mean and covariance of $g(x) = B\,\mathrm{relu}(Ax + c_1) + c_2$. A deeper ReLU network
-# $R: \mathbb R^n \to \mathbb R^d$ is brought into that form by choosing its $l$-th ReLU and splitting there,
+# [Affine-ReLU-Affine networks](05_ara.ipynb) gives the exact mean and covariance of
+# $g(x) = B\,\mathrm{relu}(Ax + c_1) + c_2$. A deeper ReLU network $R: \mathbb R^n \to \mathbb R^d$ is brought into that
+# form by choosing its $l$-th ReLU and splitting there,
 # $$R(x) = R_{l+1}\big(\mathrm{ReLU}_l(R_{l-1}(x))\big), \qquad R_{l-1}: \mathbb R^n \to \mathbb R^q,\quad
 #   R_{l+1}: \mathbb R^q \to \mathbb R^d,$$
-# and replacing the two outer pieces by their first-order Taylor expansions (CVPR §3.4, TPAMI §3.3, SPEC §5):
+# and replacing the two outer pieces by their first-order Taylor expansions ([Bibi et al.
+# (2018)](99_references.ipynb#bibi2018), §3.4; [Alfadly et al. (2020)](99_references.ipynb#alfadly2020), §3.3):
 # $$R_{l-1}(x') \approx Ax' + c_1,\ A = \nabla R_{l-1}(x),\ c_1 = R_{l-1}(x) - Ax; \qquad
 #   R_{l+1}(y') \approx By' + c_2,\ B = \nabla R_{l+1}(y),\ c_2 = R_{l+1}(y) - By.$$
-# The bottom stage is linearized at the input point $x$. The papers use two points $y$ for the top stage: §3.4
-# writes $y = \mathrm{ReLU}_l(R_{l-1}(x))$, the input the top stage actually receives (`at="relu"`), while every
-# experiment of both papers takes $y = R_{l-1}(x)$, the pre-activation (`at="pre"`). $q$, the number of features
-# entering the $l$-th ReLU, is the hidden width $p$ of chapter 5.
+# The bottom stage is linearized at the input point $x$. The papers use two points $y$ for the top stage: §3.4 of
+# Bibi et al. (2018) writes $y = \mathrm{ReLU}_l(R_{l-1}(x))$, the input the top stage actually receives (`at="relu"`),
+# while every experiment of both papers takes $y = R_{l-1}(x)$, the pre-activation (`at="pre"`). $q$, the number of
+# features entering the $l$-th ReLU, is the hidden width $p$ of [Affine-ReLU-Affine networks](05_ara.ipynb).
 
 # %% [markdown]
 # ## Which point reproduces the network
@@ -244,14 +248,15 @@ test_close(_jacobian(layers, 0, 4, points, (1, 14, 14), 10**6), A_func, eps=1e-1
 # A max-pooling window whose maximum is shared by several members has no derivative, and autograd sends the whole
 # derivative to the first of them. Such exact ties are common in practice: MNIST digits sit on a constant background,
 # so a convolution with a positive bias outputs the same value at every background position, and on the bundled LeNet
-# about a quarter of the first pooling windows of a typical test image tie at a positive value (chapter 11 counts
-# them). Under noise the window then takes the largest of several equally likely members, a nonlinearity at every
-# noise scale that no linearization reproduces exactly. Routing the noise through one member gives the window that
-# member's full variance, while the maximum of several partly independent members varies less. `_forward(...,
-# ties='split')` (what `two_stage` uses by default) computes the same value and splits the derivative evenly among the
-# tied members: the centre of the window's subgradients, and the expected derivative when the noise treats the tied
-# members alike. Where no window ties, nothing changes, and ties at zero after a ReLU carry no derivative either way.
-# Chapter 11 measures what the split does to the moments of the bundled LeNet.
+# many of the first pooling windows of a test image tie at a positive value ([Tightness on LeNet and
+# MNIST](11_tightness.ipynb) counts them). Under noise the window then takes the largest of several equally likely
+# members, a nonlinearity at every noise scale that no linearization reproduces exactly. Routing the noise through one
+# member gives the window that member's full variance, while the maximum of several partly independent members varies
+# less. `_forward(..., ties='split')` (what `two_stage` uses by default) computes the same value and splits the
+# derivative evenly among the tied members: the centre of the window's subgradients, and the expected derivative when
+# the noise treats the tied members alike. Where no window ties, nothing changes, and ties at zero after a ReLU carry no
+# derivative either way. [Tightness on LeNet and MNIST](11_tightness.ipynb) measures what the split does to the moments
+# of the bundled LeNet.
 #
 # The value is the maximum exactly, for any kernel, stride, padding, dilation and `ceil_mode`; on a constant image
 # every member of a window gets a quarter of the derivative, against all of it to the first member with autograd's
@@ -272,14 +277,15 @@ test_eq(_jacobian(layers, 0, 4, points, (1, 14, 14), 6 * 4 * 4, 'split'), A_func
 
 # %% [markdown]
 # ## Memory per choice of layer
-# TPAMI (§4, "Choice of the two-stage linearization layer l") puts the memory of storing the two Jacobians at
-# $2q + n + d$ numbers per point and trades it against accuracy: an early convolutional $l$ has a large $q$ (every
-# pixel of every feature map), a late fully connected one a small $q$. $2q + n + d$ counts the vectors $x$ ($n$),
-# $c_1$ and $y$ ($q$ each) and $c_2$ ($d$); the Jacobians $A$ and $B$ themselves hold $qn + dq$ numbers, and
-# chapter 5's moments form the $q \times q$ hidden covariance $A\Sigma A^\top$ unless `ara_moments` is given a `chunk`
-# (then `chunk` rows of it at a time). `linearization_memory` lists all three per candidate layer, from one forward
-# pass of a single zero input. The peak while `two_stage` forms $A$ and $B$ is higher still: per point, every tangent
-# (or cotangent) runs through every intermediate activation of its stage; fewer points per call lower it.
+# [Alfadly et al. (2020)](99_references.ipynb#alfadly2020) (§4, "Choice of the two-stage linearization layer l") put the
+# memory of storing the two Jacobians at $2q + n + d$ numbers per point and trades it against accuracy: an early
+# convolutional $l$ has a large $q$ (every pixel of every feature map), a late fully connected one a small $q$.
+# $2q + n + d$ counts the vectors $x$ ($n$), $c_1$ and $y$ ($q$ each) and $c_2$ ($d$); the Jacobians $A$ and $B$
+# themselves hold $qn + dq$ numbers, and the moments of [Affine-ReLU-Affine networks](05_ara.ipynb) form the
+# $q \times q$ hidden covariance $A\Sigma A^\top$ unless `ara_moments` is given a `chunk` (then `chunk` rows of it at a
+# time). `linearization_memory` lists all three per candidate layer, from one forward pass of a single zero input. The
+# peak while `two_stage` forms $A$ and $B$ is higher still: per point, every tangent (or cotangent) runs through every
+# intermediate activation of its stage; fewer points per call lower it.
 
 # %%
 #| exporti
@@ -336,8 +342,7 @@ def linearization_memory(
 
 # %% [markdown]
 # For a LeNet-sized network on $28 \times 28$ inputs (two convolutions with pooling, two fully connected layers: three
-# ReLUs), built on the `meta` device so that nothing is allocated or drawn, the early choice needs 23 times the
-# Jacobian memory of the late one and 500 times its dense hidden covariance:
+# ReLUs), built on the `meta` device so that nothing is allocated or drawn:
 
 # %%
 with torch.device('meta'):
@@ -347,8 +352,15 @@ memory = linearization_memory(lenet, (1, 28, 28))
 test_eq([(r.q, r.elements) for r in memory.values()], [(20 * 24 * 24, 2 * 11520 + 784 + 10), (50 * 8 * 8, 7194), (500, 1794)])
 test_eq(memory[3].jacobian_bytes, (500 * 784 + 10 * 500) * 4)
 test_eq(linearization_memory(lenet, (1, 28, 28), 2, dtype=torch.float64).hidden_cov_bytes, 3200**2 * 8)
-print('\n'.join(f'l = {r.layer}: q = {r.q:5d}, 2q + n + d = {r.elements:5d}, A and B {r.jacobian_bytes / 2**20:6.1f} MiB, '
-                f'dense hidden covariance {r.hidden_cov_bytes / 2**20:6.1f} MiB' for r in memory.values()))
+Table([[r.layer, r.q, r.elements, r.jacobian_bytes / 2**20, r.hidden_cov_bytes / 2**20] for r in memory.values()],
+      ['l', 'q', '2q + n + d', 'A and B (MiB)', 'dense hidden covariance (MiB)'],
+      fmt={'l': 'd', 'q': 'd', '2q + n + d': 'd', 'A and B (MiB)': '.1f', 'dense hidden covariance (MiB)': '.1f'},
+      caption='per point, float32')
+
+# %%
+Markdown(f'The early choice needs {memory[1].jacobian_bytes / memory[3].jacobian_bytes:.0f} times the Jacobian memory '
+         f'of the late one and {memory[1].hidden_cov_bytes / memory[3].hidden_cov_bytes:.0f} times its dense hidden '
+         f'covariance.')
 
 # %% [markdown]
 # A layer the model does not have is refused, saying how many ReLUs it has:
@@ -443,12 +455,12 @@ def two_stage(
     model:nn.Module,               # an nn.Sequential, or a module whose `as_sequential()` returns one; see model_layers
     x:Tensor,                      # points of linearization (N, *input_shape), in the model's dtype and on its device
     layer:int,                     # l: split at the l-th ReLU module, counted from 1
-    at:str='relu',                 # top-stage point y: 'relu', relu(R_{l-1}(x)) (CVPR §3.4); 'pre', R_{l-1}(x)
+    at:str='relu',                 # top-stage point y: 'relu', relu(R_{l-1}(x)) (Bibi et al. 2018, §3.4); 'pre', R_{l-1}(x)
     max_bytes:int|None=2**31,      # refuse if A and B, or the N dense q x q hidden covariances, need more; None: no check
     ties:str='split',              # max-pooling windows tied for the maximum: 'split' the derivative evenly among the
                                    # tied, or 'first' to the first of them (autograd's choice)
 )->AffineReluAffine:               # A (N, q, n), c1 (N, q), B (N, d, q), c2 (N, d); use with mu = x.flatten(1)
-    "Two-stage linearization of `model` around each point of `x`, split at its `layer`-th ReLU (CVPR §3.4)."
+    "Two-stage linearization of `model` around each point of `x`, split at its `layer`-th ReLU (Bibi et al. 2018, §3.4)."
     if at not in ('relu', 'pre'): raise ValueError(f"at must be 'relu' or 'pre'; got {at!r}")
     if ties not in ('split', 'first'): raise ValueError(f"ties must be 'split' or 'first'; got {ties!r}")
     layers = model_layers(model)
@@ -571,9 +583,10 @@ test_fail(lambda: two_stage(small, x, 1, max_bytes=2**20), exc=ValueError,
 
 # %% [markdown]
 # ## Linearization error against the noise level
-# TPAMI's Table 1 linearizes LeNet (trained, on MNIST) at $l = 1, 2, 3$ around a noisy image and reports the $\ell_2$
-# distance between the network's scores and the linearized network's, averaged over noise draws; its experiments take
-# $y = R_{l-1}(x)$. The published numbers, for noise of amplitude $\pm a$:
+# Table 1 of [Alfadly et al. (2020)](99_references.ipynb#alfadly2020) linearizes LeNet (trained, on MNIST) at
+# $l = 1, 2, 3$ around a noisy image and reports the $\ell_2$ distance between the network's scores and the linearized
+# network's, averaged over noise draws; its experiments take $y = R_{l-1}(x)$. The published numbers, for noise of
+# amplitude $\pm a$:
 #
 # | noise | ±0.5 | ±0.75 | ±1 | ±1.5 | ±2 |
 # |---|---|---|---|---|---|
@@ -581,10 +594,11 @@ test_fail(lambda: two_stage(small, x, 1, max_bytes=2**20), exc=ValueError,
 # | $l = 2$ | 0.0330 | 0.0497 | 0.0663 | 0.0996 | 0.1330 |
 # | $l = 3$ | 0.0329 | 0.0495 | 0.0661 | 0.0993 | 0.1327 |
 #
-# The error grows with the noise and is smallest for $l = 1$. No trained LeNet ships with the repository yet, so we
-# measure the same quantity on a random LeNet-shaped network (He-initialized, three ReLUs) around a random image in
-# $[0, 1]^{28\times28}$: $\mathbb E\,\|R(x + \epsilon) - g(x + \epsilon)\|_2$ over 64 draws of
-# $\epsilon \sim \mathcal N(0, \sigma^2 I)$, for both points $y$.
+# The error grows with the noise and is smallest for $l = 1$. [Tightness on synthetic networks](12_synthetic.ipynb)
+# reproduces the table on the bundled trained LeNet; here we measure the same quantity on a random LeNet-shaped network
+# (He-initialized, three ReLUs) around a random image in $[0, 1]^{28\times28}$:
+# $\mathbb E\,\|R(x + \epsilon) - g(x + \epsilon)\|_2$ over 64 draws of $\epsilon \sim \mathcal N(0, \sigma^2 I)$, for
+# both points $y$.
 
 # %%
 gen = torch.Generator().manual_seed(2018)
@@ -605,18 +619,20 @@ with torch.no_grad():
 assert all((e[0] < 1e-3 * scale).item() for (at, l), e in errors.items() if at == 'relu')
 assert all((e.diff() > 0).all().item() for (at, l), e in errors.items() if at == 'relu')
 test_close(errors['pre', 3], errors['relu', 3], eps=1e-5)         # the top stage of l = 3 is affine
-print(f'|R(x)| = {scale:.3f}; mean error at sigma = 0.001, 0.1, 1:')
-for (at, l), e in errors.items(): print(f'  at={at!r:7} l = {l}: {e[0]:8.2g} {e[8]:8.2g} {e[-1]:8.2g}')
+shown = [0, 8, len(sigmas) - 1]   # sigma = 0.001, 0.1, 1
+sigma_cols = [f'sigma = {sigmas[i]:.3g}' for i in shown]
+Table([[at, l, *(e[i] for i in shown)] for (at, l), e in errors.items()], ['at', 'l', *sigma_cols],
+      fmt=dict.fromkeys(sigma_cols, '.2g'), caption=f'mean ||R(x + e) - g(x + e)||, with |R(x)| = {scale:.3f}')
 
 # %% [markdown]
 # With `at="relu"` the error starts near zero: the network is piecewise linear, so its linearization is exact until
 # the noise flips a ReLU of a linearized stage or changes the winner of a max-pooling window. Pooling is linearized
 # whatever $l$ is, and its near-ties flip first here, which is why the three solid curves coincide at small $\sigma$;
-# the error then grows faster than linearly. With `at="pre"` the error starts at the miss at $x$ itself (11% of
-# $\|R(x)\|$ for $l = 1, 2$ here) and joins the other curve once the noise dominates; at $l = 3$ the top stage is a
-# single `Linear`, so both points give the same network. Unlike TPAMI's trained LeNet, this random network shows no
-# clear growth of the error with $l$: the published trend is not a property of the method alone, and is to be checked
-# again on the trained LeNet.
+# the error then grows faster than linearly. With `at="pre"` the error starts at the miss at $x$ itself (the `pre`
+# rows at the smallest $\sigma$, for $l = 1, 2$) and joins the other curve once the noise dominates; at $l = 3$ the top
+# stage is a single `Linear`, so both points give the same network. Unlike the trained LeNet of Alfadly et al. (2020),
+# this random network shows no clear growth of the error with $l$: the published trend is not a property of the method
+# alone, and [Tightness on synthetic networks](12_synthetic.ipynb) checks it on the trained LeNet.
 
 # %%
 #| label: fig-linearize-error

@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Layer-wise moment propagation
-# > Mean and covariance of a ReLU network's output for Gaussian input, pushed through it layer by layer: exact affine maps, the exact Gaussian ReLU moments, Clark's max for pooling; full, low-rank and diagonal covariances (beyond the papers)
+# > Mean and covariance of a ReLU network's output for Gaussian input, pushed through it layer by layer: exact affine maps, the exact Gaussian ReLU moments, Clark's max (Clark 1961) for pooling; full, low-rank and diagonal covariances (beyond the papers)
 
 # %%
 #| default_exp propagate
@@ -25,9 +25,11 @@ from netmoments.relu import _relu_cross_moment, _relu_mean, _relu_var
 import copy
 import sympy as sp
 import matplotlib.pyplot as plt
+from IPython.display import Markdown, display
 from fastcore.test import test_eq, test_close, test_fail
 from netmoments.ara import ara_moments
 from netmoments.bench import best_time
+from netmoments.core import Table
 from netmoments.linearize import seeded, two_stage
 from netmoments.models import synthetic
 from netmoments.montecarlo import mc_moments
@@ -35,20 +37,21 @@ from netmoments.relu import relu_cross_moment, _relu_moments_full
 
 
 # %% [markdown]
-# The papers reach a deep network through the two-stage linearization of chapter 9: everything but one ReLU is
-# replaced by its Taylor expansion at the input point, and chapter 5 gives the exact moments of what is left. This
-# chapter takes the other road, common in the later literature on uncertainty propagation (assumed-density filtering,
-# moment matching): push a Gaussian through the network one layer at a time, keeping its mean and covariance. Every
-# layer is then treated at its own level of nonlinearity, and nothing is linearized around a point:
+# [Bibi et al. (2018)](99_references.ipynb#bibi2018) and [Alfadly et al. (2020)](99_references.ipynb#alfadly2020) reach
+# a deep network through the [two-stage linearization](09_linearize.ipynb): everything but one ReLU is replaced by its
+# Taylor expansion at the input point, and [Affine-ReLU-Affine networks](05_ara.ipynb) gives the exact moments of what
+# is left. This chapter takes the other road, common in the later literature on uncertainty propagation (assumed-density
+# filtering, moment matching): push a Gaussian through the network one layer at a time, keeping its mean and covariance.
+# Every layer is then treated at its own level of nonlinearity, and nothing is linearized around a point:
 #
 # - an **affine** layer (`Linear`, `Conv2d`, `AvgPool2d`, eval-mode `BatchNorm1d/2d`, `Flatten`, eval-mode `Dropout`,
 #   `Identity`) maps a Gaussian to a Gaussian, exactly: the mean goes through the layer, the covariance becomes
 #   $J\Sigma J^\top$;
-# - a **ReLU** of a Gaussian has the exact mean and covariance of chapter 3 (`relu_moments`); its output is no longer
-#   Gaussian, and the next ReLU or max-pooling layer *treats* it as Gaussian with those moments. That is the one
-#   approximation of the method: exact up to and including the first ReLU, moment-matched after it;
-# - **max pooling** is nonlinear even for Gaussian input; we use Clark's (1961) moments of the max of two Gaussians,
-#   pair by pair along each window.
+# - a **ReLU** of a Gaussian has the exact mean and covariance of [ReLU moments](03_relu.ipynb) (`relu_moments`); its
+#   output is no longer Gaussian, and the next ReLU or max-pooling layer *treats* it as Gaussian with those moments.
+#   That is the one approximation of the method: exact up to and including the first ReLU, moment-matched after it;
+# - **max pooling** is nonlinear even for Gaussian input; we use the moments of the max of two Gaussians of
+#   [Clark (1961)](99_references.ipynb#clark1961), pair by pair along each window.
 #
 # The covariance can be carried in three forms, the `mode` of `propagate_moments`:
 #
@@ -63,10 +66,11 @@ from netmoments.relu import relu_cross_moment, _relu_moments_full
 
 # %% [markdown]
 # ## The network as a list of layers
-# The model is read as the flat list of modules of the linearization chapter (`model_layers`: an `nn.Sequential`, or a
-# module with `as_sequential()`; nested sequences flattened; an unsupported module or a training-mode batch norm or
-# dropout is refused, naming it and its index). Two more things are refused here: an eval-mode batch norm without
-# running statistics (it normalizes by the batch, so it is not affine) and a `MaxPool2d` that returns indices.
+# The model is read as the flat list of modules of [Two-stage linearization](09_linearize.ipynb) (`model_layers`: an
+# `nn.Sequential`, or a module with `as_sequential()`; nested sequences flattened; an unsupported module or a
+# training-mode batch norm or dropout is refused, naming it and its index). Two more things are refused here: an
+# eval-mode batch norm without running statistics (it normalizes by the batch, so it is not affine) and a `MaxPool2d`
+# that returns indices.
 
 # %%
 #| exporti
@@ -115,12 +119,13 @@ test_eq(_input_ndim([nn.ReLU()], torch.zeros(3)), None)
 
 # %% [markdown]
 # ## The input distribution
-# `cov` takes the forms of `mc_moments` (chapter 2): a number $\sigma^2$ ($\sigma^2 I$), per-element variances of
-# `mu`'s shape (or of one input's shape), a full $(N, N)$ matrix over the $N$ entries of one input (or $(B, N, N)$, one
-# per point of a batch), or a `LowRankCov(factor, diag)`. Internally the mean is a batch $(B, \ast\text{shape})$ and the
-# covariance is either a dense $(B', D, D)$ tensor (full mode) or a pair $(U^\top, d)$: the factor stored by rows,
-# $(B', k, D)$, and the diagonal $(B', D)$, with $\Sigma = U U^\top + \mathrm{diag}(d)$. $B'$ is 1 while the covariance
-# is the same for every point (affine layers do not depend on the mean) and becomes $B$ at the first ReLU.
+# `cov` takes the forms of `mc_moments` ([Monte Carlo](02_montecarlo.ipynb)): a number $\sigma^2$ ($\sigma^2 I$),
+# per-element variances of `mu`'s shape (or of one input's shape), a full $(N, N)$ matrix over the $N$ entries of one
+# input (or $(B, N, N)$, one per point of a batch), or a `LowRankCov(factor, diag)`. Internally the mean is a batch
+# $(B, \ast\text{shape})$ and the covariance is either a dense $(B', D, D)$ tensor (full mode) or a pair $(U^\top, d)$:
+# the factor stored by rows, $(B', k, D)$, and the diagonal $(B', D)$, with $\Sigma = U U^\top + \mathrm{diag}(d)$. $B'$
+# is 1 while the covariance is the same for every point (affine layers do not depend on the mean) and becomes $B$ at the
+# first ReLU.
 #
 # The diagonal and low-rank modes start from an exact square root of the input covariance, $U U^\top = \Sigma$ with
 # $d = 0$: the input's own factor and one column $\sqrt{d_j} e_j$ per non-zero variance. Affine layers map $U$
@@ -209,13 +214,14 @@ test_eq(sp.expand(var_of_sum - squared_rule), 2 * w1 * w2 * c12)
 
 
 # %% [markdown]
-# So the diagonal and low-rank modes map $d$ through $J \circ J$ (the papers' rule for a conv layer: "the same conv
-# with squared weights and no bias", SPEC §8), dropping the off-diagonal of $J\,\mathrm{diag}(d)\,J^\top$. Before the
-# first ReLU $d = 0$ and nothing is dropped; after it, $d$ holds what the low-rank factor does not, and correlations it
-# would create are lost. For `AvgPool2d` every coefficient of one window is the same $c$ (one over the window's divisor,
-# whatever the padding and `ceil_mode`), so $\sum_j c^2 v_j = c\cdot\mathrm{pool}(v)$, and $c = \mathrm{pool}(1)/\#$
-# (real entries of the window). For convolutions with `padding_mode` other than zeros a reflected pixel can appear
-# twice in one window, and the rule counts it as two independent ones.
+# So the diagonal and low-rank modes map $d$ through $J \circ J$ (the rule of [Alfadly et al.
+# (2019)](99_references.ipynb#alfadly2019), eq 5, for a conv layer: the same convolution with squared weights and no
+# bias), dropping the off-diagonal of $J\,\mathrm{diag}(d)\,J^\top$. Before the first ReLU $d = 0$ and nothing is
+# dropped; after it, $d$ holds what the low-rank factor does not, and correlations it would create are lost. For
+# `AvgPool2d` every coefficient of one window is the same $c$ (one over the window's divisor, whatever the padding and
+# `ceil_mode`), so $\sum_j c^2 v_j = c\cdot\mathrm{pool}(v)$, and $c = \mathrm{pool}(1)/\#$ (real entries of the
+# window). For convolutions with `padding_mode` other than zeros a reflected pixel can appear twice in one window, and
+# the rule counts it as two independent ones.
 
 # %%
 #| exporti
@@ -299,11 +305,12 @@ for m, shape in [(nn.Linear(5, 3), (5,)), (nn.Conv2d(2, 4, 3, stride=2, padding=
 # %% [markdown]
 # ## ReLU: the exact Gaussian moments
 # For a Gaussian pre-activation $z \sim \mathcal N(m, \Sigma)$ the mean and covariance of $\mathrm{relu}(z)$ are the
-# exact ones of chapter 3 (`relu_moments`: Remark 1, Lemma 1 and the general-mean pair moment, SPEC §2–3). Before the
+# exact ones of [ReLU moments](03_relu.ipynb) (`relu_moments`: Remark 1 and Lemma 1 of [Bibi et al.
+# (2018)](99_references.ipynb#bibi2018) and the general-mean pair moment). Before the
 # first ReLU the pre-activation is Gaussian and they are exact; after it, `propagate_moments` uses them with the
 # moment-matched Gaussian in place of the true, non-Gaussian pre-activation. Full mode evaluates all $D^2$ pair moments
 # of a layer of width $D$, a block of rows at a time so that memory stays at about `budget` pairs; it is
-# `_relu_moments_full` of chapter 3, in blocks:
+# `_relu_moments_full` of [ReLU moments](03_relu.ipynb), in blocks:
 
 # %%
 #| exporti
@@ -337,7 +344,8 @@ for budget in (2**19, 100):                                   # one block, and b
 # ### Low rank: Bussgang's gain
 # Full mode costs $D^2$ pair moments per ReLU. The low-rank and diagonal modes keep the exact mean and variances
 # (univariate, $O(D)$) and replace the covariance by a rule that maps $UU^\top + \mathrm{diag}(d)$ to the same form.
-# The rule comes from Stein's lemma, or Bussgang's theorem: for jointly Gaussian $(z_u, z_v)$,
+# The rule comes from Stein's lemma ([Stein (1981)](99_references.ipynb#stein1981)), or Bussgang's theorem
+# ([Bussgang (1952)](99_references.ipynb#bussgang1952)): for jointly Gaussian $(z_u, z_v)$,
 # $$\mathrm{Cov}[\mathrm{relu}(z_u), z_v] = \Phi(h_u)\,\Sigma_{uv}, \qquad h_u = m_u/s_u,$$
 # exactly. For $v = u$ it is a one-dimensional integral, which sympy does; for $v \ne u$ it follows because
 # $\mathbb E[z_v \mid z_u]$ is affine in $z_u$ with slope $\Sigma_{uv}/s_u^2$.
@@ -359,13 +367,15 @@ test_eq(sp.simplify((cov_relu_z - s_s**2 * Phi_s(m_s / s_s)).rewrite(sp.erf)), 0
 #   d'_u = \mathrm{Var}[\mathrm{relu}(z_u)] - a_u^2\,\|U_u\|^2 .$$
 # - The diagonal is exact, and $d' \ge 0$: by Cauchy–Schwarz $\Phi(h_u)^2 s_u^4 = \mathrm{Cov}[\mathrm{relu}(z_u),
 #   z_u]^2 \le \mathrm{Var}[\mathrm{relu}(z_u)]\, s_u^2$, and $\|U_u\|^2 \le s_u^2$.
-# - Off the diagonal it is the first-order term in $\Sigma_{uv}$ of the exact value: by Price's theorem (chapter 4)
+# - Off the diagonal it is the first-order term in $\Sigma_{uv}$ of the exact value: by
+#   [Price's theorem](04_price.ipynb)
 #   $\partial\,\mathbb E[\mathrm{relu}(z_u)\mathrm{relu}(z_v)]/\partial\Sigma_{uv} = \Phi_2(h_u, h_v; \rho)$, which is
 #   $\Phi(h_u)\Phi(h_v)$ at $\rho = 0$. It is small-correlation accurate, and misses the higher-order terms (the
 #   remaining terms of the Hermite expansion of the ReLU), which grow with $|\rho|$.
 # - The rank stays $r$. Before the ReLU the factor is cut to the top $r$ eigendirections of $UU^\top$ (from the
 #   $k\times k$ Gram matrix $U^\top U$, cheaper than an SVD when $D \gg k$), the dropped variance moved to $d$ so that
-#   variances are kept. Rank 0 is the diagonal mode: the papers' cheap rule (SPEC §8), variances only.
+#   variances are kept. Rank 0 is the diagonal mode: the cheap rule of [Alfadly et al.
+#   (2019)](99_references.ipynb#alfadly2019), variances only.
 #
 # Numerically, the slope at $\rho = 0$, the inequality on a grid, and the exact cross-covariance against Monte Carlo:
 
@@ -437,8 +447,9 @@ test_close(offdiag_errors[0] / offdiag_errors[1], (0.1 / 0.03)**4, eps=0.2 * (0.
 # ## Max pooling: Clark's max of two Gaussians
 # $\max(X, Y) = Y + \mathrm{relu}(X - Y)$, and for jointly Gaussian $(X, Y)$ the difference $W = X - Y$ is
 # $\mathcal N(\Delta, \theta^2)$ with $\Delta = \mu_1 - \mu_2$ and $\theta^2 = \sigma_1^2 + \sigma_2^2 - 2\sigma_{12}$.
-# So the ReLU moments give Clark's (1961) moments of the max, with $\alpha = \Delta/\theta$, $P = \Phi(\alpha)$,
-# $Q = \Phi(-\alpha)$: $\mathbb E[\max] = \mu_2 + \mathbb E[\mathrm{relu}(W)] = \mu_1 P + \mu_2 Q + \theta\varphi(\alpha)$;
+# So the ReLU moments give the moments of the max of [Clark (1961)](99_references.ipynb#clark1961), with
+# $\alpha = \Delta/\theta$, $P = \Phi(\alpha)$, $Q = \Phi(-\alpha)$:
+# $\mathbb E[\max] = \mu_2 + \mathbb E[\mathrm{relu}(W)] = \mu_1 P + \mu_2 Q + \theta\varphi(\alpha)$;
 # $\mathrm{Var}[\max] = \sigma_2^2 + \mathrm{Var}[\mathrm{relu}(W)] + 2\,\mathrm{Cov}[Y, \mathrm{relu}(W)]$ with
 # Bussgang's $\mathrm{Cov}[Y, \mathrm{relu}(W)] = P\,\mathrm{Cov}[Y, W] = P(\sigma_{12} - \sigma_2^2)$; and for any $Z$
 # jointly Gaussian with them,
@@ -638,9 +649,9 @@ def _check_model(model, mu):
 #| export
 class PropagatedMoments(NamedTuple):
     "Mean, covariance (dense, LowRankCov or None by mode) and variances of a network's output."
-    mean:Tensor                    # (..., *out_shape)
-    cov:Tensor|LowRankCov|None     # full: (..., d, d); lowrank: factor (..., d, r), diag (..., d); diag: None
-    var:Tensor                     # (..., *out_shape)
+    mean:Tensor                    # (..., *out_shape) output mean
+    cov:Tensor|LowRankCov|None     # output covariance; full: (..., d, d); lowrank: factor (..., d, r), diag (..., d); diag: None
+    var:Tensor                     # (..., *out_shape) output variances
 
 
 # %%
@@ -685,8 +696,8 @@ def propagate_moments(
 # %% [markdown]
 # ### Exact on Affine-ReLU-Affine
 # For `Linear, ReLU, Linear` full mode computes $W_2\,\mathrm{Cov}[\mathrm{relu}(W_1x + b_1)]\,W_2^\top$ with the same
-# pair moments as `ara_moments` (chapter 5), so the two agree to rounding, for each form of the input covariance and a
-# batch of points; the low-rank and diagonal modes give the exact mean:
+# pair moments as `ara_moments` ([Affine-ReLU-Affine networks](05_ara.ipynb)), so the two agree to rounding, for each
+# form of the input covariance and a batch of points; the low-rank and diagonal modes give the exact mean:
 
 # %%
 ara_net = seeded(nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)), 2)
@@ -709,9 +720,9 @@ for mode, rank in (('lowrank', 3), ('diag', None)):
 # ### A small convolutional network against Monte Carlo
 # A network with every supported layer, `Conv2d, BatchNorm2d, ReLU, MaxPool2d, Conv2d, ReLU, AvgPool2d, Flatten,
 # Linear, BatchNorm1d, ReLU, Dropout, Linear` on $1\times12\times12$ inputs (random weights, He scaling), around a
-# random image with $\Sigma = \sigma^2 I$. The relative error $E_r(x, y) = 2|x - y|/(|x| + |y|)$ (SPEC §5) of each
-# mode's mean and variance, per output, against $5\cdot 10^4$ Monte Carlo samples, whose own relative standard error
-# is printed beside:
+# random image with $\Sigma = \sigma^2 I$. The relative error $E_r(x, y) = 2|x - y|/(|x| + |y|)$ ([Alfadly et al.
+# (2020)](99_references.ipynb#alfadly2020)) of each mode's mean and variance, per output, against $5\cdot 10^4$ Monte
+# Carlo samples, whose own relative standard error is printed beside:
 
 # %%
 def small_conv(seed=0):
@@ -733,20 +744,19 @@ mc_ref = mc_moments(conv_net, image, sigma**2, n=50_000, seed=0)
 results = {'full': propagate_moments(conv_net, image, sigma**2),
            'lowrank r=16': propagate_moments(conv_net, image, sigma**2, 'lowrank', 16),
            'diag': propagate_moments(conv_net, image, sigma**2, 'diag')}
-print(f'{"mode":>13} | E_r mean per output           | E_r var per output')
-for name, res in results.items():
-    print(f'{name:>13} | ' + ' '.join(f'{e:8.1e}' for e in E_r(res.mean, mc_ref.mean)) + ' | '
-          + ' '.join(f'{e:8.1e}' for e in E_r(res.var, mc_ref.var)))
-print(f'{"MC rel. SE":>13} | ' + ' '.join(f'{e:8.1e}' for e in mc_ref.mean_se / mc_ref.mean.abs()) + ' | '
-      + ' '.join(f'{e:8.1e}' for e in mc_ref.var_se / mc_ref.var))
 assert (E_r(results['full'].mean, mc_ref.mean) < 0.01).all() and (E_r(results['full'].var, mc_ref.var) < 0.05).all()
 assert (E_r(results['diag'].var, mc_ref.var) > 0.1).any()
+outputs = range(1, len(mc_ref.mean) + 1)
+er_cols = [f'E_r mean, output {i}' for i in outputs] + [f'E_r var, output {i}' for i in outputs]
+Table([[name, *E_r(res.mean, mc_ref.mean), *E_r(res.var, mc_ref.var)] for name, res in results.items()]
+      + [['MC relative SE', *(mc_ref.mean_se / mc_ref.mean.abs()), *(mc_ref.var_se / mc_ref.var)]],
+      ['mode', *er_cols], fmt=dict.fromkeys(er_cols, '.1e'))
 
 # %% [markdown]
-# Full mode is within about 1% of Monte Carlo in the variance at $\sigma = 0.1$; the diagonal rule, which drops every
-# correlation after the first ReLU, is off by tens of percent in the variance (its mean stays good: means need only
-# the variances of pre-activations, which it gets roughly right); low rank is in between. The accuracy against
-# $\sigma$, and the comparison with two-stage linearization, are below.
+# Full mode is close to Monte Carlo in the variance at $\sigma = 0.1$ (within the 5% the cell asserts); the diagonal
+# rule, which drops every correlation after the first ReLU, is off by tens of percent in the variance (its mean stays
+# good: means need only the variances of pre-activations, which it gets roughly right); low rank is in between. The
+# accuracy against $\sigma$, and the comparison with two-stage linearization, are below.
 #
 # Where the approximation is exact, it agrees to Monte Carlo's resolution: with one ReLU and no max pooling (here
 # `Conv2d, BatchNorm2d, ReLU, AvgPool2d, Flatten, Linear`) full mode is exact, every mean and covariance entry within
@@ -820,11 +830,12 @@ test_fail(lambda: propagate_moments(conv_net, image.to('meta'), 1.), contains='m
 # ## Accuracy and cost against Monte Carlo and two-stage linearization
 # Four ways to the output's mean and variance, side by side: `propagate_moments` in its three modes (low rank at a
 # few ranks, the largest being the input's full rank, so that nothing is ever truncated), the papers' two-stage
-# linearization at the last ReLU (chapter 9, TPAMI's choice $l = 3$ for LeNet) followed by the exact `ara_moments`,
-# and Monte Carlo itself with $10^4$ samples (the papers' budget). The reference is a larger Monte Carlo run. Per
-# method: $E_r$ of the mean and of the variance averaged over the outputs (as TPAMI averages over logits), the mean's
+# linearization at the last ReLU ([Two-stage linearization](09_linearize.ipynb); $l = 3$ is the choice of
+# [Alfadly et al. (2020)](99_references.ipynb#alfadly2020) for LeNet) followed by the exact `ara_moments`, and Monte
+# Carlo itself with $10^4$ samples (the papers' budget). The reference is a larger Monte Carlo run. Per method: $E_r$
+# of the mean and of the variance averaged over the outputs (as Alfadly et al. (2020) average over logits), the mean's
 # error in units of the output's standard deviation (which stays meaningful where a mean is near 0 and $E_r$ is not),
-# and the best of `repeats` timings on this machine, on one thread (float64).
+# and the best of `repeats` timings on one thread (float64).
 
 # %%
 def compare(net, mu, cov, ref, ranks=(4, 16), n_mc=10_000, seed=1, repeats=3):
@@ -847,38 +858,49 @@ def compare(net, mu, cov, ref, ranks=(4, 16), n_mc=10_000, seed=1, repeats=3):
     return rows
 
 def show(rows, ref, title):
-    print(f'{title}: reference MC {ref.n:.0e} samples, relative SE of its variance {(ref.var_se / ref.var).mean():.1e}')
-    print(f'{"method":>22} | {"E_r mean":>9} | {"err / sd":>9} | {"E_r var":>9} | {"seconds":>8}')
-    for name, em, ez, ev, sec in rows: print(f'{name:>22} | {em:9.2e} | {ez:9.2e} | {ev:9.2e} | {sec:8.3f}')
+    "The rows of `compare` as a `Table`, captioned with the reference's size and precision."
+    return Table(rows, ['method', 'E_r mean', 'err / sd', 'E_r var', 'seconds'],
+                 fmt={'E_r mean': '.2e', 'err / sd': '.2e', 'E_r var': '.2e', 'seconds': '.3f'},
+                 caption=f'{title}: reference MC {ref.n:.0e} samples, relative SE of its variance '
+                         f'{(ref.var_se / ref.var).mean():.1e}')
 
 
 # %% [markdown]
-# The small conv net at $\sigma = 0.1$, against the $5\cdot10^4$-sample reference above (`#| slow`: some 10 s
-# here, mostly timing Monte Carlo):
+# The small conv net at $\sigma = 0.1$, against the $5\cdot10^4$-sample reference above (`#| slow`: it spends most of
+# its time timing Monte Carlo):
 
 # %%
 #| slow
 rows = compare(conv_net, image, sigma**2, mc_ref, ranks=(4, 16, 144))
-show(rows, mc_ref, f'small conv net, sigma = {sigma}')
 table = {r[0]: r[1:] for r in rows}
 assert table['full'][2] < 0.05 < table['lowrank r=144'][2] < table['diag'][2]
+show(rows, mc_ref, f'small conv net, sigma = {sigma}')
+
+# %% [markdown]
+# What the table says, for this network (timings: best of three, on one thread):
+
+# %%
+#| slow
+pct = lambda v: f'{100 * v:.2g}%'
+two = next(k for k in table if k.startswith('two-stage'))
+Markdown(f"""
+- **Full mode** is the accurate one, {pct(table['full'][2])} in the variance at $\\sigma = {sigma}$, at
+  {table['full'][3] / table['MC 1e+04'][3]:.2g} times the cost of $10^4$ Monte Carlo samples, whose own error is
+  {pct(table['MC 1e+04'][2])}. Full mode's cost grows with the square of the widths, Monte Carlo's with one forward
+  pass: on wider layers the balance turns (the synthetic conv nets below).
+- **Low rank and diagonal** get the mean but not the variance. The outputs' variance here is small beside the sum of
+  its parts (positive and negative correlations cancel in the last layers), and both modes make the part of the
+  covariance they do not carry independent, which removes the cancellation. At the input's full rank 144, where
+  nothing is truncated and only the residuals of Bussgang's rule and of Clark's max are made independent, the error
+  is {pct(table['lowrank r=144'][2])}; at rank 4 it is {pct(table['lowrank r=4'][2])}, against
+  {pct(table['diag'][2])} for the diagonal rule. These modes are for width: memory $O(Dr)$ where full mode needs
+  $D^2$, as in LeNet's first layer ($D = 11{{,}}520$).
+- **Two-stage linearization** makes the whole network but one ReLU linear around $\\mu$; here its variance is off by
+  {pct(table[two][2])}, its mean by {pct(table[two][0])}.
+""")
 
 
 # %% [markdown]
-# What the table says, for this network (timings: best of three, one thread, on a machine shared with other jobs):
-#
-# - **Full mode** is the accurate one, 1–2% in the variance at $\sigma = 0.1$, at a tenth of the cost of $10^4$
-#   Monte Carlo samples, whose own error (0.7%) is smaller still. Full mode's cost grows with the square of the
-#   widths, Monte Carlo's with one forward pass: on wider layers the balance turns (the synthetic conv nets below).
-# - **Low rank and diagonal** get the mean but not the variance. The outputs' variance here is small beside the
-#   sum of its parts (positive and negative correlations cancel in the last layers), and both modes make the part of
-#   the covariance they do not carry independent, which removes the cancellation. At the input's full rank 144,
-#   where nothing is truncated and only the residuals of Bussgang's rule and of Clark's max are made independent, the
-#   error is some 15%; at rank 4 it is little better than the diagonal rule. These modes are for width: memory
-#   $O(Dr)$ where full mode needs $D^2$, as in LeNet's first layer ($D = 11{,}520$).
-# - **Two-stage linearization** makes the whole network but one ReLU linear around $\mu$; here its variance is off by
-#   tens of percent, its mean by a few.
-#
 # Would a better ReLU rule rescue low rank? The other refit, the top $r$ eigenpairs of the exact ReLU covariance
 # (computed densely here, from the factor), costs full mode's $D^2$ pair moments. `_propagate` takes the rule as
 # `relu_factor`; against the same reference (`#| slow`):
@@ -893,21 +915,26 @@ def relu_factor_exact(mean, Ut, d, rank):
     return m_r, (Ut, (c.diagonal(dim1=-2, dim2=-1) - (Ut * Ut).sum(-2)).clamp(min=0))
 
 start = _input_state(image, torch.tensor(sigma**2, dtype=torch.float64), 3, False)
-print(f'{"rank":>5} | {"E_r var, Bussgang":>18} | {"E_r var, exact refit":>20}')
+refit = {}
 for r in (4, 16, 64):
     errs = []
     for rule in (_relu_factor, relu_factor_exact):
         out_mean, (Ut, d) = _propagate(layers, start[0], start[2], r, relu_factor=rule)
         errs.append(E_r((Ut * Ut).sum(-2)[0] + d[0], mc_ref.var).mean().item())
-    print(f'{r:>5} | {errs[0]:18.3f} | {errs[1]:20.3f}')
+    refit[r] = errs
+Table([[r, *errs] for r, errs in refit.items()], ['rank', 'E_r var, Bussgang', 'E_r var, exact refit'],
+      fmt={'E_r var, Bussgang': '.3f', 'E_r var, exact refit': '.3f'})
+
+# %%
+#| slow
+Markdown(f"It divides the error by {refit[16][0] / refit[16][1]:.2g} at rank 16 and by "
+         f"{refit[64][0] / refit[64][1]:.2g} at rank 64 (the first ReLU has 100 units after pooling), at full mode's "
+         f"price in pair moments; at that price full mode itself is the better buy wherever its $D^2$ memory fits. So "
+         f"`propagate_moments` keeps the cheap rule and states what it is.")
 
 # %% [markdown]
-# It divides the error by two and a half to three at ranks 16 and 64 (the first ReLU has 100 units after pooling),
-# at full mode's price in pair moments; at that price full mode itself is the better buy wherever its $D^2$ memory
-# fits. So `propagate_moments` keeps the cheap rule and states what it is.
-#
-# Against the noise level, for the same network and image, in the figure below (`#| slow`, about a minute here: a
-# $10^5$-sample reference per point).
+# Against the noise level, for the same network and image, in the figure below (`#| slow`: a $10^5$-sample reference
+# per point).
 
 # %%
 #| slow
@@ -935,11 +962,11 @@ ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1, 0.5));
 
 # %% [markdown]
 # ### The synthetic networks
-# The CVPR §4.1 networks of chapter 8 (FC-A/B/C on $\mathbb R^{100}$, Conv-A/B/C on $20\times20$, one output),
-# float64, zero-mean input with a random full covariance of largest variance 1 (the papers' "medium" regime),
-# against $2\cdot10^5$ Monte Carlo samples. FC-A and Conv-A are Affine-ReLU-Affine: full mode and two-stage +
-# `ara_moments` are exact there. Full mode on the conv nets evaluates $1296^2$ pair moments at the first ReLU, several
-# seconds here: the cell is `#| slow` (about 3 minutes).
+# The networks of [Bibi et al. (2018)](99_references.ipynb#bibi2018), §4.1, built in [Models](08_models.ipynb) (FC-A/B/C
+# on $\mathbb R^{100}$, Conv-A/B/C on $20\times20$, one output), float64, zero-mean input with a random full covariance
+# of largest variance 1 (the papers' "medium" regime), against $2\cdot10^5$ Monte Carlo samples. FC-A and Conv-A are
+# Affine-ReLU-Affine: full mode and two-stage + `ara_moments` are exact there. Full mode on the conv nets evaluates
+# $1296^2$ pair moments at the first ReLU, and the reference runs are large: the cell is `#| slow`.
 
 # %%
 #| slow
@@ -953,7 +980,7 @@ for name in ('FC-A', 'FC-B', 'FC-C', 'Conv-A', 'Conv-B', 'Conv-C'):
     mu_r = torch.zeros(shape, dtype=torch.float64)
     ref_r = mc_moments(net, mu_r, cov_r, n=200_000, seed=0, full_cov=False)
     synthetic_rows[name] = compare(net, mu_r, cov_r, ref_r, repeats=2)
-    show(synthetic_rows[name], ref_r, name)
+    display(show(synthetic_rows[name], ref_r, name))
 
 # %% [markdown]
 # On the exact cases (FC-A, Conv-A) full mode and two-stage agree with Monte Carlo to its resolution. With more
