@@ -4,37 +4,83 @@
 
 # %% ../nbs/90_cli.ipynb #eead54b7
 from __future__ import annotations
-import argparse, json, sys, time
-from typing import NamedTuple
-import torch
-from torch import Tensor
-from .ara import ara_moments
-from .bench import best_time, format_rows, run_benchmarks
-from .montecarlo import mc_moments
-from .tightness import TightnessTable, tightness_table
+import argparse, importlib.util, json, math, os, sys, time
+from typing import TYPE_CHECKING, NamedTuple
+from . import __version__
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+    from netmoments.ara import AraMoments
+    from netmoments.montecarlo import MCMoments
+    from netmoments.tightness import TightnessTable
 
 # %% auto #0
-__all__ = ['AraNetwork', 'bundled_network', 'check_report', 'tightness_rows', 'tightness_text', 'tightness_figure', 'main']
+__all__ = ['AraNetwork', 'bundled_network', 'CheckResult', 'check_moments', 'check_text', 'check_report', 'tightness_rows',
+           'tightness_text', 'tightness_figure', 'main']
+
+# %% ../nbs/90_cli.ipynb #6507194c
+def _positive_int(text:str)->int:
+    "argparse type: a whole number >= 1."
+    try: value = int(text)
+    except ValueError: raise argparse.ArgumentTypeError(f'expected a whole number >= 1, got {text!r}') from None
+    if value < 1: raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
+    return value
+
+def _nonnegative_float(text:str)->float:
+    "argparse type: a finite number >= 0 (NaN and infinities refused)."
+    try: value = float(text)
+    except ValueError: raise argparse.ArgumentTypeError(f'expected a number, got {text!r}') from None
+    if not math.isfinite(value) or value < 0: raise argparse.ArgumentTypeError(f'must be finite and >= 0, got {text}')
+    return value
+
+def _output_path(text:str)->str:
+    "argparse type: a file to write, in an existing writable folder ('' for none)."
+    if not text: return text
+    folder = os.path.dirname(os.path.abspath(text))
+    if os.path.isdir(text): raise argparse.ArgumentTypeError(f'{text} is a folder, not a file name')
+    why = ('does not exist' if not os.path.isdir(folder) else
+           'is not writable' if not os.access(folder, os.W_OK | os.X_OK) else None)
+    if why: raise argparse.ArgumentTypeError(f'cannot write {text}: folder {folder} {why}')
+    return text
+
+_FIGURE_FORMATS = ('png', 'pdf', 'svg', 'jpg', 'jpeg', 'eps', 'ps', 'tif', 'tiff', 'webp')
+
+def _figure_path(text:str)->str:
+    "argparse type: a figure file ('' for none); needs matplotlib and an extension naming the format."
+    if not text: return text
+    if importlib.util.find_spec('matplotlib') is None:
+        raise argparse.ArgumentTypeError("a figure needs matplotlib, which is not installed: "
+                                         "pip install 'netmoments[plot]' (or pip install matplotlib)")
+    if os.path.splitext(text)[1].lower().lstrip('.') not in _FIGURE_FORMATS:
+        raise argparse.ArgumentTypeError(f'{text}: the file name must end in .{", .".join(_FIGURE_FORMATS)}')
+    return _output_path(text)
+
+def _write_json(path:str, obj:dict):
+    "Write `obj` as JSON to `path` and say so."
+    with open(path, 'w') as f: json.dump(obj, f, indent=1)
+    print(f'wrote {path}')
 
 # %% ../nbs/90_cli.ipynb #d698ea6b
 class AraNetwork(NamedTuple):
     "An Affine-ReLU-Affine network g(x) = B relu(A x + c1) + c2 with a Gaussian input N(mu, cov)."
-    A:Tensor
-    c1:Tensor
-    B:Tensor
-    c2:Tensor
-    mu:Tensor
-    cov:Tensor
+    A:Tensor    # (p, n) weights of the first affine layer
+    c1:Tensor   # (p,) its bias
+    B:Tensor    # (d, p) weights of the second affine layer
+    c2:Tensor   # (d,) its bias
+    mu:Tensor   # (n,) mean of the Gaussian input
+    cov:Tensor  # (n, n) covariance of the Gaussian input, positive definite
 
-    def __call__(self, x:Tensor)->Tensor: return torch.relu(x @ self.A.mT + self.c1) @ self.B.mT + self.c2
+    def __call__(self, x:Tensor)->Tensor: return (x @ self.A.mT + self.c1).relu() @ self.B.mT + self.c2
 
 def bundled_network(
     n:int=8, p:int=32, d:int=4,   # input, hidden and output sizes
     seed:int=2018,                # the network and the input distribution are drawn from this seed
-    dtype:torch.dtype=torch.float64,
+    dtype:str|torch.dtype='float64', # 'float64', 'float32' or a torch dtype
     device:str='cpu',
 )->AraNetwork:
     "The seeded random Affine-ReLU-Affine network and Gaussian input that `netmoments check` uses."
+    import torch
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     gen = torch.Generator().manual_seed(seed)
     rn = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)
     A, c1, B, c2 = rn(p, n) / n**0.5, 0.5 * rn(p), rn(d, p) / p**0.5, rn(d)
@@ -43,6 +89,71 @@ def bundled_network(
     return AraNetwork(*(x.to(dtype=dtype, device=device) for x in net))
 
 # %% ../nbs/90_cli.ipynb #abbf15a9
+class CheckResult(NamedTuple):
+    "Analytic moments of an Affine-ReLU-Affine network beside Monte Carlo, how far apart they are, and their times."
+    exact:AraMoments       # analytic mean (d,), covariance (d, d) and variance (d,), from ara_moments
+    mc:MCMoments           # Monte Carlo estimates of the same with their standard errors, from mc_moments
+    z_mean:Tensor          # (d,) |analytic - Monte Carlo| / standard error, for each mean
+    z_var:Tensor           # (d,) the same for each variance
+    z_cov:Tensor           # (d (d - 1) / 2,) the same for each covariance above the diagonal, row by row
+    seconds_exact:float    # analytic time: best of 5 runs after a warm-up
+    seconds_mc:float       # Monte Carlo time: one run
+    samples:int            # Monte Carlo samples
+    seed:int               # Monte Carlo seed
+
+    @property
+    def worst(self)->float:
+        "The largest deviation in standard errors, over means, variances and covariances."
+        z_cov = self.z_cov.max().item() if len(self.z_cov) else 0.
+        return max(self.z_mean.max().item(), self.z_var.max().item(), z_cov)
+
+def check_moments(
+    net:AraNetwork,         # network and input distribution
+    samples:int=100_000,    # Monte Carlo samples
+    seed:int=0,             # Monte Carlo seed
+    progress:bool=False,    # progress bar over Monte Carlo chunks
+)->CheckResult:
+    "Analytic moments of `net` beside seeded Monte Carlo, both timed, and each entry's deviation in standard errors."
+    import torch
+    from netmoments.ara import ara_moments
+    from netmoments.bench import best_time
+    from netmoments.montecarlo import mc_moments
+    analytic = lambda: ara_moments(net.mu, net.cov, net.A, net.c1, net.B, net.c2)
+    exact = analytic()
+    t_exact = best_time(analytic, repeats=5, device=net.mu.device)
+    t0 = time.perf_counter()
+    mc = mc_moments(net, net.mu, net.cov, n=samples, seed=seed, progress=progress)
+    t_mc = time.perf_counter() - t0
+    iu = torch.triu_indices(*exact.cov.shape, offset=1)
+    z = lambda a, b, se: ((a - b) / se).abs()
+    return CheckResult(exact, mc, z(exact.mean, mc.mean, mc.mean_se), z(exact.var, mc.var, mc.var_se),
+                       z(exact.cov, mc.cov, mc.cov_se)[iu[0], iu[1]], t_exact, t_mc, samples, seed)
+
+# %% ../nbs/90_cli.ipynb #9121fb84
+def check_text(
+    net:AraNetwork,      # the network checked
+    result:CheckResult,  # from check_moments
+)->str:
+    "A CheckResult as printable text: means and variances side by side, the covariances, the times and the worst |z|."
+    exact, mc, d = result.exact, result.mc, net.B.shape[0]
+    p, n = net.A.shape
+    lines = [f'Affine-ReLU-Affine network n={n} p={p} d={d}, {exact.mean.dtype}, {exact.mean.device}; '
+             f'Monte Carlo: {result.samples} samples, seed {result.seed}', '',
+             f"{'output':>6} | {'mean (exact)':>13} {'mean (MC)':>13} {'SE':>9} {'|z|':>5} | "
+             f"{'var (exact)':>12} {'var (MC)':>12} {'SE':>9} {'|z|':>5}"]
+    for i in range(d):
+        lines.append(f'{i:>6} | {exact.mean[i]:>13.6f} {mc.mean[i]:>13.6f} {mc.mean_se[i]:>9.2e} {result.z_mean[i]:>5.2f} | '
+                     f'{exact.var[i]:>12.6f} {mc.var[i]:>12.6f} {mc.var_se[i]:>9.2e} {result.z_var[i]:>5.2f}')
+    lines += ['', 'covariance (exact; upper triangle: MC):']
+    for i in range(d):
+        lines.append('  ' + ' '.join(f'{(mc.cov if j > i else exact.cov)[i, j]:>10.5f}' for j in range(d)))
+    t_exact, t_mc, z_cov = result.seconds_exact, result.seconds_mc, result.z_cov
+    lines += ['', f'largest |z| of off-diagonal covariances: {z_cov.max().item() if len(z_cov) else 0.:.2f}',
+              f'time: analytic {t_exact * 1e3:.2f} ms (best of 5), Monte Carlo {t_mc * 1e3:.1f} ms: '
+              f'ratio MC / analytic = {t_mc / t_exact:.1f}',
+              f'largest deviation: {result.worst:.2f} standard errors']
+    return '\n'.join(lines)
+
 def check_report(
     net:AraNetwork,         # network and input distribution
     samples:int=100_000,    # Monte Carlo samples
@@ -50,33 +161,49 @@ def check_report(
     progress:bool=False,    # progress bar over Monte Carlo chunks
 )->tuple:                   # (report text, largest deviation in standard errors)
     "Analytic moments of `net` beside Monte Carlo, as printable text, and the worst deviation in standard errors."
-    exact = ara_moments(net.mu, net.cov, net.A, net.c1, net.B, net.c2)
-    t_ara = best_time(lambda: ara_moments(net.mu, net.cov, net.A, net.c1, net.B, net.c2), repeats=5, device=net.mu.device)
-    t0 = time.perf_counter()
-    mc = mc_moments(net, net.mu, net.cov, n=samples, seed=seed, progress=progress)
-    t_mc = time.perf_counter() - t0
-    z_mean = ((exact.mean - mc.mean) / mc.mean_se).abs()
-    z_var = ((exact.var - mc.var) / mc.var_se).abs()
-    iu = torch.triu_indices(*exact.cov.shape, offset=1)
-    z_cov = ((exact.cov - mc.cov) / mc.cov_se).abs()[iu[0], iu[1]]
-    d, p, n = net.B.shape[0], net.A.shape[0], net.A.shape[1]
-    lines = [f'Affine-ReLU-Affine network n={n} p={p} d={d}, {exact.mean.dtype}, {exact.mean.device}; '
-             f'Monte Carlo: {samples} samples, seed {seed}', '',
-             f"{'output':>6} | {'mean (exact)':>13} {'mean (MC)':>13} {'SE':>9} {'|z|':>5} | "
-             f"{'var (exact)':>12} {'var (MC)':>12} {'SE':>9} {'|z|':>5}"]
-    for i in range(d):
-        lines.append(f'{i:>6} | {exact.mean[i]:>13.6f} {mc.mean[i]:>13.6f} {mc.mean_se[i]:>9.2e} {z_mean[i]:>5.2f} | '
-                     f'{exact.var[i]:>12.6f} {mc.var[i]:>12.6f} {mc.var_se[i]:>9.2e} {z_var[i]:>5.2f}')
-    lines += ['', 'covariance (exact; upper triangle: MC):']
-    for i in range(d):
-        lines.append('  ' + ' '.join(f'{(mc.cov if j > i else exact.cov)[i, j]:>10.5f}' for j in range(d)))
-    worst = max(z_mean.max().item(), z_var.max().item(), z_cov.max().item() if len(z_cov) else 0.)
-    lines += ['', f'largest |z| of off-diagonal covariances: {z_cov.max().item() if len(z_cov) else 0.:.2f}',
-              f'time: analytic {t_ara * 1e3:.2f} ms (best of 5), Monte Carlo {t_mc * 1e3:.1f} ms: ratio MC / analytic = {t_mc / t_ara:.1f}',
-              f'largest deviation: {worst:.2f} standard errors']
-    return '\n'.join(lines), worst
+    result = check_moments(net, samples, seed, progress)
+    return check_text(net, result), result.worst
 
 # %% ../nbs/90_cli.ipynb #b6d8d69e
+def _check_parser(sub):
+    "The options of `netmoments check`."
+    c = sub.add_parser('check', help='analytic moments of the bundled random network beside Monte Carlo',
+                       description='Analytic moments of a seeded random Affine-ReLU-Affine network beside Monte Carlo; '
+                                   'exit status 1 when an entry is further than --max-se standard errors from it.')
+    c.add_argument('--samples', type=_positive_int, default=100_000, help='Monte Carlo samples (default 1e5)')
+    c.add_argument('--seed', type=int, default=0, help='Monte Carlo seed (default 0)')
+    c.add_argument('--network-seed', type=int, default=2018, help='seed of the bundled network (default 2018)')
+    c.add_argument('--sizes', type=_positive_int, nargs=3, default=(8, 32, 4), metavar=('N', 'P', 'D'),
+                   help='input, hidden and output sizes (default 8 32 4)')
+    c.add_argument('--dtype', choices=('float64', 'float32'), default='float64',
+                   help='floating point type (default float64)')
+    c.add_argument('--device', default='cpu', help="'cpu' (default) or 'cuda'")
+    c.add_argument('--max-se', type=_nonnegative_float, default=5.,
+                   help='exit 1 if any entry is further than this many standard errors from Monte Carlo (default 5)')
+    c.add_argument('--json', type=_output_path, metavar='PATH', help='also write the moments and deviations as JSON')
+    c.set_defaults(run=_check)
+
+def _check(args)->int:
+    "Run `netmoments check`."
+    net = bundled_network(*args.sizes, seed=args.network_seed, dtype=args.dtype, device=args.device)
+    result = check_moments(net, samples=args.samples, seed=args.seed, progress=sys.stderr.isatty())
+    print(check_text(net, result))
+    ok = result.worst <= args.max_se
+    if args.json:
+        exact, mc = result.exact, result.mc
+        network = dict(zip(('n', 'p', 'd'), args.sizes), seed=args.network_seed, dtype=args.dtype, device=args.device)
+        _write_json(args.json, {'network': network, 'samples': args.samples, 'seed': args.seed,
+            'mean': exact.mean.tolist(), 'var': exact.var.tolist(), 'cov': exact.cov.tolist(),
+            'mc_mean': mc.mean.tolist(), 'mc_mean_se': mc.mean_se.tolist(), 'mc_var': mc.var.tolist(),
+            'mc_var_se': mc.var_se.tolist(), 'mc_cov': mc.cov.tolist(), 'mc_cov_se': mc.cov_se.tolist(),
+            'z_mean': result.z_mean.tolist(), 'z_var': result.z_var.tolist(), 'z_cov': result.z_cov.tolist(),
+            'seconds_exact': result.seconds_exact, 'seconds_mc': result.seconds_mc,
+            'largest_deviation': result.worst, 'max_se': args.max_se, 'passed': ok})
+    if not ok:
+        print(f'FAILED: a moment is {result.worst:.1f} standard errors from Monte Carlo (limit {args.max_se})', file=sys.stderr)
+    return 0 if ok else 1
+
+# %% ../nbs/90_cli.ipynb #4021ee52
 def tightness_rows(
     table:TightnessTable,  # from tightness_table
     labels:list|None=None, # the images' labels, if known
@@ -103,60 +230,71 @@ def tightness_text(rows:list, summary:dict)->str:
                  f"old variance {summary['old']:.4f}")
     return '\n'.join(lines)
 
-def tightness_figure(table:TightnessTable, path:str):
-    "Save a log-log scatter of Monte Carlo against analytic (exact and old) variances to `path`."
-    import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(4.5, 4), layout='constrained')
-    ax.loglog(table.var_exact.flatten(), table.mc_var.flatten(), 'o', ms=3, label='exact')
-    ax.loglog(table.var_old.flatten(), table.mc_var.flatten(), 'x', ms=3, label='old (zero mean)')
-    lim = [min(table.mc_var.min(), table.var_old.min()).item(), max(table.mc_var.max(), table.var_old.max()).item()]
-    ax.plot(lim, lim, 'k--', lw=1)
-    ax.set(xlabel='analytic variance', ylabel='Monte Carlo variance', title=f'sigma = {table.sigma}'); ax.legend()
-    fig.savefig(path, dpi=120); plt.close(fig)
+# %% ../nbs/90_cli.ipynb #71ad226d
+def _log_ticks(axis, low:float, high:float):
+    "Labelled major ticks at 1, 2, 5 x 10^k (10^k alone past three decades) and unlabelled minor ones on a log axis."
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    axis.set_major_locator(LogLocator(subs=(1., 2., 5.) if high / low < 1e3 else (1.,)))
+    short = lambda v: f'{v:g}' if 1e-2 <= v < 1e4 else f'{v:.0e}'.replace('e-0', 'e-').replace('e+0', 'e')
+    axis.set_major_formatter(FuncFormatter(lambda v, _: short(v)))
+    axis.set_minor_formatter(NullFormatter())
 
-# %% ../nbs/90_cli.ipynb #4021ee52
-def _parser():
-    ap = argparse.ArgumentParser(prog='netmoments', description='Probabilistic moments of ReLU networks under Gaussian input.')
-    sub = ap.add_subparsers(dest='command', required=True)
-    c = sub.add_parser('check', help='analytic moments of the bundled random network beside Monte Carlo')
-    c.add_argument('--samples', type=int, default=100_000, help='Monte Carlo samples (default 1e5)')
-    c.add_argument('--seed', type=int, default=0, help='Monte Carlo seed')
-    c.add_argument('--network-seed', type=int, default=2018, help='seed of the bundled network')
-    c.add_argument('--sizes', type=int, nargs=3, default=(8, 32, 4), metavar=('N', 'P', 'D'), help='input, hidden, output sizes')
-    c.add_argument('--dtype', choices=('float64', 'float32'), default='float64')
-    c.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
-    c.add_argument('--max-se', type=float, default=5., help='exit 1 if any entry is further than this many SEs from MC')
-    b = sub.add_parser('bench', help='speed ratios: exact cross moments, Lemma 4 series, analytic vs Monte Carlo')
-    b.add_argument('--devices', nargs='*', default=None, help='default: cpu, and cuda when available')
-    b.add_argument('--pairs', type=int, default=100_000)
-    b.add_argument('--mc-samples', type=int, default=10_000)
-    b.add_argument('--repeats', type=int, default=3)
-    t = sub.add_parser('tightness', help='analytic moments of the two-stage linearized LeNet beside Monte Carlo, with E_r')
+# %% ../nbs/90_cli.ipynb #56d118c0
+def tightness_figure(
+    table:TightnessTable,  # from tightness_table
+    path:str|None=None,    # where to save it (the format follows the extension); None: not saved
+    ax=None,               # a matplotlib Axes to draw on; None: a new Figure of its own
+):                         # the matplotlib Figure drawn on
+    "Log-log scatter of Monte Carlo against analytic (exact and old) variances, saved to `path`; returns the Figure."
+    from matplotlib.figure import Figure
+    import torch
+    mc, exact, old = (v.flatten().cpu() for v in (table.mc_var, table.var_exact, table.var_old))
+    positive = torch.cat([mc, exact, old])
+    positive = positive[positive > 0]
+    low, high = (positive.min().item() / 1.3, positive.max().item() * 1.3) if len(positive) else (1e-6, 1.)
+    if ax is None: ax = Figure(figsize=(4.5, 4.5), layout='constrained').subplots()
+    fig = ax.figure
+    ax.loglog(exact, mc, 'o', ms=3, label='exact')
+    ax.loglog(old, mc, 'x', ms=4, label='old (zero mean)')
+    ax.plot([low, high], [low, high], 'k--', lw=1, label='equal')
+    ax.set(xlim=(low, high), ylim=(low, high), aspect='equal', xlabel='analytic variance',
+           ylabel='Monte Carlo variance', title=f'sigma = {table.sigma:g}')
+    for axis in (ax.xaxis, ax.yaxis): _log_ticks(axis, low, high)
+    ax.legend(loc='upper left')
+    if path: fig.savefig(path, dpi=120)
+    return fig
+
+# %% ../nbs/90_cli.ipynb #4c30a8cd
+def _tightness_parser(sub):
+    "The options of `netmoments tightness`."
+    t = sub.add_parser('tightness', help='analytic moments of the two-stage linearized LeNet beside Monte Carlo, with E_r',
+                       description='Analytic mean and variances of the two-stage linearized bundled LeNet beside Monte '
+                                   'Carlo of the real network on bundled MNIST test images, with their E_r.')
     t.add_argument('--model', default='lenet-mnist', help='bundled network (default lenet-mnist)')
     t.add_argument('--layer', type=int, default=3, help='l of the two-stage linearization (default 3)')
-    t.add_argument('--at', choices=('relu', 'pre'), default='relu', help='top-stage point of the linearization')
+    t.add_argument('--at', choices=('relu', 'pre'), default='relu',
+                   help='top-stage point of the linearization (default relu)')
     t.add_argument('--ties', choices=('split', 'first'), default='split',
                    help="tied max-pooling windows: split the derivative evenly (default) or give it to the first")
-    t.add_argument('--sigma', type=float, default=0.01, help='noise level: trace of the covariance = sigma^2 * 784')
-    t.add_argument('--images', type=int, default=3, help='first images of the bundled MNIST slice (default 3)')
-    t.add_argument('--samples', type=int, default=10_000, help='Monte Carlo samples per image (default 1e4)')
-    t.add_argument('--seed', type=int, default=0, help='seed of the covariances and of Monte Carlo')
-    t.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
-    t.add_argument('--json', default=None, metavar='PATH', help='also write the table as JSON')
-    t.add_argument('--figure', default='tightness.png', metavar='PATH', help="MC against analytic variances ('' : none)")
-    s = sub.add_parser('stepcost', help='seconds per LeNet training step: vanilla, regularizer (eq 3), N-fold augmentation')
-    s.add_argument('--batch', type=int, nargs='+', default=[100, 1000], help='batch sizes (default 100 1000)')
-    s.add_argument('--sigma', type=float, default=0.5, help='training noise std (default 0.5)')
-    s.add_argument('--alpha', type=float, default=1., help="weight of the regularizer's term (default 1)")
-    s.add_argument('--folds', type=int, nargs='*', default=[2, 6], help='augmentation folds N (default 2 6)')
-    s.add_argument('--rounds', type=int, default=5, help='round-robin rounds, best kept (default 5)')
-    s.add_argument('--steps', type=int, default=20, help='steps per timed round (default 20)')
-    s.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
-    return ap
+    t.add_argument('--sigma', type=_nonnegative_float, default=0.01,
+                   help='noise level: trace of the covariance = sigma^2 * 784 (default 0.01)')
+    t.add_argument('--images', type=_positive_int, default=3,
+                   help='first images of the bundled MNIST slice (default 3)')
+    t.add_argument('--samples', type=_positive_int, default=10_000, help='Monte Carlo samples per image (default 1e4)')
+    t.add_argument('--seed', type=int, default=0, help='seed of the covariances and of Monte Carlo (default 0)')
+    t.add_argument('--device', default='cpu', help="'cpu' (default) or 'cuda'")
+    t.add_argument('--json', type=_output_path, metavar='PATH', help='also write the table as JSON')
+    t.add_argument('--figure', type=_figure_path, metavar='PATH',
+                   help="also save Monte Carlo against analytic variances as a figure, e.g. tightness.png "
+                        "(needs matplotlib: pip install 'netmoments[plot]'); default: no figure")
+    t.set_defaults(run=_tightness)
 
+# %% ../nbs/90_cli.ipynb #ce05d6de
 def _tightness(args)->int:
+    "Run `netmoments tightness`."
+    import torch
     from netmoments.models import mnist_slice, pretrained
+    from netmoments.tightness import tightness_table
     model = pretrained(args.model, device=args.device)
     x, y = mnist_slice(device=args.device)
     x, y = x[:args.images], y[:args.images].tolist()
@@ -168,13 +306,33 @@ def _tightness(args)->int:
           f'Monte Carlo: {args.samples} samples, seed {args.seed}, {time.perf_counter() - t0:.1f} s\n')
     print(tightness_text(rows, summary))
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump({'model': args.model, 'layer': args.layer, 'at': args.at, 'ties': args.ties, 'sigma': args.sigma,
-                       'samples': args.samples, 'seed': args.seed, 'summary': summary, 'images': rows}, f, indent=1)
-    if args.figure: tightness_figure(table, args.figure)
+        _write_json(args.json, {'model': args.model, 'layer': args.layer, 'at': args.at, 'ties': args.ties,
+                                'sigma': args.sigma, 'samples': args.samples, 'seed': args.seed, 'summary': summary,
+                                'images': rows})
+    if args.figure:
+        tightness_figure(table, args.figure)
+        print(f'wrote {args.figure}')
     return 0
 
+# %% ../nbs/90_cli.ipynb #0e2f41f9
+def _stepcost_parser(sub):
+    "The options of `netmoments stepcost`."
+    s = sub.add_parser('stepcost', help='seconds per LeNet training step: vanilla, moment regularizer, N-fold augmentation',
+                       description='Seconds per LeNet training step (Adam) of vanilla training, the analytic moment '
+                                   'regularizer and N-fold Gaussian augmentation, timed side by side.')
+    s.add_argument('--batch', type=_positive_int, nargs='+', default=[100, 1000], help='batch sizes (default 100 1000)')
+    s.add_argument('--sigma', type=_nonnegative_float, default=0.5, help='training noise std (default 0.5)')
+    s.add_argument('--alpha', type=_nonnegative_float, default=1., help="weight of the regularizer's term (default 1)")
+    s.add_argument('--folds', type=_positive_int, nargs='*', default=[2, 6], help='augmentation folds N (default 2 6)')
+    s.add_argument('--rounds', type=_positive_int, default=5, help='round-robin rounds, best kept (default 5)')
+    s.add_argument('--steps', type=_positive_int, default=20, help='steps per timed round (default 20)')
+    s.add_argument('--device', default='cpu', help="'cpu' (default) or 'cuda'")
+    s.add_argument('--json', type=_output_path, metavar='PATH', help='also write the times as JSON')
+    s.set_defaults(run=_stepcost)
+
 def _stepcost(args)->int:
+    "Run `netmoments stepcost`."
+    import torch
     from netmoments.models import lenet
     from netmoments.train import step_costs, step_schemes
     dev = torch.device(args.device)
@@ -182,7 +340,7 @@ def _stepcost(args)->int:
     print(f'LeNet training step (Adam), random images in [0, 1]; torch {torch.__version__}, {where}; '
           f'best of {args.rounds} rounds of {args.steps} steps')
     schemes = step_schemes(args.sigma, args.alpha, args.folds)
-    gen = torch.Generator().manual_seed(0)
+    gen, batches = torch.Generator().manual_seed(0), []
     for n in args.batch:
         x = torch.rand(n, 1, 28, 28, generator=gen).to(dev)
         y = torch.randint(0, 10, (n,), generator=gen).to(dev)
@@ -190,23 +348,56 @@ def _stepcost(args)->int:
                            steps=args.steps)
         print(f'\nbatch N = {n}')
         for k, (sec, ratio) in costs.items(): print(f'  {k:28s} {1e3 * sec:8.2f} ms/step  {ratio:5.2f}x vanilla')
+        batches.append({'batch': n, 'schemes': [{'scheme': k, 'seconds_per_step': sec, 'ratio_to_vanilla': ratio}
+                                                for k, (sec, ratio) in costs.items()]})
+    if args.json:
+        _write_json(args.json, {'torch': torch.__version__, 'device': where, 'rounds': args.rounds, 'steps': args.steps,
+                                'sigma': args.sigma, 'alpha': args.alpha, 'batches': batches})
     return 0
+
+# %% ../nbs/90_cli.ipynb #ef408f42
+def _bench_parser(sub):
+    "The options of `netmoments bench`."
+    b = sub.add_parser('bench', help='speed ratios: exact cross moments, Lemma 4 series, analytic vs Monte Carlo',
+                       description='Speed of the exact ReLU cross moments, the Lemma 4 series and the analytic network '
+                                   'moments against Monte Carlo, as ratios to their baselines.')
+    b.add_argument('--devices', nargs='*', default=None, metavar='DEVICE',
+                   help="devices to time on, e.g. cpu cuda (default: cpu, and cuda when torch sees one)")
+    b.add_argument('--pairs', type=_positive_int, default=100_000,
+                   help='Gaussian pairs for the cross-moment benchmarks (default 1e5)')
+    b.add_argument('--mc-samples', type=_positive_int, default=10_000,
+                   help='Monte Carlo samples for the network benchmark (default 1e4)')
+    b.add_argument('--repeats', type=_positive_int, default=3,
+                   help='timed runs of each benchmark, best kept (default 3)')
+    b.add_argument('--json', type=_output_path, metavar='PATH', help='also write the rows as JSON')
+    b.set_defaults(run=_bench)
+
+def _bench(args)->int:
+    "Run `netmoments bench`."
+    from netmoments.bench import format_rows, run_benchmarks
+    rows = run_benchmarks(args.devices, count=args.pairs, mc_samples=args.mc_samples, repeats=args.repeats)
+    print(format_rows(rows))
+    if args.json:
+        _write_json(args.json, {'pairs': args.pairs, 'mc_samples': args.mc_samples, 'repeats': args.repeats,
+                                'rows': [r._asdict() for r in rows]})
+    return 0
+
+# %% ../nbs/90_cli.ipynb #a7ef2cca
+def _parser():
+    "The parser of the `netmoments` command line, with one sub-parser per command."
+    ap = argparse.ArgumentParser(prog='netmoments', description='Probabilistic moments of ReLU networks under Gaussian input.')
+    ap.add_argument('--version', action='version', version=f'%(prog)s {__version__}', help='print the version and exit')
+    sub = ap.add_subparsers(dest='command', required=True, metavar='COMMAND',
+                            help="the command to run; 'netmoments COMMAND --help' describes its options")
+    for add in (_check_parser, _bench_parser, _tightness_parser, _stepcost_parser): add(sub)
+    return ap
 
 def main(argv:list|None=None)->int:
     "The `netmoments` command: `check`, `bench`, `tightness` or `stepcost`."
     args = _parser().parse_args(argv)
-    if getattr(args, 'device', 'cpu').startswith('cuda') and not torch.cuda.is_available():
-        print(f'netmoments {args.command}: --device cuda asked for, but torch sees no CUDA device', file=sys.stderr)
-        return 2
-    if args.command == 'tightness': return _tightness(args)
-    if args.command == 'stepcost': return _stepcost(args)
-    if args.command == 'check':
-        net = bundled_network(*args.sizes, seed=args.network_seed, dtype=getattr(torch, args.dtype), device=args.device)
-        text, worst = check_report(net, samples=args.samples, seed=args.seed, progress=sys.stderr.isatty())
-        print(text)
-        if worst > args.max_se:
-            print(f'FAILED: a moment is {worst:.1f} standard errors from Monte Carlo (limit {args.max_se})', file=sys.stderr)
-            return 1
-        return 0
-    print(format_rows(run_benchmarks(args.devices, count=args.pairs, mc_samples=args.mc_samples, repeats=args.repeats)))
-    return 0
+    if getattr(args, 'device', 'cpu').startswith('cuda'):
+        import torch
+        if not torch.cuda.is_available():
+            print(f'netmoments {args.command}: --device cuda asked for, but torch sees no CUDA device', file=sys.stderr)
+            return 2
+    return args.run(args)

@@ -1,9 +1,11 @@
-"The `netmoments` command: `check` and `bench` through `netmoments.cli.main`, and the installed console script."
-import re, shutil, subprocess
+"The `netmoments` command: its sub-commands through `netmoments.cli.main`, their options, and the console script."
+import argparse, importlib.util, json, re, shutil, subprocess, sys
 
 import pytest
 import torch
 
+import netmoments
+import netmoments.cli as cli
 from netmoments.cli import bundled_network, check_report, main
 
 ROW = re.compile(r'^\s*(\d+) \|')   # a data row of the check table: the output index, then '|'
@@ -98,6 +100,154 @@ def test_bad_arguments_exit_through_argparse(capsys):
         with pytest.raises(SystemExit) as info: main(argv)
         assert info.value.code == 2
     capsys.readouterr()
+
+
+def _no_work(monkeypatch):
+    "Make every command's runner fail the test if reached: an argparse error must come before any work."
+    def fail(args): raise AssertionError(f'{args.command} ran although its options are invalid')
+    for name in ('_check', '_bench', '_tightness', '_stepcost'): monkeypatch.setattr(cli, name, fail)
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['tightness', '--images', '0'], 'argument --images: must be >= 1, got 0'),
+    (['tightness', '--images', '-2'], 'argument --images: must be >= 1, got -2'),
+    (['tightness', '--samples', '0'], 'argument --samples: must be >= 1'),
+    (['tightness', '--samples', '1e4'], 'expected a whole number'),
+    (['tightness', '--sigma', 'nan'], 'argument --sigma: must be finite and >= 0'),
+    (['check', '--samples', '-5'], 'argument --samples: must be >= 1'),
+    (['check', '--sizes', '4', '0', '2'], 'argument --sizes: must be >= 1, got 0'),
+    (['check', '--max-se', 'nan'], 'argument --max-se: must be finite and >= 0, got nan'),
+    (['check', '--max-se', '-1'], 'argument --max-se: must be finite and >= 0'),
+    (['bench', '--repeats', '0'], 'argument --repeats: must be >= 1'),
+    (['bench', '--pairs', '0'], 'argument --pairs: must be >= 1'),
+    (['bench', '--mc-samples', '-1'], 'argument --mc-samples: must be >= 1'),
+    (['stepcost', '--batch', '100', '0'], 'argument --batch: must be >= 1, got 0'),
+    (['stepcost', '--rounds', '0'], 'argument --rounds: must be >= 1'),
+    (['stepcost', '--folds', '0'], 'argument --folds: must be >= 1'),
+    (['tightness', '--figure', 'figure.txt'], 'must end in .png'),
+])
+def test_invalid_options_exit_2_before_work(argv, message, monkeypatch, capsys):
+    _no_work(monkeypatch)
+    with pytest.raises(SystemExit) as info: main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f'netmoments {argv[0]}: error: ' in err and message in err, err
+
+
+@pytest.mark.parametrize('command', ['check', 'bench', 'tightness', 'stepcost'])
+def test_unwritable_json_folder_exits_2_before_work(command, tmp_path, monkeypatch, capsys):
+    _no_work(monkeypatch)
+    (tmp_path / 'a-file').write_text('')
+    for path, message in ((tmp_path / 'missing' / 'out.json', 'does not exist'),
+                          (tmp_path / 'a-file' / 'out.json', 'does not exist'), (tmp_path, 'is a folder')):
+        with pytest.raises(SystemExit) as info: main([command, '--json', str(path)])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert 'argument --json' in err and message in err, err
+
+
+def test_figure_without_matplotlib_exits_2_before_work(monkeypatch, capsys, tmp_path):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'matplotlib' else find_spec(name, *a))
+    _no_work(monkeypatch)
+    with pytest.raises(SystemExit) as info: main(['tightness', '--figure', str(tmp_path / 'x.png')])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert 'argument --figure' in err and 'matplotlib' in err and "netmoments[plot]" in err
+    assert not (tmp_path / 'x.png').exists()
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info: main(['--version'])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f'netmoments {netmoments.__version__}'
+
+
+def test_every_option_has_help():
+    parser = cli._parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert sorted(commands) == ['bench', 'check', 'stepcost', 'tightness']
+    for p in (parser, *commands.values()):
+        for action in p._actions: assert action.help, (p.prog, action.option_strings)
+    for name, p in commands.items():
+        assert any('--json' in a.option_strings for a in p._actions), name
+
+
+HELP_PROBE = """
+import contextlib, io, sys
+from netmoments.cli import main
+for argv in (['--help'], ['--version'], *([c, '--help'] for c in ('check', 'bench', 'tightness', 'stepcost'))):
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        try: main(argv)
+        except SystemExit as e: assert e.code == 0 and out.getvalue(), argv
+assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]
+import netmoments
+assert 'torch' not in sys.modules
+print('ok')
+"""
+
+
+def test_help_and_version_do_not_import_torch():
+    res = subprocess.run([sys.executable, '-c', HELP_PROBE], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == 'ok', res.stderr
+
+
+def test_python_dash_m_runs_main(tmp_path):
+    res = subprocess.run([sys.executable, '-m', 'netmoments', '--version'], capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.strip() == f'netmoments {netmoments.__version__}', res.stderr
+    res = subprocess.run([sys.executable, '-m', 'netmoments', 'check', '--samples', '0'], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.startswith('usage: netmoments check'), res.stderr
+
+
+def test_check_json(tmp_path, capsys):
+    path = tmp_path / 'check.json'
+    assert main(['check', '--samples', '20000', '--sizes', '4', '8', '2', '--json', str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().splitlines()[-1] == f'wrote {path}'
+    report = json.loads(path.read_text())
+    assert report['network'] == {'n': 4, 'p': 8, 'd': 2, 'seed': 2018, 'dtype': 'float64', 'device': 'cpu'}
+    assert len(report['mean']) == 2 and len(report['cov']) == 2 and len(report['z_cov']) == 1
+    assert report['passed'] and report['largest_deviation'] == max(report['z_mean'] + report['z_var'] + report['z_cov'])
+    worst = float(re.search(r'largest deviation: ([\d.]+)', out).group(1))
+    assert abs(worst - report['largest_deviation']) < 0.01
+
+
+def test_check_json_written_when_the_check_fails(tmp_path, capsys):
+    path = tmp_path / 'check.json'
+    assert main(['check', '--samples', '5000', '--sizes', '4', '8', '2', '--max-se', '0', '--json', str(path)]) == 1
+    assert json.loads(path.read_text())['passed'] is False
+    captured = capsys.readouterr()
+    assert f'wrote {path}' in captured.out and 'FAILED' in captured.err
+
+
+def test_bench_json(tmp_path, capsys):
+    path = tmp_path / 'bench.json'
+    assert main(['bench', '--pairs', '2000', '--mc-samples', '2000', '--repeats', '1', '--devices', 'cpu',
+                 '--json', str(path)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f'wrote {path}')
+    rows = json.loads(path.read_text())['rows']
+    assert len(rows) == 8 and set(rows[0]) == {'name', 'device', 'dtype', 'value', 'unit', 'ratio', 'baseline'}
+
+
+def test_stepcost_json(tmp_path, capsys):
+    path = tmp_path / 'stepcost.json'
+    assert main(['stepcost', '--batch', '8', '--rounds', '1', '--steps', '1', '--folds', '2', '--json', str(path)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f'wrote {path}')
+    report = json.loads(path.read_text())
+    assert [b['batch'] for b in report['batches']] == [8]
+    schemes = report['batches'][0]['schemes']
+    assert [s['scheme'] for s in schemes][:2] == ['vanilla', 'vanilla, batch 2N'] and schemes[0]['ratio_to_vanilla'] == 1
+
+
+def test_tightness_writes_only_what_it_is_asked_for(tmp_path, monkeypatch, capsys):
+    "No figure unless --figure: the folder it runs in ends up holding the JSON alone, which is announced."
+    monkeypatch.chdir(tmp_path)
+    assert main(['tightness', '--images', '1', '--samples', '200', '--json', 'out.json']) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out.json']
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith('wrote out.json') and 'png' not in out
 
 
 @pytest.mark.skipif(shutil.which('netmoments') is None, reason='the netmoments console script is not installed')

@@ -1,4 +1,6 @@
-"Properties of `netmoments.models`: LeNet, the CVPR §4.1 synthetic networks, and the bundled LeNet and MNIST slice."
+"Properties of `netmoments.models`: LeNet, the synthetic networks of Bibi et al. 2018, §4.1, and the bundled LeNet and MNIST slice."
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -154,12 +156,20 @@ def test_pretrained_unknown_name():
 
 
 def test_missing_files(monkeypatch, tmp_path):
-    "Without the data/ folder (an installed wheel) the loaders say which file is missing and where they looked."
+    "Without the package's data/ folder (a broken installation) the loaders say which file is missing and where they looked."
     monkeypatch.setattr(models, '_data_dir', lambda: tmp_path)
     with pytest.raises(FileNotFoundError, match='bundled file lenet-mnist.pt not found'):
         pretrained()
     with pytest.raises(FileNotFoundError, match='bundled file mnist-test-slice.pt not found'):
         mnist_slice()
+
+
+def test_bundled_files_are_package_data():
+    "The bundled files live inside the package (netmoments/data/), so a wheel carries them; not in the repository's data/."
+    folder = models._data_dir()
+    assert folder == Path(models.__file__).parent / 'data'
+    assert {p.name for p in folder.glob('*.pt')} == {'lenet-mnist.pt', 'mnist-test-slice.pt'}
+    assert not list((Path(models.__file__).parents[1] / 'data').glob('*.pt'))
 
 
 def test_data_folder_small():

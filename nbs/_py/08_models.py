@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Models
-# > LeNet for MNIST (TPAMI's l = 3), the synthetic FC-A/B/C and Conv-A/B/C networks with i.i.d. Gaussian weights (CVPR §4.1), and the bundled pretrained LeNet with a slice of the MNIST test set (SPEC §5, §8)
+# > LeNet for MNIST (l = 3 of Alfadly et al. 2020), the synthetic FC-A/B/C and Conv-A/B/C networks with i.i.d. Gaussian weights (Bibi et al. 2018, §4.1), and the pretrained LeNet with a slice of the MNIST test set that ship with the package
 
 # %%
 #| default_exp models
@@ -23,16 +23,18 @@ import matplotlib.pyplot as plt
 from matplotlib.colors import LogNorm
 import torch.nn.functional as F
 from fastcore.test import test_eq, test_close, test_fail
+from netmoments.core import Table
 from netmoments.data import load
 
 
 # %% [markdown]
 # The moment expressions of the earlier chapters are exact for one Affine-ReLU-Affine network; the papers test them,
-# through the two-stage linearization (SPEC §5), on deeper networks of two kinds: synthetic ones whose weights are
-# i.i.d. Gaussian (CVPR §4.1) and LeNet trained on MNIST (CVPR §4.1, TPAMI §4). This chapter builds both as plain
-# `nn.Sequential` stacks, so that later chapters can cut them at any layer by slicing, and ships the trained LeNet and
-# the first 1000 MNIST test images in the repository's `data/` folder, so that the book and the main job run without
-# external data.
+# through the [two-stage linearization](09_linearize.ipynb), on deeper networks of two kinds: synthetic ones whose
+# weights are i.i.d. Gaussian ([Bibi et al. (2018)](99_references.ipynb#bibi2018), §4.1) and LeNet trained on MNIST
+# (Bibi et al. (2018), §4.1; [Alfadly et al. (2020)](99_references.ipynb#alfadly2020), §4). This chapter builds both
+# as plain `nn.Sequential` stacks, so that later chapters can cut them at any layer by slicing, and ships the trained
+# LeNet and the first 1000 MNIST test images inside the package (`netmoments/data/`), so that the book, the main job
+# and an installed wheel run without external data.
 #
 # No function here touches torch's global random state: networks are first built on the `meta` device (which draws
 # nothing) and then filled from a local `torch.Generator`.
@@ -40,16 +42,18 @@ from netmoments.data import load
 # %% [markdown]
 # ## LeNet
 # The papers' LeNet has "a total of four layers, two of which are convolutional with max pooling and the other two are
-# fully connected", input $\mathbb R^{28\times 28}$ and $d = 10$ logits (CVPR §4.1, TPAMI §4). We use the classic
-# widths (20 and 50 channels of $5\times5$ filters, 500 hidden units) with a ReLU after each of the first three layers:
+# fully connected", input $\mathbb R^{28\times 28}$ and $d = 10$ logits (Bibi et al. (2018), §4.1; Alfadly et al.
+# (2020), §4). We use the common variant of the network of [LeCun et al. (1998)](99_references.ipynb#lecun1998)
+# (20 and 50 channels of $5\times5$ filters, 500 hidden units) with a ReLU after each of the first three layers:
 #
 # | index | 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 |
 # |---|---|---|---|---|---|---|---|---|---|---|
 # | module | Conv2d(1, 20, 5) | ReLU | MaxPool2d(2) | Conv2d(20, 50, 5) | ReLU | MaxPool2d(2) | Flatten | Linear(800, 500) | **ReLU #3** | Linear(500, 10) |
 #
-# TPAMI chooses $l$ as "the fully-connected layer just before the last ReLU activation", $l = 3$: ReLU #3 is module 8,
-# so $R_{l-1}$ = `net[:8]` (input to the 500 pre-activations, $q = 500$) and $R_{l+1}$ = `net[9:]`. Inputs are
-# $(N, 1, 28, 28)$ with pixels in $[0, 1]$ and no further normalization, as TPAMI's $M \in [0, 1]^{28\times28}$.
+# Alfadly et al. (2020) choose $l$ as "the fully-connected layer just before the last ReLU activation", $l = 3$:
+# ReLU #3 is module 8, so $R_{l-1}$ = `net[:8]` (input to the 500 pre-activations, $q = 500$) and $R_{l+1}$ =
+# `net[9:]`. Inputs are $(N, 1, 28, 28)$ with pixels in $[0, 1]$ and no further normalization, as the
+# $M \in [0, 1]^{28\times28}$ of Alfadly et al. (2020).
 #
 # `lenet` returns an untrained network with torch's default initialization (the law of `nn.Linear.reset_parameters`),
 # drawn from `generator`.
@@ -112,11 +116,12 @@ test_eq(lenet(device='meta')[0].weight.device.type, 'meta')
 
 # %% [markdown]
 # ## Synthetic networks
-# CVPR §4.1: "The first type only consists of fully connected layers separated by ReLU activations with input size
-# $\mathbb R^{100}$ [...] with 2, 3 and 4 layers, denoted as FC-A, FC-B and FC-C [...] The other network type consists
-# of convolutional layers separated by ReLU activations with input size $\mathbb R^{20\times20}$ [...] depths of 2, 3
-# and 4, denoted as Conv-A, Conv-B and Conv-C. [...] The weights of all networks are randomly generated as i.i.d.
-# Gaussian. [...] all networks have a fully connected layer at the end to map the output to a single scalar."
+# Bibi et al. (2018), §4.1: "The first type only consists of fully connected layers separated by ReLU activations
+# with input size $\mathbb R^{100}$ [...] with 2, 3 and 4 layers, denoted as FC-A, FC-B and FC-C [...] The other
+# network type consists of convolutional layers separated by ReLU activations with input size $\mathbb R^{20\times20}$
+# [...] depths of 2, 3 and 4, denoted as Conv-A, Conv-B and Conv-C. [...] The weights of all networks are randomly
+# generated as i.i.d. Gaussian. [...] all networks have a fully connected layer at the end to map the output to a
+# single scalar."
 # The widths are in the supplementary material, which we do not have; our choices:
 #
 # - **Depth** counts the affine layers, the final fully connected one included, for both types. FC-A and Conv-A are
@@ -125,8 +130,9 @@ test_eq(lenet(device='meta')[0].weight.device.type, 'meta')
 #   $3\times3$ filters, stride 1, no padding and no pooling ($20\to18\to16\to14$ pixels a side), then `Flatten` and
 #   the final layer. Every affine layer but the last is followed by a ReLU.
 # - **Weights and biases** are i.i.d. $\mathcal N(0, 2/\text{fan-in})$, fan-in being the inputs of one unit (100 for
-#   an FC layer, $9\times$ channels in for a convolution). This He scaling keeps the activations at the scale of the
-#   input whatever the depth or width, so one set of input noise levels means the same thing for all six networks.
+#   an FC layer, $9\times$ channels in for a convolution). This scaling of
+#   [He et al. (2015)](99_references.ipynb#he2015) keeps the activations at the scale of the input whatever the depth
+#   or width, so one set of input noise levels means the same thing for all six networks.
 #
 # | name | layers | hidden width(s) | parameters | input |
 # |---|---|---|---|---|
@@ -161,7 +167,7 @@ def synthetic(
     name:str,   # 'FC-A', 'FC-B', 'FC-C' (input (N, 100)) or 'Conv-A', 'Conv-B', 'Conv-C' (input (N, 1, 20, 20))
     seed:int=0, # seed of the local generator that draws every weight and bias
 )->nn.Sequential: # float32 on the CPU, output (N, 1)
-    "CVPR §4.1 synthetic network `name`: ReLU between affine layers, i.i.d. N(0, 2/fan-in) weights and biases."
+    "Synthetic network `name` (Bibi et al. 2018, §4.1): ReLU between affine layers, i.i.d. N(0, 2/fan-in) parameters."
     if name not in _SYNTHETIC:
         raise ValueError(f'name must be one of {", ".join(_SYNTHETIC)}; got {name!r}')
     with torch.device('meta'): net = nn.Sequential(*_synthetic_layers(*_SYNTHETIC[name]))
@@ -210,25 +216,34 @@ test_fail(lambda: synthetic('FC-D'), exc=ValueError,
 
 # %% [markdown]
 # ## Bundled files
-# `data/` at the top of the repository holds the trained LeNet (`lenet-mnist.pt`, a float32 `state_dict`, 1.7 MB)
-# and the first 1000 images of the MNIST test set (`mnist-test-slice.pt`, uint8 images and labels, 0.8 MB); the
-# training section below writes both. They are found relative to the package, so they come with a source checkout or
-# an editable install, not with a wheel: there the loaders raise `FileNotFoundError` saying so.
+# The trained LeNet (`lenet-mnist.pt`, a float32 `state_dict`) and the first 1000 images of the MNIST test set
+# (`mnist-test-slice.pt`, uint8 images and labels) are package data: they live in `netmoments/data/`, next to the
+# modules, and are found relative to the imported package, so a source checkout, an editable install and an installed
+# wheel all carry them. The training section below writes both. A missing file (a broken installation) raises a
+# `FileNotFoundError` that says where it was looked for.
 
 # %%
 #| exporti
 def _data_dir():
-    "The repository's top-level `data/` folder, next to the package folder."
-    return Path(netmoments.__file__).parents[1] / 'data'
+    "The package's `data/` folder, where the bundled network and MNIST slice live."
+    return Path(netmoments.__file__).parent / 'data'
 
 def _bundled(filename):
     "Path of the bundled file `filename`, or a FileNotFoundError that says where it was looked for."
     path = _data_dir() / filename
     if not path.is_file():
-        raise FileNotFoundError(f'bundled file {filename} not found at {path}: it ships in the data/ folder of the '
-                                'netmoments source repository (use a checkout or an editable install), not in the wheel')
+        raise FileNotFoundError(f'bundled file {filename} not found at {path}: it is package data of netmoments '
+                                '(netmoments/data/); reinstall netmoments')
     return path
 
+
+# %% [markdown]
+# The folder sits inside the package, and both files are there; their sizes:
+
+# %%
+test_eq(_data_dir().parent, Path(netmoments.__file__).parent)
+bundled_files = [_bundled(f) for f in ('lenet-mnist.pt', 'mnist-test-slice.pt')]
+Table([(f.name, f.stat().st_size / 1e6) for f in bundled_files], ['file', 'MB'], fmt={'MB': '.2f'})
 
 # %% [markdown]
 # A missing file names itself and the place it was looked for:
@@ -239,18 +254,19 @@ test_fail(lambda: _bundled('missing.pt'), exc=FileNotFoundError, contains='bundl
 
 # %% [markdown]
 # ## Training LeNet on MNIST
-# SPEC §8 records the recipe of the regularizer paper (Adam, learning rate $10^{-4}$, batch 1000, plateau decay,
-# early stopping, up to 100 epochs): far too slow for a CPU build. Plain cross-entropy training reaches the usual
-# LeNet accuracy in a few epochs, so we use: Adam with learning rate $10^{-3}$ decayed to 0 by a cosine schedule over
-# **3 epochs** of the 60,000 training images, **batch 128**, no weight decay, no augmentation, no validation split.
-# Seeds: one local generator (seed 0) draws the initial weights and then each epoch's order. It runs on one CPU
-# thread (the previous count is restored after): the result then does not depend on the machine's core count, and on
-# the shared 2-core build machine one thread was faster than two. Only the moment experiments use the network, and
-# ~99% test accuracy is all they need of it.
+# [Alfadly et al. (2019)](99_references.ipynb#alfadly2019) (§4.2, Table 1) train their LeNet with Adam
+# ([Kingma & Ba (2015)](99_references.ipynb#kingma2015)), learning rate $10^{-4}$, batch 1000, plateau decay and early
+# stopping on a validation split, up to 100 epochs: far too slow on a CPU. Plain cross-entropy training reaches the
+# usual LeNet accuracy in a few epochs, so we use: Adam with learning rate $10^{-3}$ decayed to 0 by a cosine schedule
+# over **3 epochs** of the 60,000 training images, **batch 128**, no weight decay, no augmentation, no validation
+# split. Seeds: one local generator (seed 0) draws the initial weights and then each epoch's order. It runs on one CPU
+# thread (the previous count is restored after), so the result does not depend on the machine's core count. Only the
+# moment experiments use the network, and the test accuracy measured below is all they need of it.
 #
-# MNIST comes from `netmoments.data.load` (chapter 7), which reads the IDX files under `$NETMOMENTS_DATA` (the Makefile
-# points it at `../shared/data`; without the variable, the hidden cell below looks there itself). When they are
-# missing, the full-test-set check further down is skipped and only the bundled slice is scored.
+# MNIST comes from `netmoments.data.load` ([Datasets](07_data.ipynb)), which reads the IDX files under
+# `$NETMOMENTS_DATA` (the Makefile points it at `../shared/data`; without the variable, the hidden cell below looks
+# there itself). When they are missing, the full-test-set check further down is skipped and only the bundled slice is
+# scored.
 
 # %%
 #| hide
@@ -260,14 +276,15 @@ def _mnist(split):
     x, y, _ = load('mnist', split, root=root)
     return x, y
 
-def _save_if_changed(obj, path):
-    "torch.save `obj` (a dict of tensors and strings) unless `path` already holds equal values; keeps git diffs quiet."
+def _save_bundled(obj, path, replace=False):
+    "torch.save `obj` (a dict of tensors and strings) to `path` if missing, or if different and `replace`; what it did."
     if path.is_file():
         old = torch.load(path, weights_only=True)
         same = lambda a, b: torch.equal(a, b) if torch.is_tensor(a) and torch.is_tensor(b) else a == b
-        if old.keys() == obj.keys() and all(same(old[k], obj[k]) for k in obj): return False
+        if old.keys() == obj.keys() and all(same(old[k], obj[k]) for k in obj): return 'unchanged'
+        if not replace: return 'differs from this run: kept (NETMOMENTS_RETRAIN=1 replaces it)'
     torch.save(obj, path)
-    return True
+    return 'written'
 
 
 # %% [markdown]
@@ -305,9 +322,11 @@ def train_lenet(x, y, x_test, y_test, epochs=3, batch=128, lr=1e-3, seed=0):
 
 
 # %% [markdown]
-# The training run itself, about 2 minutes on one thread of the shared 2-core build machine (times below). It writes `data/lenet-mnist.pt`
-# (float32 weights) and `data/mnist-test-slice.pt` (test images 0–999 as uint8 with their labels), leaving a file
-# alone when its content is unchanged:
+# The training run itself (minutes on one CPU thread: its times are printed below). It writes
+# `netmoments/data/lenet-mnist.pt` (float32 weights) and `netmoments/data/mnist-test-slice.pt` (test images 0–999 as
+# uint8 with their labels) when they are missing. Training is seeded, but its floating-point result can differ from
+# one CPU to another; a bundled file that differs from this run is kept unless `NETMOMENTS_RETRAIN=1`, so that the
+# numbers stored in every chapter stay those of the bundled network:
 
 # %%
 #| slow
@@ -319,7 +338,7 @@ test_slice = {'images': (255 * x_test[:1000, 0]).round().to(torch.uint8), 'label
               'source': 'MNIST t10k, images 0-999'}
 assert torch.equal(test_slice['images'].float() / 255, x_test[:1000, 0])    # uint8 storage is lossless
 for obj, filename in ((weights, 'lenet-mnist.pt'), (test_slice, 'mnist-test-slice.pt')):
-    print(filename, 'written' if _save_if_changed(obj, _data_dir() / filename) else 'unchanged')
+    print(filename, _save_bundled(obj, _data_dir() / filename, replace=os.environ.get('NETMOMENTS_RETRAIN') == '1'))
 for epoch, acc, sec in zip(history['epoch'], history['test_accuracy'], history['seconds']):
     print(f'epoch {epoch}: test accuracy {acc:.2%} after {sec:.0f} s')
 assert history['test_accuracy'][-1] >= 0.985
@@ -345,7 +364,7 @@ right.set(xlabel='epoch', ylabel='test accuracy (%)', xticks=history['epoch']);
 def mnist_slice(
     device:str|torch.device|None=None,  # where the tensors go (default CPU)
 )->tuple:                               # (x, y): images (1000, 1, 28, 28) float32 in [0, 1], labels (1000,) int64
-    "The bundled first 1000 MNIST test images and labels (data/mnist-test-slice.pt)."
+    "The bundled first 1000 MNIST test images and labels (netmoments/data/mnist-test-slice.pt)."
     data = torch.load(_bundled('mnist-test-slice.pt'), map_location=device, weights_only=True)
     return data['images'][:, None].float() / 255, data['labels'].long()
 
@@ -434,8 +453,8 @@ labels, preds = (y_slice, pred_slice) if x_test is None else (y_test, pred_test)
 confusion = torch.bincount(10 * labels + preds, minlength=100).reshape(10, 10)
 per_class = confusion.diag() / confusion.sum(1)
 test_eq(confusion.sum().item(), len(labels))
-print('class     ' + ' '.join(f'{c:>6}' for c in range(10)))
-print('accuracy  ' + ' '.join(f'{100 * a:5.1f}%' for a in per_class.tolist()))
+Table([(c, n, 100 * a) for c, (n, a) in enumerate(zip(confusion.sum(1).tolist(), per_class.tolist()))],
+      ['class', 'images', 'accuracy (%)'], fmt={'accuracy (%)': '.1f'})
 
 # %%
 #| label: fig-lenet-confusion
