@@ -52,7 +52,7 @@ test-nbs: venv system data
 	$(BIN)/nbdev_test --n_workers 1 --timing
 
 test-py: venv system data
-	$(PY) -m pytest tests -q
+	BOOK_DIR=$(abspath _book) $(PY) -m pytest tests -q
 
 test: setup sync-check test-nbs test-py
 
