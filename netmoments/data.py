@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_data.ipynb #995492e5
 from __future__ import annotations
-import functools, gzip, os, pickle, struct, zlib
+import functools, gzip, math, os, pickle, struct, zlib
 from pathlib import Path
 from typing import Callable, NamedTuple
 import numpy as np
@@ -98,6 +98,17 @@ def load(
     return reader.read(paths, split, limit)
 
 # %% ../nbs/07_data.ipynb #07d10724
+_DEFLATE_RATIO = 1032   # deflate's largest compression ratio: n compressed bytes hold at most ~1032 n bytes
+
+def _check_idx_size(path, dims, needed, header):
+    "Refuse a header that promises more bytes than the file can hold (uncompressed: its size; gzip: 1032 x its size)."
+    size = os.path.getsize(path)
+    have = size - header if path.suffix != '.gz' else _DEFLATE_RATIO * size
+    if needed > have:
+        what = f'the data ends after {have} of {needed} bytes' if path.suffix != '.gz' else \
+               f'{needed} bytes, more than its {size} compressed bytes can hold'
+        raise ValueError(f'{path.name} is truncated: its header promises {dims} but {what}')
+
 def _read_idx(
     path:Path,       # IDX file, gzip-compressed when its name ends in .gz
     ndim:int,        # expected number of dimensions: 3 for images, 1 for labels
@@ -114,8 +125,10 @@ def _read_idx(
                                  f'(unsigned bytes, {ndim} dimension{"s" if ndim > 1 else ""})')
             if len(head) < 4 + 4 * ndim: raise ValueError(f'{path.name} is truncated inside its header')
             dims = struct.unpack(f'>{ndim}I', head[4:])
-            out = np.empty((dims[0] if limit is None else min(limit, dims[0]), *dims[1:]), np.uint8)
-            buf, filled = memoryview(out).cast('B'), 0
+            shape = (dims[0] if limit is None else min(limit, dims[0]), *dims[1:])
+            _check_idx_size(path, dims, math.prod(shape), len(head))   # before allocating what the header promises
+            out = np.empty(shape, np.uint8)
+            buf, filled = memoryview(out.reshape(-1)), 0              # 1-D: a view of an empty array casts too
             while filled < len(buf) and (got := f.readinto(buf[filled:])): filled += got
             if filled < len(buf):
                 raise ValueError(f'{path.name} is truncated: its header promises {dims} but the data ends after '
@@ -185,8 +198,8 @@ def split_indices(
     seed:int=0,                        # seed of the permutation
 )->tuple:                              # int64 index tensors, one per fraction: disjoint, covering range(n)
     "Random disjoint index sets of `range(n)` with sizes in proportion to `fractions` (70/20/10 by default)."
-    if not isinstance(n, int) or n < 0: raise ValueError(f'n must be an int >= 0; got {n!r}')
-    if any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0: raise ValueError(f'n must be an int >= 0; got {n!r}')
+    if not all(math.isfinite(f) and f >= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
         raise ValueError(f'fractions must be >= 0 and sum to 1; got {tuple(fractions)}')
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     ends = [round(n * f) for f in np.cumsum(fractions)[:-1]] + [n]
@@ -202,8 +215,11 @@ def standardize(
         raise ValueError(f'train_x must be a floating tensor with at least one row; '
                          f'got {train_x.dtype} {tuple(train_x.shape)}')
     for i, x in enumerate(others):
+        if not isinstance(x, Tensor): raise TypeError(f'others[{i}] must be a tensor; got {type(x).__name__}')
         if x.shape[1:] != train_x.shape[1:]:
             raise ValueError(f'others[{i}] must have trailing shape {tuple(train_x.shape[1:])}; got {tuple(x.shape)}')
+    for name, x in (('train_x', train_x), *((f'others[{i}]', x) for i, x in enumerate(others))):
+        if not torch.isfinite(x).all(): raise ValueError(f'{name} must be finite; it holds NaN or infinite values')
     s, mean = torch.std_mean(train_x, dim=0, correction=0)
     s = torch.where(s > 0, s, torch.ones_like(s))
     return tuple((x - mean) / s for x in (train_x, *others))

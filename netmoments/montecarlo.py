@@ -37,6 +37,7 @@ def _input_sampler(mu, cov):
         mu, factor, diag = as_tensors(mu, cov.factor, cov.diag, names=('mu', 'cov.factor', 'cov.diag'))
     else: mu, cov = as_tensors(mu, cov, names=('mu', 'cov'))
     check_finite(mu, 'mu')
+    if mu.numel() == 0: raise ValueError(f'mu must have at least one entry; got shape {tuple(mu.shape)}')
     shape, N = mu.shape, mu.numel()
     shifted = lambda noise: (mu.reshape(-1) + noise).reshape(-1, *shape)
     if isinstance(cov, LowRankCov):
@@ -88,20 +89,34 @@ def _outputs(f, x):
     return y
 
 # %% ../nbs/02_montecarlo.ipynb #eab3dd2b
+def _col_scale(x):
+    "Per column, a power of two >= 1 bounding max |x| up to a factor 2 (1 where max |x| < 1), from x / 2 (no overflow)."
+    emax = int(math.log2(torch.finfo(x.dtype).max)) - 1
+    e = (torch.frexp((x / 2).abs().amax(0))[1] + 1).clamp(0, emax)
+    return torch.exp2(e.to(x.dtype))
+
 def _stream_sums(blocks, full_cov):
-    "Shift a (first block's mean) and the sums S1, S2, S21, S22 of d = y - a over a stream of (b, d) blocks."
+    "Shift a (first block's mean), per-column scale c, and the sums S1, S2, S21, S22 of d = (y - a) / c over a stream of (b, d) blocks."
     for i, y in enumerate(blocks):
         if i == 0:
-            shift, width = y.mean(0), y.shape[1]
+            c0 = _col_scale(y)                                  # exact rescaling: the mean of y / c0 cannot overflow
+            shift, width = (y / c0).mean(0) * c0, y.shape[1]
+            scale = torch.ones_like(shift)
             S1 = torch.zeros_like(shift)
             S = y.new_zeros((2 * width, 2 * width) if full_cov else (3, width))
-        d = y - shift
+        new = torch.maximum(scale, _col_scale(y / 2 - shift / 2) * 2)   # d = (y - a) / c stays within [-2, 2]
+        r = scale / new                                         # a power of two <= 1: the old sums rescaled exactly
+        if full_cov: S *= (lambda f: f[:, None] * f[None, :])(torch.cat([r, r * r]))
+        else: S *= torch.stack([r * r, r * r * r, r**4])
+        S1 *= r
+        scale = new
+        d = y / scale - shift / scale
         d2 = d * d
         S1 += d.sum(0)
         if full_cov: S += torch.cat([d, d2], 1).mT @ torch.cat([d, d2], 1)  # [[S2, S21^T], [S21, S22]] in one product
         else: S += torch.stack([d2, d2 * d, d2 * d2]).sum(1)
     S2, S21, S22 = (S[:width, :width], S[width:, :width], S[width:, width:]) if full_cov else S
-    return shift, S1, S2, S21, S22
+    return shift, scale, S1, S2, S21, S22
 
 # %% ../nbs/02_montecarlo.ipynb #22587546
 def _central22(e1i, e1j, eii, ejj, eij, eiij, eijj, eiijj):
@@ -121,8 +136,8 @@ class MCMoments(NamedTuple):
     n:int               # number of samples
 
 # %% ../nbs/02_montecarlo.ipynb #039b287c
-def _moments(shift, S1, S2, S21, S22, n, full_cov):
-    "`MCMoments` from the streamed sums (see the statement)."
+def _moments(shift, scale, S1, S2, S21, S22, n, full_cov):
+    "`MCMoments` from the streamed sums of d / scale (see the statement)."
     e1, e2, e21, e22 = S1 / n, S2 / n, S21 / n, S22 / n
     if full_cov:
         e1i, e1j, eii = e1[:, None], e1[None, :], e2.diagonal()
@@ -133,9 +148,12 @@ def _moments(shift, S1, S2, S21, S22, n, full_cov):
         fourth = _central22(e1, e1, e2, e2, e2, e21, e21, e22)
     cov, cov_se = m * (n / (n - 1)), ((fourth - m * m).clamp(min=0) / n).sqrt()
     if full_cov: cov, cov_se = (cov + cov.mT) / 2, (cov_se + cov_se.mT) / 2  # matmul round-off
+    mean_se = ((cov.diagonal() if full_cov else cov) / n).sqrt() * scale
+    unscale = (lambda x: x * scale[:, None] * scale[None, :]) if full_cov else (lambda x: x * scale * scale)
+    cov, cov_se = unscale(cov), unscale(cov_se)               # back to the units of f: inf where the moment overflows
     var, var_se = (cov.diagonal(), cov_se.diagonal()) if full_cov else (cov, cov_se)
     if not full_cov: cov = cov_se = None
-    return MCMoments(shift + e1, cov, var, (var / n).sqrt(), cov_se, var_se, n)
+    return MCMoments(shift + e1 * scale, cov, var, mean_se, cov_se, var_se, n)
 
 # %% ../nbs/02_montecarlo.ipynb #e0114545
 def _check_count(k, name, least):

@@ -342,3 +342,72 @@ def test_device_agrees_with_cpu(device, dtype, method):
     tol = (1e-12 if dtype == f64 else 1e-5) * cpu.cov.abs().max().item()
     assert_close(out.cov.cpu(), cpu.cov, rtol=0, atol=tol)
     assert_close(out.mean.cpu(), cpu.mean, rtol=0, atol=tol)
+
+
+# --- huge means, zero variances, overflow ----------------------------------------------------------------------------
+
+def _net(dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    A, B = torch.randn(4, 3, dtype=dtype, generator=g), torch.randn(2, 4, dtype=dtype, generator=g)
+    return A, torch.zeros(4, dtype=dtype), B, torch.zeros(2, dtype=dtype)
+
+
+@pytest.mark.parametrize('dtype,scale', [(torch.float64, 1e160), (torch.float32, 1e30)])
+def test_huge_mean_covariance(dtype, scale):
+    "Hidden means of +-1e160 (float32: 1e30): the covariance is the linear one through the active units, not NaN."
+    A, c1, B, c2 = _net(dtype)
+    mu = torch.tensor([1., 0., 0.], dtype=dtype) * scale          # hidden means A[:, 0] * scale: both signs
+    active = (A[:, 0] > 0).to(dtype)
+    want = (B * active) @ A @ A.mT @ (B * active).mT               # the units that are on pass z; the others give 0
+    for method in ('exact', 'series'):
+        res = ara_moments(mu, 1., A, c1, B, c2, method=method)
+        assert torch.isfinite(res.cov).all() and torch.isfinite(res.mean).all()
+        if method == 'exact': assert_close(res.cov, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('method', ['exact', 'series', 'zero_mean'])
+def test_gradients_finite_at_zero_variance(method):
+    "Gradients with respect to mu and the input variances are finite at zero variance, for every method."
+    A, c1, B, c2 = _net()
+    mu = torch.tensor([0.3, -1., 0.5], dtype=torch.float64, requires_grad=True)
+    for var0 in ([0., 0., 0.], [0., 1., 0.]):
+        var = torch.tensor(var0, dtype=torch.float64, requires_grad=True)
+        res = ara_moments(mu, var, A, c1, B, c2, method=method)
+        (res.mean.sum() + res.cov.sum()).backward()
+        assert torch.isfinite(var.grad).all() and torch.isfinite(mu.grad).all(), (method, var.grad)
+        mu.grad = None
+
+
+def test_overflow_names_the_arguments():
+    "Hidden moments that overflow name the user's arguments, not internal ones."
+    A, c1, B, c2 = _net()
+    with pytest.raises(ValueError, match=r'diag\(A cov A\^T\), overflow float64: mu, cov, A and c1'):
+        ara_moments(torch.ones(3, dtype=torch.float64), 1., A * 1e160, c1, B, c2)
+    with pytest.raises(ValueError, match=r'A @ mu \+ c1 \(the hidden means\) overflow float64'):
+        ara_moments(torch.full((3,), 1e308, dtype=torch.float64), 0., A, c1, B, c2)
+    with pytest.raises(ValueError, match='mu must be finite; it holds infinite values'):
+        ara_moments(torch.full((3,), math.inf, dtype=torch.float64), 1., A, c1, B, c2)
+
+
+def test_argument_checks():
+    "Empty layers and non-integer or non-positive counts are refused by name, before any work."
+    A, c1, B, c2 = _net()
+    mu = torch.zeros(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match='A and B must have at least one row and column'):
+        ara_moments(mu, 1., A[:0], c1[:0], B[:, :0], c2)
+    with pytest.raises(TypeError, match='chunk must be an int; got float'):
+        ara_moments(mu, 1., A, c1, B, c2, chunk=2.5)
+    for kwargs, message in (({'chunk': 0}, 'chunk must be >= 1; got 0'), ({'chunk': -3}, 'chunk must be >= 1'),
+                            ({'method': 'series', 'terms': 0}, 'terms must be >= 1; got 0')):
+        with pytest.raises(ValueError, match=message): ara_moments(mu, 1., A, c1, B, c2, **kwargs)
+    assert ara_moments(torch.zeros(0, 3, dtype=torch.float64), 1., A, c1, B, c2).mean.shape == (0, 2)
+
+
+@given(st.sampled_from([math.nan, math.inf]), st.sampled_from(['mu', 'cov', 'A', 'c1', 'B', 'c2']))
+def test_non_finite_arguments_are_named(bad, name):
+    "A NaN or infinite entry in any argument is refused with that argument's name."
+    A, c1, B, c2 = _net()
+    args = dict(mu=torch.zeros(3, dtype=torch.float64), cov=torch.ones(3, dtype=torch.float64), A=A, c1=c1, B=B, c2=c2)
+    args[name] = args[name].clone()
+    args[name].view(-1)[0] = bad
+    with pytest.raises(ValueError, match=f'{name} must be finite'): ara_moments(**args)

@@ -1,6 +1,6 @@
 """`netmoments.data`: every loader on synthetic files written here in the real formats (IDX, CSV, CIFAR pickles),
 then on the real datasets when present (`NETMOMENTS_DATA`, Debian's Fashion-MNIST); skipped, with the reason, if not."""
-import gzip, pickle, struct, sys, time
+import gzip, math, pickle, struct, sys, time
 
 import numpy as np
 import pytest
@@ -440,3 +440,37 @@ def test_real_spambase():
     assert d.y[:1813].eq(1).all()   # UCI's order: spam first
     assert_close(d.x[0, -3:], torch.tensor([3.756, 61., 278.]), rtol=0, atol=1e-6)
     assert float(d.x.min()) >= 0
+
+
+# --- headers that promise more than the file holds; empty files -----------------------------------------------------
+
+@pytest.mark.parametrize('suffix', ['.gz', ''])
+@pytest.mark.parametrize('count', [2**31, 2**32 - 1, 1000])
+def test_idx_header_promising_too_much_is_refused_before_allocating(tmp_path, suffix, count):
+    "A header promising 2^31 images (1.5 TiB) is checked against the file's size first: a ValueError naming the file."
+    head = struct.pack('>HBB3I', 0, 8, 3, count, 28, 28)
+    name = f't10k-images-idx3-ubyte{suffix}'
+    write(tmp_path/name, head + bytes(28 * 28))
+    write(tmp_path/f't10k-labels-idx1-ubyte{suffix}', idx_bytes(np.zeros(1)))
+    with pytest.raises(ValueError, match=f'{name} is truncated: its header promises \\({count}, 28, 28\\)'):
+        load('mnist', root=tmp_path)
+
+
+@pytest.mark.parametrize('suffix', ['.gz', ''])
+def test_idx_empty_split(tmp_path, suffix):
+    "A 0-image IDX split reads as empty tensors of the right shape."
+    write(tmp_path/f't10k-images-idx3-ubyte{suffix}', idx_bytes(np.zeros((0, 28, 28))))
+    write(tmp_path/f't10k-labels-idx1-ubyte{suffix}', idx_bytes(np.zeros(0)))
+    ds = load('mnist', root=tmp_path)
+    assert ds.x.shape == (0, 1, 28, 28) and ds.y.shape == (0,)
+    assert ds.x.dtype == torch.float32 and ds.y.dtype == torch.int64
+
+
+def test_standardize_and_split_refuse_bad_values():
+    "NaN or infinite inputs, non-tensors, boolean counts and NaN fractions are refused by name."
+    with pytest.raises(ValueError, match='train_x must be finite'): standardize(torch.tensor([[1., math.nan]]))
+    with pytest.raises(ValueError, match=r'others\[0\] must be finite'):
+        standardize(torch.ones(3, 2), torch.tensor([[math.inf, 0.]]))
+    with pytest.raises(TypeError, match=r'others\[0\] must be a tensor; got list'): standardize(torch.ones(3, 2), [[1., 2.]])
+    with pytest.raises(ValueError, match='n must be an int >= 0; got True'): split_indices(True)
+    with pytest.raises(ValueError, match='fractions must be >= 0 and sum to 1'): split_indices(10, (math.nan, 1.))

@@ -204,3 +204,54 @@ def test_devices_and_dtypes(device, dtype, form):
 def test_cuda_generator_must_match_device():
     with pytest.raises(ValueError, match='generator must be on the device of mu'):
         mc_moments(torch.relu, torch.zeros(2, device='cuda'), 1., 10, generator=torch.Generator())
+
+
+# --- scale safety: outputs up to 1e200 and beyond -------------------------------------------------------------------
+
+@pytest.mark.parametrize('full_cov', [True, False])
+def test_power_of_two_scale_is_exact(full_cov):
+    "Scaling f by 2^k scales the mean, SEs and covariance exactly (bit for bit) while the result is representable."
+    mu, var = torch.tensor([0.5, -1., 2.], dtype=f64), torch.tensor([1., 2., 0.5], dtype=f64)
+    f = lambda x: torch.cat([torch.relu(x), x[:, :1] * x[:, 1:2]], 1)
+    base = mc_moments(f, mu, var, 3000, full_cov=full_cov)
+    for k in (400, 60):
+        big = mc_moments(lambda x: f(x) * 2.**k, mu, var, 3000, full_cov=full_cov)
+        assert torch.equal(big.mean, base.mean * 2.**k) and torch.equal(big.mean_se, base.mean_se * 2.**k)
+        assert torch.equal(big.var, base.var * 4.**k) and torch.equal(big.var_se, base.var_se * 4.**k)
+        if full_cov: assert torch.equal(big.cov, base.cov * 4.**k)
+
+
+@pytest.mark.parametrize('dtype,scale', [(f64, 1e200), (torch.float32, 1e30)])
+def test_huge_outputs_give_no_nan(dtype, scale):
+    "Outputs of 1e200 (float32: 1e30): the mean and its SE are right; moments that overflow are inf, never NaN."
+    mu, var = torch.tensor([1., -2.], dtype=dtype), torch.tensor([1., .25], dtype=dtype)
+    for full_cov in (True, False):
+        r = mc_moments(lambda x: x * scale, mu, var, 5000, full_cov=full_cov)
+        for x in r[:-1]:
+            if x is not None: assert not torch.isnan(x).any()
+        ref = mc_moments(lambda x: x, mu, var, 5000, full_cov=full_cov)
+        assert_close(r.mean / scale, ref.mean, rtol=1e-5, atol=0)
+        assert_close(r.mean_se / scale, ref.mean_se, rtol=1e-5, atol=0)
+        assert torch.isinf(r.var).all()
+
+
+def test_scale_jump_midstream():
+    "Outputs that grow by 1e150 after the first chunk: the sums are rescaled, the moments match a direct computation."
+    seen = []
+    def f(x):
+        y = x * (1. if not seen else 1e150)
+        seen.append(y)
+        return y
+    r = mc_moments(f, torch.zeros(2, dtype=f64), torch.tensor([1., 4.], dtype=f64), 4096, chunk=1024)
+    Y = torch.cat(seen) / 1e150
+    assert_close(r.mean / 1e150, Y.mean(0), rtol=1e-10, atol=1e-12)
+    assert_close(r.cov / 1e300, Y.T.cov(), rtol=1e-10, atol=1e-12)
+    assert torch.isfinite(r.cov_se).all()
+
+
+def test_argument_checks_empty_and_counts():
+    "An empty mu and non-positive counts are a ValueError naming the argument."
+    with pytest.raises(ValueError, match=r'mu must have at least one entry; got shape \(0,\)'):
+        mc_moments(lambda x: x, torch.zeros(0), 1., n=10)
+    for kwargs, message in (({'n': 0}, 'n must be >= 2'), ({'n': -5}, 'n must be >= 2'), ({'n': 10, 'chunk': -1}, 'chunk must be >= 1')):
+        with pytest.raises(ValueError, match=message): mc_moments(lambda x: x, torch.zeros(2), 1., **kwargs)

@@ -298,3 +298,37 @@ def test_device_and_dtype_are_kept(device):
         if device != 'cpu':
             ref = propagate_moments(conv_net(dtype=dtype), image(dtype=dtype), 0.01)
             assert_close(propagate_moments(net, mu, 0.01).var.cpu(), ref.var, rtol=1e-4 if dtype == f32 else 1e-10, atol=0)
+
+
+# --- zero variances, overflow, bad parameters ------------------------------------------------------------------------
+
+def _ara_net():
+    return seeded(nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)), 2)
+
+
+@pytest.mark.parametrize('mode,rank', [('full', None), ('lowrank', 2), ('lowrank', 8), ('diag', None)])
+@pytest.mark.parametrize('zeros', [[0, 1, 2, 3, 4], [0, 2, 4]])
+def test_gradients_finite_at_zero_variance(mode, rank, zeros):
+    "Gradients with respect to mu and cov are finite where input variances are 0, in every mode."
+    mu = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    var = torch.full((5,), 0.5, dtype=torch.float64)
+    var[zeros] = 0
+    var.requires_grad_()
+    out = propagate_moments(_ara_net(), mu, var, mode, rank)
+    (out.mean.sum() + out.var.sum()).backward()
+    assert torch.isfinite(mu.grad).all() and torch.isfinite(var.grad).all()
+
+
+def test_bad_parameters_and_overflow_are_named():
+    "An infinite parameter names itself; moments that overflow on the way say so; an empty batch is refused."
+    net = _ara_net()
+    with torch.no_grad(): net[0].weight[0, 0] = math.inf
+    with pytest.raises(ValueError, match='the model parameter 0.weight must be finite'):
+        propagate_moments(net, torch.zeros(5, dtype=torch.float64), 1.)
+    net = _ara_net()
+    with torch.no_grad(): net[0].weight.mul_(1e160)
+    for mode in ('full', 'diag'):
+        with pytest.raises(ValueError, match='the moments reaching a ReLU overflow float64'):
+            propagate_moments(net, torch.ones(5, dtype=torch.float64), 1., mode)
+    with pytest.raises(ValueError, match='mu must not be empty'):
+        propagate_moments(_ara_net(), torch.zeros(0, 5, dtype=torch.float64), 1.)

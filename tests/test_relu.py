@@ -469,3 +469,132 @@ def test_device_agrees_with_cpu(device, dtype):
     a, b = relu_moments(mean, cov), relu_moments(mean.to(device), cov.to(device))
     assert b.cov.device.type == device and b.cov.dtype == dtype
     assert_close(b.cov.cpu(), a.cov, rtol=0, atol=(1e-12 if dtype == f64 else 1e-5) * a.cov.abs().max().item())
+
+
+# --- |rho| = 1 by rounding: the gradient of the clamped correlation, checked by Price's theorem -------------------
+
+@pytest.mark.parametrize('point', [(.3, -.2, 3., 3., 3.), (.3, -.2, 3., 3., -3.), (.3, .3, 3., 3., 3.),
+                                   (1e-3, 0., 1., 1., 1.), (-.5, .8, 2., .5, -1.), (.3, -.2, 2., 3., 6 ** .5)])
+def test_cross_moment_gradient_at_rho_one(point):
+    "At |rho| = 1 dE/dcov12 is Price's Phi2(h1, h2; rho) (Phi(min(h1, h2)) at rho = 1); d/dmu agree with differences."
+    leaves = [x.requires_grad_() for x in t64(*point)]
+    relu_cross_moment(*leaves).backward()
+    mu1, mu2, var1, var2, cov12 = point
+    h1, h2, rho = mu1 / var1 ** .5, mu2 / var2 ** .5, math.copysign(1., cov12)
+    price = bvn_cdf(*t64(h1, h2, rho)).item()
+    if rho == 1: assert price == pytest.approx(0.5 * math.erfc(-min(h1, h2) / 2 ** .5), abs=1e-12)
+    assert all(torch.isfinite(x.grad) for x in leaves)
+    assert leaves[4].grad.item() == pytest.approx(price, abs=1e-9)
+    f = lambda *p: relu_cross_moment(*t64(*p)).item()
+    for i in (0, 1):   # the means move freely at |rho| = 1: central differences
+        up, down = list(point), list(point)
+        up[i] += 1e-6; down[i] -= 1e-6
+        assert leaves[i].grad.item() == pytest.approx((f(*up) - f(*down)) / 2e-6, abs=1e-7)
+    inside = list(point); inside[4] -= math.copysign(1e-7, cov12)   # cov12 moves inward only: one-sided difference
+    # (the difference converges like sqrt(1e-7) where h1 = h2: E has a (1 - rho^2)^(3/2) term there)
+    assert leaves[4].grad.item() == pytest.approx((f(*point) - f(*inside)) / math.copysign(1e-7, cov12), abs=1e-4)
+
+
+@given(st.floats(-3, 3), st.floats(-3, 3), st.floats(0.1, 3), st.floats(0.1, 3), st.sampled_from([-1., 1.]),
+       st.floats(0, 1e-6))
+def test_cross_moment_gradient_near_rho_one(mu1, mu2, s1, s2, sign, gap):
+    "Just inside |rho| = 1 and on it (float64), and where cov12 / (s1 s2) rounds past 1 (float32): Price's theorem."
+    rho = sign * (1 - gap)
+    leaves = [x.requires_grad_() for x in t64(mu1, mu2, s1 * s1, s2 * s2, rho * s1 * s2)]
+    relu_cross_moment(*leaves).backward()
+    assert all(torch.isfinite(x.grad) for x in leaves)
+    assert leaves[4].grad.item() == pytest.approx(bvn_cdf(*t64(mu1 / s1, mu2 / s2, rho)).item(), abs=1e-7)
+    leaves32 = [torch.tensor(x, dtype=f32, requires_grad=True) for x in (mu1, mu2, s1 * s1, s2 * s2, sign * s1 * s2)]
+    relu_cross_moment(*leaves32).backward()
+    assert all(torch.isfinite(x.grad) for x in leaves32)
+    assert leaves32[4].grad.item() == pytest.approx(bvn_cdf(*t64(mu1 / s1, mu2 / s2, sign)).item(), abs=1e-4)
+
+
+def test_cross_moment_gradcheck_near_rho_one():
+    "Finite differences (float64) just inside |rho| = 1."
+    args = pair_args([(.3, -.2, 1.7, 1.2, 1 - 1e-5), (-.4, .9, .8, 1.5, -1 + 1e-5), (1., 1.2, 1., 1.1, 1 - 1e-4)])
+    assert torch.autograd.gradcheck(relu_cross_moment, [x.clone().requires_grad_() for x in args], eps=1e-8, atol=1e-5)
+
+
+def test_zero_mean_gradient_at_rho_one():
+    "Lemma 3 at rho = +-1: dE/dcov12 = Phi2(0, 0; rho) = 1/2 or 0."
+    for cov, want in ((3., 0.5), (-3., 0.)):
+        leaves = [x.requires_grad_() for x in t64(3., 3., cov)]
+        relu_cross_moment_zero_mean(*leaves).backward()
+        assert leaves[2].grad.item() == pytest.approx(want, abs=1e-12)
+
+
+# --- huge means and scales: the limits, never NaN ------------------------------------------------------------------
+
+HUGE = {f32: [2e19, 1e30, 3e38], f64: [1e160, 1e200, 1e308]}
+
+
+@pytest.mark.parametrize('dtype', [f32, f64])
+def test_unit_moments_at_huge_means(dtype):
+    "mean, second moment, variance at |mu| / s up to 1e38 / 1e308 and scales up to the largest float: never NaN."
+    for m in HUGE[dtype]:
+        for var in (1., 1e-30, torch.finfo(dtype).tiny, torch.finfo(dtype).max / 4):
+            neg, pos = torch.tensor(-m, dtype=dtype), torch.tensor(m, dtype=dtype)
+            if var < 1e30:   # |mu| / s huge: relu(mu) exactly
+                assert relu_mean(neg, var).item() == 0 and relu_second_moment(neg, var).item() == 0
+                assert relu_mean(pos, var).item() == pytest.approx(m, rel=1e-6)
+                square = m * m if m * m <= torch.finfo(dtype).max else math.inf   # inf where m^2 overflows
+                assert relu_second_moment(pos, var).item() == pytest.approx(square, rel=1e-6)
+            for f in (relu_mean, relu_second_moment, relu_var):
+                assert not torch.isnan(f(neg, var)) and not torch.isnan(f(pos, var)), (f.__name__, m, var)
+    assert relu_second_moment(torch.tensor(-2e19), 1.).item() == 0
+    assert relu_second_moment(torch.tensor(-1e160, dtype=f64), 1.).item() == 0
+
+
+@pytest.mark.parametrize('dtype', [f32, f64])
+def test_cross_moment_at_huge_means(dtype):
+    "relu_cross_moment at huge means and scales, both signs: 0 when a mean is hugely negative, never NaN."
+    fi = torch.finfo(dtype)
+    means = [0., 1., *HUGE[dtype][:2], *(-x for x in HUGE[dtype][:2]), fi.max / 4, -fi.max / 4]
+    for m1 in means:
+        for m2 in means:
+            for v1, v2 in ((1., 1.), (1., fi.max / 4), (fi.max / 4, fi.max / 4), (0., 1.), (fi.tiny, 1.)):
+                for rho in (0., 1., -1., .5):
+                    out = relu_cross_moment(*(torch.tensor(x, dtype=dtype) for x in (m1, m2, v1, v2, rho * v1 ** .5 * v2 ** .5)))
+                    assert not torch.isnan(out), (m1, m2, v1, v2, rho)
+                    if min(m1, m2) <= -1e18 and max(v1, v2) == 1.: assert out.item() == 0
+                    if m1 > 1e18 and m2 > 1e18 and m1 * m2 > fi.max and v1 == v2 == 1.: assert out.item() == math.inf
+
+
+def test_cross_moment_scale_invariance():
+    "E[relu(a z1) relu(b z2)] = a b E[relu(z1) relu(z2)] for powers of two a, b far beyond the float32 range of a b."
+    args = pair_args([(.3, -.5, 1.2, .7, .37), (-1., .8, .5, 2., -.9), (2., 1., 1.5, .5, 1.)])
+    base = relu_cross_moment(*args)
+    for a, b in ((2. ** 300, 2. ** -300), (2. ** 500, 2. ** 400), (2. ** -500, 2. ** -480)):
+        scaled = relu_cross_moment(args[0] * a, args[1] * b, args[2] * a * a, args[3] * b * b, args[4] * a * b)
+        assert_close(scaled / (a * b), base, rtol=1e-14, atol=0)
+
+
+def test_relu_moments_huge_mean_covariance():
+    "The layer covariance at means of 1e160 (1e30 in float32) is the input covariance, not inf - inf."
+    for dtype, m in ((f64, 1e160), (f32, 1e30)):
+        C = torch.tensor([[1., .5, .2], [.5, 2., .1], [.2, .1, 1.]], dtype=dtype)
+        res = relu_moments(torch.tensor([m, m / 2, -3.], dtype=dtype), C)
+        assert torch.isfinite(res.cov).all()
+        assert_close(res.cov[:2, :2], C[:2, :2], rtol=1e-5, atol=0)
+        assert res.cov[0, 2].item() == pytest.approx(.2 * 0.5 * math.erfc(3 / 2 ** .5), rel=1e-4)
+
+
+# --- argument checks -----------------------------------------------------------------------------------------------
+
+def test_empty_layers_are_refused():
+    "A layer of 0 units is a ValueError; an empty batch is a valid, empty answer."
+    with pytest.raises(ValueError, match=r'mean must have p >= 1 units; got shape \(0,\)'):
+        relu_moments(torch.zeros(0), torch.zeros(0, 0))
+    assert relu_second_moment(torch.zeros(2, dtype=f64), 1.).dtype == f64
+    assert relu_mean(torch.zeros(0, 3), 1.).shape == (0, 3)   # an empty batch is a valid, empty answer
+
+
+@given(st.sampled_from([math.nan, math.inf, -math.inf]), st.integers(0, 4))
+def test_non_finite_arguments_are_named(bad, which):
+    "A NaN or infinite argument of relu_cross_moment is refused by name."
+    args = [0.3, -0.2, 1., 2., 0.5]
+    args[which] = bad
+    names = ('mu1', 'mu2', 'var1', 'var2', 'cov12')
+    with pytest.raises(ValueError, match=f'{names[which]} must be finite'):
+        relu_cross_moment(*t64(*args))

@@ -74,6 +74,12 @@ def _safe_std(var):
     zero = var == 0
     return torch.where(zero, torch.ones_like(var), var).sqrt(), zero
 
+def _pow2(x):
+    "(2^-e, 2^e) for a power of two 2^e near |x| (elementwise, no gradient), both normal numbers in x's dtype."
+    emax = int(math.log2(torch.finfo(x.dtype).max)) - 1    # 126 in float32, 1022 in float64
+    e = (torch.frexp(x.detach())[1] - 1).clamp(-emax, emax).to(x.dtype)
+    return torch.exp2(-e), torch.exp2(e)
+
 def _unit_inputs(mu, var):
     "Validate one unit's (mu, var) and broadcast them."
     mu, var = as_tensors(mu, var, names=('mu', 'var'))
@@ -94,7 +100,8 @@ def relu_mean(
 def _relu_mean(mu, var):
     s, zero = _safe_std(var)
     h = (mu / s).clamp(-50, 50)
-    return torch.where(zero, mu.clamp(min=0), mu * normal_cdf(h) + s * normal_pdf(h))
+    k, K = _pow2(torch.maximum(mu.abs(), s))               # exact rescaling: mu k and s k are O(1)
+    return torch.where(zero, mu.clamp(min=0), ((mu * k) * normal_cdf(h) + (s * k) * normal_pdf(h)) * K)
 
 
 # %% [markdown]
@@ -166,7 +173,10 @@ def relu_second_moment(
     mu, var = _unit_inputs(mu, var)
     s, zero = _safe_std(var)
     h = (mu / s).clamp(-50, 50)
-    return torch.where(zero, mu.clamp(min=0) ** 2, (mu * mu + var) * normal_cdf(h) + mu * s * normal_pdf(h))
+    k, K = _pow2(torch.maximum(mu.abs(), s))
+    u, t = mu * k, s * k                                    # mu and s rescaled exactly: u u cannot overflow
+    scaled = (u * u + var * k * k) * normal_cdf(h) + u * t * normal_pdf(h)
+    return torch.where(zero, mu.clamp(min=0) ** 2, scaled * K * K)
 
 
 # %%
@@ -253,7 +263,9 @@ def _correlation(var1, var2, cov12):
     s1, zero1 = _safe_std(var1)
     s2, zero2 = _safe_std(var2)
     degenerate = zero1 | zero2
-    rho = torch.where(degenerate, torch.zeros_like(cov12), cov12 / (s1 * s2)).clamp(-1, 1)
+    (k1, _), (k2, _) = _pow2(s1), _pow2(s2)                # s1 s2 alone can overflow or underflow
+    raw = torch.where(degenerate, torch.zeros_like(cov12), (cov12 * k1 * k2) / ((s1 * k1) * (s2 * k2)))
+    rho = raw + (raw.clamp(-1, 1) - raw).detach()          # the value clamped, the gradient of the unclamped ratio
     return s1, s2, rho, degenerate
 
 def _sqrt_1m_rho2(rho):
@@ -338,12 +350,27 @@ def _relu_cross_moment(mu1, mu2, var1, var2, cov12):
     z12 = _conditional_z(h2, h1, rho)[0].clamp(-50, 50)   # (h1 - rho h2) / sqrt(1 - rho^2)
     z21 = _conditional_z(h1, h2, rho)[0].clamp(-50, 50)   # (h2 - rho h1) / sqrt(1 - rho^2)
     r = _sqrt_1m_rho2(rho)
-    out = ((mu1 * mu2 + rho * s1 * s2) * bvn_cdf(h1, h2, rho)
-           + mu1 * s2 * normal_pdf(h2) * normal_cdf(z12)
-           + mu2 * s1 * normal_pdf(h1) * normal_cdf(z21)
-           + s1 * s2 * r * normal_pdf(h1) * normal_pdf(z21))   # (1 - rho^2) phi2 = r phi(h1) phi(z21)
+    (k1, K1), (k2, K2) = _pow2(torch.maximum(mu1.abs(), s1)), _pow2(torch.maximum(mu2.abs(), s2))
+    u1, t1, u2, t2 = mu1 * k1, s1 * k1, mu2 * k2, s2 * k2  # exact rescaling: the products below cannot overflow
+    out = ((u1 * u2 + rho * t1 * t2) * bvn_cdf(h1, h2, rho)
+           + u1 * t2 * normal_pdf(h2) * normal_cdf(z12)
+           + u2 * t1 * normal_pdf(h1) * normal_cdf(z21)
+           + t1 * t2 * r * normal_pdf(h1) * normal_pdf(z21)) * K1 * K2   # (1 - rho^2) phi2 = r phi(h1) phi(z21)
     independent = _relu_mean(mu1, var1) * _relu_mean(mu2, var2)
     return torch.where(degenerate, independent, out).clamp(min=0)
+
+def _relu_cov_pair(mu1, mu2, var1, var2, cov12):
+    "Cov[relu(z1), relu(z2)] without the cancellation of E[relu relu] - E[relu] E[relu] when mu >> s."
+    # relu(z) = z + relu(-z): where mu > 0 the large linear part is taken out exactly (Stein: Cov(z1, relu(-z2)) =
+    # -cov12 Phi(-h2)), which leaves moments of relu(-z), small there.
+    f1, f2 = mu1 > 0, mu2 > 0
+    g1, g2 = torch.where(f1, -mu1, mu1), torch.where(f2, -mu2, mu2)
+    c = torch.where(f1 ^ f2, -cov12, cov12)
+    rest = _relu_cross_moment(g1, g2, var1, var2, c) - _relu_mean(g1, var1) * _relu_mean(g2, var2)
+    s1, s2 = _safe_std(var1)[0], _safe_std(var2)[0]
+    P1, P2 = normal_cdf(-(mu1 / s1).clamp(-50, 50).abs()), normal_cdf(-(mu2 / s2).clamp(-50, 50).abs())
+    lin = torch.where(f1, torch.where(f2, 1 - P1 - P2, P2), torch.where(f2, P1, torch.zeros_like(P1)))
+    return cov12 * lin + rest
 
 
 # %% [markdown]
@@ -434,6 +461,32 @@ assert torch.autograd.gradcheck(relu_cross_moment, pts, eps=1e-6, atol=1e-7)
 edge = [x[-5:].clone().requires_grad_() for x in args]
 relu_cross_moment(*edge).sum().backward()
 assert all(torch.isfinite(x.grad).all() for x in edge)
+
+# %% [markdown]
+# Where $\sigma_{12}/(s_1 s_2)$ rounds to $\pm1$ (or a hair beyond), $\rho$ is clamped but keeps the gradient of the
+# unclamped ratio, so $\partial\mathbb E/\partial\sigma_{12}$ is still Price's $\Phi_2(h_1, h_2; \rho)$, which is
+# $\Phi(\min(h_1, h_2))$ at $\rho = 1$ (`tests/test_relu.py` checks it against finite differences near $|\rho| = 1$):
+
+# %%
+at_one = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (.3, -.2, 3., 3., 3.)]
+relu_cross_moment(*at_one).backward()
+price_at_one = normal_cdf(torch.tensor(-.2 / 3**.5, dtype=torch.float64)).item()
+test_close(at_one[4].grad.item(), price_at_one, eps=1e-12)
+print(f'dE/dcov12 at rho = 1: {at_one[4].grad.item():.6f}; Price: Phi(min(h1, h2)) = {price_at_one:.6f}')
+
+# %% [markdown]
+# The products are formed from $\mu$ and $s$ divided by a power of two near $\max(|\mu|, s)$ and multiplied back at
+# the end. The rescaling is exact, so it changes no digit of a representable result, and huge means give the limits
+# ($0$ for $\mu \to -\infty$, $\infty$ where the moment overflows) instead of $\infty \cdot 0$:
+
+# %%
+huge = Table([[f'{m:.0e}', str(dt)[6:], relu_mean(torch.tensor(m, dtype=dt), 1.).item(),
+               relu_second_moment(torch.tensor(m, dtype=dt), 1.).item(),
+               relu_cross_moment(*(torch.tensor(v, dtype=dt) for v in (m, m, 1., 1., 0.5))).item()]
+              for dt, ms in ((torch.float32, (-2e19, 2e19)), (torch.float64, (-1e160, 1e160))) for m in ms],
+             ['mu', 'dtype', 'E[relu(z)]', 'E[relu(z)^2]', 'E[relu(z1) relu(z2)], rho = 0.5'], fmt='.4g')
+assert not any(math.isnan(v) for row in huge.rows for v in row[2:])
+huge
 
 # %%
 test_fail(lambda: relu_cross_moment(0., 0., 1., 1., 1.5), contains='cov12^2 must be <= var1 * var2')
@@ -981,6 +1034,7 @@ def relu_moments(
     mean, cov = as_tensors(mean, cov, names=('mean', 'cov'))
     check_finite(mean, 'mean')
     if mean.ndim == 0: raise ValueError('mean must have shape (..., p); got a scalar')
+    if mean.shape[-1] == 0: raise ValueError(f'mean must have p >= 1 units; got shape {tuple(mean.shape)}')
     if cov.shape[-1:] != mean.shape[-1:]:
         raise ValueError(f'cov must have shape (..., p, p) or (..., p) with p = {mean.shape[-1]}; got {tuple(cov.shape)}')
     p = mean.shape[-1]
@@ -996,8 +1050,7 @@ def _relu_moments_full(mean, cov):
     var = cov.diagonal(dim1=-2, dim2=-1)
     mean, var = torch.broadcast_tensors(mean, var)
     m_r, v_r = _relu_mean(mean, var), _relu_var(mean, var)
-    cross = _relu_cross_moment(mean[..., :, None], mean[..., None, :], var[..., :, None], var[..., None, :], cov)
-    c = cross - m_r[..., :, None] * m_r[..., None, :]
+    c = _relu_cov_pair(mean[..., :, None], mean[..., None, :], var[..., :, None], var[..., None, :], cov)
     c = (c + c.mT) / 2
     c = c - torch.diag_embed(c.diagonal(dim1=-2, dim2=-1)) + torch.diag_embed(v_r)
     return ReluMoments(m_r, c, v_r)

@@ -13,7 +13,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 from netmoments.core import as_tensors, check_cov, check_finite, check_var
-from netmoments.relu import (relu_cross_moment_series, _lemma3, _relu_cross_moment, _relu_mean, _relu_var,
+from netmoments.montecarlo import _check_count
+from netmoments.relu import (_relu_cov_pair, _safe_std, relu_cross_moment_series, _lemma3, _relu_cross_moment, _relu_mean, _relu_var,
                              _sqrt_1m_rho2)
 
 # %%
@@ -54,6 +55,7 @@ def _ara_inputs(mu, cov, A, c1, B, c2):
     if A.ndim < 2 or B.ndim < 2: raise ValueError(f'A and B must be matrices (..., p, n) and (..., d, p); got A {tuple(A.shape)}, B {tuple(B.shape)}')
     p, n = A.shape[-2:]
     d = B.shape[-2]
+    if 0 in (p, n, d): raise ValueError(f'A and B must have at least one row and column; got A {tuple(A.shape)}, B {tuple(B.shape)}')
     for name, x, want in (('mu', mu, n), ('c1', c1, p), ('B', B, p), ('c2', c2, d)):
         if x.ndim == 0 or x.shape[-1] != want:
             raise ValueError(f'{name} does not fit A {tuple(A.shape)} and B {tuple(B.shape)}: its last dim must be {want}, '
@@ -130,6 +132,7 @@ def ara_second_moment_zero_mean(
     published:bool=False,  # True: the printed `+ c2(i)` instead of `+ c2(i)^2`
 )->Tensor:                 # E[g_i^2], shape (..., d)
     "The second moment of g for zero-mean input and c1 = 0 (Bibi et al. 2018, Theorem 2)."
+    if not isinstance(A, Tensor) or A.ndim < 2: raise TypeError(f'A must be a matrix tensor (..., p, n); got {type(A).__name__}')
     p, n = A.shape[-2:]
     zeros_n, zeros_p = A.new_zeros(n), A.new_zeros(p)
     mu, cov, A, c1, B, c2, kind = _ara_inputs(zeros_n, cov, A, zeros_p, B, c2)
@@ -137,7 +140,8 @@ def ara_second_moment_zero_mean(
     var = Sbar.diagonal(dim1=-2, dim2=-1)
     cross = _lemma3(var[..., :, None], var[..., None, :], Sbar)          # its diagonal is var / 2 (Lemma 1)
     second = ((B @ cross) * B).sum(-1)
-    mean_r = var.sqrt() / (2 * math.pi) ** 0.5
+    s, zero = _safe_std(var)
+    mean_r = torch.where(zero, torch.zeros_like(s), s) / (2 * math.pi) ** 0.5
     return second + 2 * c2 * (B * mean_r[..., None, :]).sum(-1) + (c2 if published else c2 * c2)
 
 
@@ -193,21 +197,24 @@ def _hidden_cov_block(mbar, var, Sbar_rows, rows, method, terms):
     args = (m_u[..., :, None], mbar[..., None, :], v_u[..., :, None], var[..., None, :], Sbar_rows)
     if method == 'zero_mean':
         cross = _lemma3(*args[2:])
-        mean_r = var.sqrt() / (2 * torch.pi) ** 0.5
+        s, zero = _safe_std(var)                    # sqrt has an infinite gradient at 0
+        mean_r = torch.where(zero, torch.zeros_like(s), s) / (2 * torch.pi) ** 0.5
         block = cross - mean_r[..., rows, None] * mean_r[..., None, :]
         diag = var[..., rows] * (0.5 - 1 / (2 * torch.pi))
     else:
-        if method == 'exact': cross = _relu_cross_moment(*args)
+        if method == 'exact': cross = None
         else:
             s1, s2 = args[2].sqrt(), args[3].sqrt()
             safe = (s1 * s2 > 0) & (Sbar_rows.abs() < s1 * s2 * (1 - 1e-9))     # the series needs s > 0 and |rho| < 1
+            safe = safe & (args[0].abs() <= 50 * s1) & (args[1].abs() <= 50 * s2)   # and |h| <= 50: the exact form beyond
             cov12 = torch.where(safe, Sbar_rows, torch.zeros_like(Sbar_rows))
             v1 = torch.where(safe, args[2].expand_as(cov12), torch.ones_like(cov12))
             v2 = torch.where(safe, args[3].expand_as(cov12), torch.ones_like(cov12))
-            cross = torch.where(safe, relu_cross_moment_series(args[0].expand_as(cov12), args[1].expand_as(cov12), v1, v2, cov12, terms=terms),
-                                _relu_cross_moment(*args))
-        mean_r = _relu_mean(mbar, var)
-        block = cross - mean_r[..., rows, None] * mean_r[..., None, :]
+            cross = relu_cross_moment_series(torch.where(safe, args[0], 0.), torch.where(safe, args[1], 0.), v1, v2, cov12, terms=terms)
+        block = _relu_cov_pair(*args)                      # no cancellation when the hidden means are large
+        if cross is not None:
+            mean_r = _relu_mean(mbar, var)
+            block = torch.where(safe, cross - mean_r[..., rows, None] * mean_r[..., None, :], block)
         diag = _relu_var(m_u, v_u)
     eye = torch.zeros(block.shape[-2:], dtype=torch.bool, device=block.device)
     eye[torch.arange(block.shape[-2]), torch.arange(block.shape[-1])[rows]] = True
@@ -233,11 +240,14 @@ def ara_moments(
         raise ValueError(f"method must be 'exact', 'series' or 'zero_mean'; got {method!r}")
     mu, cov, A, c1, B, c2, kind = _ara_inputs(mu, cov, A, c1, B, c2)
     p = A.shape[-2]
-    chunk = p if chunk is None else int(chunk)
-    if chunk < 1: raise ValueError(f'chunk must be >= 1; got {chunk}')
+    chunk = p if chunk is None else _check_count(chunk, 'chunk', 1)
+    if method == 'series': _check_count(terms, 'terms', 1)
     mbar = _hidden_mean(mu, A, c1)
     var = _hidden_var(cov, kind, A)
     mbar, var = torch.broadcast_tensors(mbar, var)
+    for what, x in (('A @ mu + c1 (the hidden means)', mbar), ('the hidden variances, diag(A cov A^T),', var)):
+        if not torch.isfinite(x).all():
+            raise ValueError(f'{what} overflow {str(x.dtype)[6:]}: mu, cov, A and c1 are finite but too large for it')
     mean = (B @ _relu_mean(mbar, var)[..., None])[..., 0] + c2
     out_cov, out_var = 0, 0
     for start in range(0, p, chunk):

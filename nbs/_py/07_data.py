@@ -8,7 +8,7 @@
 # %%
 #| export
 from __future__ import annotations
-import functools, gzip, os, pickle, struct, zlib
+import functools, gzip, math, os, pickle, struct, zlib
 from pathlib import Path
 from typing import Callable, NamedTuple
 import numpy as np
@@ -189,18 +189,30 @@ DATA = os.environ.get('NETMOMENTS_DATA') or '../../shared/data'
 tmp_dir = tempfile.TemporaryDirectory()   # synthetic files go here; removed when the kernel exits
 tmp = Path(tmp_dir.name)
 
-
 # %% [markdown]
 # ## IDX files
 # MNIST and Fashion-MNIST come as IDX files, usually gzip-compressed: two zero bytes, a type byte (0x08: unsigned
 # bytes), a byte giving the number of dimensions $n$, then $n$ big-endian uint32 sizes and the raw data in row-major
 # order. Images are $n = 3$ (count, 28, 28), magic number 0x00000803; labels are $n = 1$ (count), magic 0x00000801.
-# `_read_idx` checks the magic number, that the data fills exactly the size the header promises, and turns gzip
+# `_read_idx` checks the magic number, that the file can hold what the header promises before allocating it (its size;
+# for gzip, deflate's largest ratio, 1032 bytes per compressed byte, times its size), that the data fills exactly that
+# size, and turns gzip
 # errors into the same `ValueError`. With `limit` it decompresses only the first `limit` items. The bytes go straight
 # into a numpy array that `torch.from_numpy` shares, one copy in all.
 
 # %%
 #| exporti
+_DEFLATE_RATIO = 1032   # deflate's largest compression ratio: n compressed bytes hold at most ~1032 n bytes
+
+def _check_idx_size(path, dims, needed, header):
+    "Refuse a header that promises more bytes than the file can hold (uncompressed: its size; gzip: 1032 x its size)."
+    size = os.path.getsize(path)
+    have = size - header if path.suffix != '.gz' else _DEFLATE_RATIO * size
+    if needed > have:
+        what = f'the data ends after {have} of {needed} bytes' if path.suffix != '.gz' else \
+               f'{needed} bytes, more than its {size} compressed bytes can hold'
+        raise ValueError(f'{path.name} is truncated: its header promises {dims} but {what}')
+
 def _read_idx(
     path:Path,       # IDX file, gzip-compressed when its name ends in .gz
     ndim:int,        # expected number of dimensions: 3 for images, 1 for labels
@@ -217,8 +229,10 @@ def _read_idx(
                                  f'(unsigned bytes, {ndim} dimension{"s" if ndim > 1 else ""})')
             if len(head) < 4 + 4 * ndim: raise ValueError(f'{path.name} is truncated inside its header')
             dims = struct.unpack(f'>{ndim}I', head[4:])
-            out = np.empty((dims[0] if limit is None else min(limit, dims[0]), *dims[1:]), np.uint8)
-            buf, filled = memoryview(out).cast('B'), 0
+            shape = (dims[0] if limit is None else min(limit, dims[0]), *dims[1:])
+            _check_idx_size(path, dims, math.prod(shape), len(head))   # before allocating what the header promises
+            out = np.empty(shape, np.uint8)
+            buf, filled = memoryview(out.reshape(-1)), 0              # 1-D: a view of an empty array casts too
             while filled < len(buf) and (got := f.readinto(buf[filled:])): filled += got
             if filled < len(buf):
                 raise ValueError(f'{path.name} is truncated: its header promises {dims} but the data ends after '
@@ -273,6 +287,17 @@ test_fail(lambda: _read_idx(tmp/'idx/stub', 3, None), contains='stub is truncate
 test_fail(lambda: _read_idx(tmp/'idx/long', 3, None), contains='holds more data than the (5, 28, 28)', exc=ValueError)
 (tmp/'idx/broken.gz').write_bytes((tmp/'idx/images.gz').read_bytes()[:200])
 test_fail(lambda: _read_idx(tmp/'idx/broken.gz', 3, None), contains='broken.gz is corrupt', exc=ValueError)
+
+# %% [markdown]
+# A header promising $2^{31}$ images is refused before anything is allocated, and a file of no images reads as an
+# empty tensor of the right shape:
+
+# %%
+(tmp/'idx/huge.gz').write_bytes(gzip.compress(struct.pack('>HBB3I', 0, 8, 3, 2**31, 28, 28) + bytes(784)))
+test_fail(lambda: _read_idx(tmp/'idx/huge.gz', 3, None), exc=ValueError,
+          contains='huge.gz is truncated: its header promises (2147483648, 28, 28) but 1683627180032 bytes')
+write_idx(tmp/'idx/none.gz', np.zeros((0, 28, 28), np.uint8))
+test_eq(_read_idx(tmp/'idx/none.gz', 3, None)[0].shape, (0, 28, 28))
 
 # %% [markdown]
 # ## MNIST
@@ -519,8 +544,8 @@ def split_indices(
     seed:int=0,                        # seed of the permutation
 )->tuple:                              # int64 index tensors, one per fraction: disjoint, covering range(n)
     "Random disjoint index sets of `range(n)` with sizes in proportion to `fractions` (70/20/10 by default)."
-    if not isinstance(n, int) or n < 0: raise ValueError(f'n must be an int >= 0; got {n!r}')
-    if any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0: raise ValueError(f'n must be an int >= 0; got {n!r}')
+    if not all(math.isfinite(f) and f >= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
         raise ValueError(f'fractions must be >= 0 and sum to 1; got {tuple(fractions)}')
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     ends = [round(n * f) for f in np.cumsum(fractions)[:-1]] + [n]
@@ -556,8 +581,11 @@ def standardize(
         raise ValueError(f'train_x must be a floating tensor with at least one row; '
                          f'got {train_x.dtype} {tuple(train_x.shape)}')
     for i, x in enumerate(others):
+        if not isinstance(x, Tensor): raise TypeError(f'others[{i}] must be a tensor; got {type(x).__name__}')
         if x.shape[1:] != train_x.shape[1:]:
             raise ValueError(f'others[{i}] must have trailing shape {tuple(train_x.shape[1:])}; got {tuple(x.shape)}')
+    for name, x in (('train_x', train_x), *((f'others[{i}]', x) for i, x in enumerate(others))):
+        if not torch.isfinite(x).all(): raise ValueError(f'{name} must be finite; it holds NaN or infinite values')
     s, mean = torch.std_mean(train_x, dim=0, correction=0)
     s = torch.where(s > 0, s, torch.ones_like(s))
     return tuple((x - mean) / s for x in (train_x, *others))

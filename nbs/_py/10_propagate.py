@@ -18,7 +18,7 @@ from netmoments.core import as_tensors, check_cov, check_finite, check_var
 from netmoments.gaussian import normal_cdf, normal_pdf
 from netmoments.linearize import model_layers, _forward
 from netmoments.montecarlo import LowRankCov, _cov_sqrt
-from netmoments.relu import _relu_cross_moment, _relu_mean, _relu_var
+from netmoments.relu import _relu_cov_pair, _relu_cross_moment, _relu_mean, _relu_var
 
 # %%
 #| hide
@@ -142,6 +142,7 @@ def _input_state(mu, cov, ndim, full):
         raise ValueError(f'mu must have the shape of one input of the model ({ndim} dims) or a batch of them '
                          f'({ndim + 1} dims); got shape {tuple(mu.shape)}')
     batched = mu.ndim == ndim + 1
+    if mu.numel() == 0: raise ValueError(f'mu must not be empty; got shape {tuple(mu.shape)}')
     mean = mu if batched else mu[None]
     B, shape, N = len(mean), mean.shape[1:], mean[0].numel()
     if isinstance(cov, LowRankCov):
@@ -167,7 +168,8 @@ def _input_state(mu, cov, ndim, full):
         dense = torch.diag_embed(d)
         return mean, batched, dense if Ut is None else dense + Ut.mT @ Ut
     keep = (d > 0).any(0)                                     # one column sqrt(d_j) e_j per non-zero variance
-    columns = torch.diag_embed(d.sqrt())[:, keep]
+    pos = d > 0                                               # sqrt's gradient is infinite at 0: no path there
+    columns = torch.diag_embed(torch.where(pos, torch.where(pos, d, torch.ones_like(d)).sqrt(), torch.zeros_like(d)))[:, keep]
     Ut = columns if Ut is None else torch.cat([Ut.expand(len(d), -1, -1), columns], -2)
     return mean, batched, (Ut, torch.zeros_like(d))
 
@@ -324,8 +326,7 @@ def _relu_full(mean, cov, budget=2**19):
     rows = []
     for start in range(0, D, chunk):
         u = slice(start, start + chunk)
-        cross = _relu_cross_moment(mean[:, u, None], mean[:, None, :], var[:, u, None], var[:, None, :], cov[:, u, :])
-        rows.append(cross - m_r[:, u, None] * m_r[:, None, :])
+        rows.append(_relu_cov_pair(mean[:, u, None], mean[:, None, :], var[:, u, None], var[:, None, :], cov[:, u, :]))
     c = torch.cat(rows, -2)
     c = (c + c.mT) / 2
     return m_r, c - torch.diag_embed(c.diagonal(dim1=-2, dim2=-1)) + torch.diag_embed(v_r)
@@ -614,6 +615,9 @@ assert pool_mean_err < 0.05 and pool_var_err < 0.15 and pool_cov_err < 0.15
 #| exporti
 def _relu_step(mean, cov, rank, relu_factor):
     flat = mean.reshape(len(mean), -1)
+    if not torch.stack([torch.isfinite(x).all() for x in (flat, *((cov,) if isinstance(cov, Tensor) else cov))]).all():
+        raise ValueError(f'the moments reaching a ReLU overflow {str(mean.dtype)[6:]}: mu, cov and the model\'s '
+                         'parameters are finite but too large for it')
     m_r, cov = _relu_full(flat, cov) if isinstance(cov, Tensor) else relu_factor(flat, *cov, rank)
     return m_r.reshape(mean.shape), cov
 
@@ -637,7 +641,10 @@ def _propagate(layers, mean, cov, rank, commute=True, relu_factor=_relu_factor):
     return mean, cov
 
 def _check_model(model, mu):
-    "mu must have the dtype and device of the model's parameters."
+    "mu must have the dtype and device of the model's parameters, which must be finite."
+    params = [(name, t.detach()) for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_floating_point()]
+    if params and not torch.stack([torch.isfinite(t).all() for _, t in params]).all():   # one host sync
+        for name, t in params: check_finite(t, f'the model parameter {name}')
     like = next((t for t in model.parameters() if t.is_floating_point()), None)
     if like is not None and like.dtype != mu.dtype:
         raise TypeError(f'mu is {mu.dtype} but the model is {like.dtype}; convert one to the other')
