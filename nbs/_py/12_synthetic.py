@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Tightness on synthetic networks
-# > Analytic mean and variance against Monte Carlo on FC-A/B/C and Conv-A/B/C under three input noise regimes (CVPR §4.1, Fig. 2), and the linearization error of LeNet against the layer l (TPAMI Table 1; SPEC §5)
+# > Analytic mean and variance against Monte Carlo on FC-A/B/C and Conv-A/B/C under three input noise regimes (Bibi et al. 2018, §4.1, Fig. 2), and the linearization error of LeNet against the layer l (Alfadly et al. 2020, Table 1)
 
 # %%
 #| default_exp synthetic
@@ -20,11 +20,14 @@ import os, time, json
 from pathlib import Path
 import numpy as np
 import matplotlib.pyplot as plt
+from IPython.display import Markdown, display
 from fastcore.test import test_eq, test_close, test_fail
+from netmoments.core import Table
 from netmoments.models import synthetic, pretrained, mnist_slice
 
 # %% [markdown]
-# CVPR §4.1 tests the moment expressions on six random networks (built in the models chapter: FC-A/B/C with input
+# [Bibi et al. (2018)](99_references.ipynb#bibi2018), §4.1, tests the moment expressions on six random networks
+# (built in [Models](08_models.ipynb): FC-A/B/C with input
 # $\mathbb R^{100}$, Conv-A/B/C with input $\mathbb R^{20\times20}$, 2, 3 and 4 affine layers, one scalar out). The
 # input is zero-mean Gaussian noise, $x \sim \mathcal N(0, \Sigma)$, in three regimes "corresponding to three base
 # random covariance matrices $(\Sigma_1, \Sigma_2, \Sigma_3)$, whose maximum variance levels are $10^{-4}$, 1 and 200",
@@ -41,7 +44,7 @@ from netmoments.models import synthetic, pretrained, mnist_slice
 
 # %%
 #| export
-REGIMES = {'low': 1e-4, 'medium': 1.0, 'high': 200.0}   # CVPR §4.1: maximum input variance of each noise regime
+REGIMES = {'low': 1e-4, 'medium': 1.0, 'high': 200.0}   # Bibi et al. 2018, §4.1: maximum input variance of each noise regime
 
 
 # %%
@@ -53,7 +56,7 @@ def regime_covariances(
     generator:torch.Generator|None=None,  # source of randomness (default: a fresh unseeded draw from the global RNG)
     dtype:torch.dtype=torch.float64,
 )->Tensor:                                # (count, n, n), symmetric positive definite, max diagonal entry = the level
-    "Random covariances L L^T of a CVPR §4.1 noise regime, each scaled so that its largest variance is the regime's."
+    "Random covariances L L^T of a noise regime of Bibi et al. 2018, §4.1, each scaled so that its largest variance is the regime's."
     level = REGIMES[regime] if isinstance(regime, str) and regime in REGIMES else regime
     if isinstance(level, str) or not level > 0:
         raise ValueError(f'regime must be one of {", ".join(REGIMES)} or a positive number; got {regime!r}')
@@ -81,7 +84,7 @@ test_fail(lambda: regime_covariances(4, 'huge'), exc=ValueError, contains="regim
 # %% [markdown]
 # ## The fitted slope
 # For pairs $(a_i, m_i)$ of analytic and Monte Carlo values we fit $m = b\,a$, a line through the origin (as the
-# ratio $m/a$ that CVPR uses for LeNet is): least squares gives
+# ratio $m/a$ that [Bibi et al. (2018)](99_references.ipynb#bibi2018) use for LeNet is): least squares gives
 # $$\hat b = \frac{\sum_i a_i m_i}{\sum_i a_i^2}, \qquad
 #   \mathrm{se}(\hat b) = \sqrt{\frac{\sum_i (m_i - \hat b a_i)^2}{(k - 1)\sum_i a_i^2}}$$
 # for $k$ pairs. $\hat b = 1$ means the analytic expressions follow Monte Carlo on average; the standard error says how
@@ -91,8 +94,8 @@ test_fail(lambda: regime_covariances(4, 'huge'), exc=ValueError, contains="regim
 #| export
 class Slope(NamedTuple):
     "Least-squares slope of a line through the origin, with its standard error."
-    slope:float
-    se:float
+    slope:float  # b minimizing sum_i (y_i - b x_i)^2
+    se:float     # standard error of b
 
 
 # %%
@@ -129,7 +132,8 @@ test_fail(lambda: fit_slope(torch.zeros(3), torch.ones(3)), exc=ValueError, cont
 
 # %% [markdown]
 # ## Analytic against Monte Carlo for one network
-# `analytic_vs_mc` follows CVPR: the input mean is $0$, the linearization point is $x = 0$ with $y = R_{l-1}(x)$
+# `analytic_vs_mc` follows [Bibi et al. (2018)](99_references.ipynb#bibi2018): the input mean is $0$, the
+# linearization point is $x = 0$ with $y = R_{l-1}(x)$
 # (`at="pre"`), and for each covariance it returns the analytic mean and variance (`ara_moments`, exact method, of
 # the linearized network) and the Monte Carlo ones (of the network itself). FC-A and Conv-A have a single ReLU: with
 # $l = 1$ they are their own linearization, so their analytic moments are exact and only Monte Carlo error separates
@@ -157,7 +161,7 @@ def analytic_vs_mc(
     seed:int=0,           # seed of the Monte Carlo draws (seed + i for covariance i)
     chunk:int=128,        # hidden rows per block in ara_moments (speed and memory only)
 )->AnalyticVsMC:
-    "Analytic (two-stage linearization at 0, CVPR §4.1) and Monte Carlo output mean and variance for each covariance."
+    "Analytic (two-stage linearization at 0, Bibi et al. 2018, §4.1) and Monte Carlo output mean and variance for each covariance."
     net = net.double().eval().requires_grad_(False)
     zero = torch.zeros(1, *input_shape, dtype=torch.float64)
     f = lambda v: net(v.reshape(-1, *input_shape))
@@ -182,12 +186,12 @@ assert ((check.var - check.mc_var).abs() <= 4 * check.mc_var_se).all(), check
 test_eq(check.mean.shape, (3,))
 
 # %% [markdown]
-# ## Fig. 2, CPU-sized
+# ## Bibi et al. (2018), Fig. 2, CPU-sized
 # The seed: the networks are drawn with seed 1, not 0, because with seed 0 all four first-layer biases of the Conv
 # networks are negative, so at $x = 0$ the first ReLU is off everywhere, the linearized bottom stage of Conv-B/C is
 # $A = 0$ and the analytic variance is 0 whatever the noise (a degenerate point of linearization, not a property of
 # the expressions). **Sizes of the default run**: 10 covariances per regime for the FC networks and 4 for the Conv
-# networks (their $1296$- and $1024$-wide hidden layers make one exact variance take about a second on this CPU),
+# networks (their $1296$- and $1024$-wide hidden layers make each exact variance far costlier than an FC one),
 # 2,000 Monte Carlo samples each, instead of the paper's 200 covariances and $7.5\cdot10^4$ samples; the full-size
 # run is the `#| slow` cell further down.
 
@@ -196,6 +200,7 @@ NETS = {'FC-A': ((100,), 1), 'FC-B': ((100,), 2), 'FC-C': ((100,), 2),
         'Conv-A': ((1, 20, 20), 1), 'Conv-B': ((1, 20, 20), 2), 'Conv-C': ((1, 20, 20), 2)}
 
 def run_fig2(count_fc, count_conv, n_mc, seed=2018):
+    "analytic_vs_mc for every network and regime: {(name, regime): AnalyticVsMC}."
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for name, (shape, layer) in NETS.items():
@@ -205,12 +210,18 @@ def run_fig2(count_fc, count_conv, n_mc, seed=2018):
             out[name, regime] = analytic_vs_mc(synthetic(name, 1), shape, covs, layer, n_mc=n_mc, seed=seed)
     return out
 
-def slope_table(results):
+def slope_rows(results):
+    "One row per network and regime: name, regime, covariances, slope and standard error for the mean and the variance."
     rows = []
     for (name, regime), r in results.items():
         sm, sv = fit_slope(r.mean, r.mc_mean), fit_slope(r.var, r.mc_var)
-        rows.append(f'{name:7} {regime:7} {len(r.mean):4d}  mean {sm.slope:7.3f} ± {sm.se:5.3f}   var {sv.slope:7.3f} ± {sv.se:5.3f}')
-    return '\n'.join(rows)
+        rows.append([name, regime, len(r.mean), sm.slope, sm.se, sv.slope, sv.se])
+    return rows
+
+def slope_table(rows, caption=None):
+    "The fitted slopes MC / analytic as a Table."
+    return Table(rows, ['network', 'regime', 'covs', 'mean slope', 'se', 'var slope', 'se'],
+                 {'covs': 'd', 'mean slope': '.3f', 'se': '.3f', 'var slope': '.3f'}, caption=caption)
 
 t0 = time.time()
 fig2 = run_fig2(10, 4, 2000)
@@ -224,12 +235,11 @@ print(f'{time.time() - t0:.0f} s')
 # Conv-C) [...] the analytic variance is unaffected by various input noise levels."
 
 # %%
-print('network regime  covs  slope MC/analytic')
-print(slope_table(fig2))
 for regime in REGIMES:                               # the exact networks are tight in every regime
     for name in ('FC-A', 'Conv-A'):
         r = fig2[name, regime]
         assert abs(fit_slope(r.var, r.mc_var).slope - 1) < 0.1, (name, regime)
+slope_table(slope_rows(fig2), 'least-squares slope of Monte Carlo on analytic, with its standard error')
 
 # %% [markdown]
 # What the table shows: FC-A and Conv-A, where the expressions are exact, have slopes 1 within Monte Carlo error in
@@ -244,7 +254,7 @@ for regime in REGIMES:                               # the exact networks are ti
 
 # %%
 #| label: fig-synthetic-scatter
-#| fig-cap: "Monte Carlo against analytic output mean (top) and variance (bottom) for each synthetic network, medium regime for FC and high regime for Conv as in CVPR Fig. 2; dashed: slope 1; legend: fitted slope. Default run: 10 (FC) or 4 (Conv) covariances, 2,000 samples each."
+#| fig-cap: "Monte Carlo against analytic output mean (top) and variance (bottom) for each synthetic network, medium regime for FC and high regime for Conv as in Bibi et al. 2018, Fig. 2; dashed: slope 1; legend: fitted slope. Default run: 10 (FC) or 4 (Conv) covariances, 2,000 samples each."
 fig, axes = plt.subplots(2, 6, figsize=(14, 4.8), layout='constrained')
 for j, name in enumerate(NETS):
     r = fig2[name, 'medium' if name.startswith('FC') else 'high']
@@ -257,11 +267,12 @@ for j, name in enumerate(NETS):
         ax.title.set_fontsize(9)
 
 # %% [markdown]
-# ## Linearization error against the layer (TPAMI Table 1)
-# TPAMI linearizes the trained LeNet at $l = 1, 2, 3$ and reports "the average approximation error, on a randomly
+# ## Linearization error against the layer (Alfadly et al. (2020), Table 1)
+# [Alfadly et al. (2020)](99_references.ipynb#alfadly2020) linearize the trained LeNet at $l = 1, 2, 3$ and report
+# "the average approximation error, on a randomly
 # sampled MNIST image corrupted with additive Gaussian noise, between LeNet and the two stage-linearized version", the
 # $\ell_2$ distance between the prediction scores, "with the point of linearization taken to be a noisy version of a
-# random image". Its columns are headed $\pm a$ for $a = 0.5, \dots, 2$:
+# random image". The columns of their Table 1 are headed $\pm a$ for $a = 0.5, \dots, 2$:
 #
 # | noise | ±0.5 | ±0.75 | ±1 | ±1.5 | ±2 |
 # |---|---|---|---|---|---|
@@ -270,12 +281,12 @@ for j, name in enumerate(NETS):
 # | $l = 3$ | 0.0329 | 0.0495 | 0.0661 | 0.0993 | 0.1327 |
 #
 # The protocol is underdetermined; our reading, which the numbers below support: the noise is Gaussian (the caption's
-# "corrupted with additive Gaussian noise") with standard deviation $a$ in TPAMI's pixel unit $[0, 255]$, i.e.
+# "corrupted with additive Gaussian noise") with standard deviation $a$ in the paper's pixel unit $[0, 255]$, i.e.
 # $a/255$ on our $[0, 1]$ images; the point of linearization is the noisy image $\tilde M = M + \epsilon$ with
-# $y = \mathrm{ReLU}(R_{l-1}(\tilde M))$ (TPAMI §3.3; at this $y$ the linearized network equals LeNet at $\tilde M$,
-# which we check), and the two networks are compared at the clean image $M$:
-# $\mathbb E\,\|R(M) - g_{\tilde M}(M)\|_2$. (Reading $a$ in $[0, 1]$ units instead gives errors of 3 to 14, in the
-# units of logits whose norm is about 19: far from the published hundredths.) Default run: 2 images of the bundled
+# $y = \mathrm{ReLU}(R_{l-1}(\tilde M))$ (Alfadly et al. (2020), §3.3; at this $y$ the linearized network equals
+# LeNet at $\tilde M$, which we check), and the two networks are compared at the clean image $M$:
+# $\mathbb E\,\|R(M) - g_{\tilde M}(M)\|_2$ (the other reading, $a$ in $[0, 1]$ units, is measured after the
+# table). Default run: 2 images of the bundled
 # MNIST test slice, 3 noise draws each (the same standard normal draws scaled to every amplitude, so the
 # columns differ by the noise level only), on the bundled LeNet in float32.
 
@@ -302,33 +313,54 @@ def table1(images, draws, amplitudes=AMPLITUDES, seed=0):
                 err[l - 1, j] = (lin(clean.flatten(1)) - net(clean)).norm(dim=-1).mean()
     return err
 
-def show_table1(err, published=PUBLISHED_T1):
-    print('noise (σ·255)  ' + '  '.join(f'±{a:<13}' for a in AMPLITUDES))
-    for l in (1, 2, 3):
-        print(f'l = {l}          ' + '  '.join(f'{e:.4f} ({p:.4f})' for e, p in zip(err[l - 1], published[l - 1])))
+def show_table1(err, published=PUBLISHED_T1, caption=None):
+    "Our Table 1 (noise std a/255 per column) beside the published one."
+    header = ['layer'] + [c for a in AMPLITUDES for c in (f'±{a}', 'paper')]
+    rows = [[f'l = {l}'] + [v for e, p in zip(err[l - 1], published[l - 1]) for v in (e, p)] for l in (1, 2, 3)]
+    return Table(rows, header, '.4f', caption=caption)
 
 x_slice, _ = mnist_slice()
 t0 = time.time()
 err1 = table1(x_slice[:2], 3)
-print(f'{time.time() - t0:.0f} s; ours (published)')
-show_table1(err1)
+print(f'{time.time() - t0:.0f} s')
 assert (err1.diff(dim=1) > 0).all()       # the error grows with the noise, as in the paper
 assert (err1[0] < err1[1:]).all()         # l = 1 is the most accurate, as in the paper
+show_table1(err1, caption='mean l2 distance between LeNet and its linearization at the clean image; '
+                          'paper: Alfadly et al. 2020, Table 1')
+
+# %%
+#| echo: false
+factor = PUBLISHED_T1 / err1
+Markdown(f"""Ours beside the published: the error grows with the noise for every $l$, $l = 1$ is the most accurate and
+$l = 2$, $l = 3$ are close to each other (within {((err1[2] - err1[1]).abs() / err1[1]).max():.0%}), which is the
+published pattern. Our errors are {factor.min():.0f} to {factor.max():.0f} times smaller than the published ones
+(their LeNet's logits, whose scale the paper does not give, need not be ours) and grow with the noise, as theirs do.
+What transfers is the conclusion: the linearization error grows with $l$, so larger $l$ buys memory ($2q + n + d$, see
+[Two-stage linearization](09_linearize.ipynb)) at some accuracy.""")
 
 # %% [markdown]
-# Ours beside the published: the error grows with the noise for every $l$, $l = 1$ is the most accurate and $l = 2$,
-# $l = 3$ are close to each other, which is the published pattern. Our errors are smaller than the published ones
-# by a roughly constant factor (their LeNet's logits, whose scale the paper does not give, need not be ours) and grow
-# about linearly with the noise, as theirs do. What transfers is the conclusion: the linearization error grows with
-# $l$, so larger $l$ buys memory ($2q + n + d$, chapter 9) at some accuracy.
+# The other reading of the amplitudes, $a$ in $[0, 1]$ units (255 times more noise), at $l = 3$ on the same images
+# and draws, against the size of the logits:
+
+# %%
+with torch.no_grad():
+    net1, clean1 = pretrained(), x_slice[:2].repeat(3, 1, 1, 1)
+    z1 = torch.randn(clean1.shape, generator=torch.Generator().manual_seed(0))
+    wrong_units = torch.tensor([(two_stage(net1, clean1 + a * z1, 3, max_bytes=None)(clean1.flatten(1)) - net1(clean1))
+                                .norm(dim=-1).mean() for a in (AMPLITUDES[0], AMPLITUDES[-1])])
+    logit_norm = net1(clean1).norm(dim=-1).mean()
+assert (wrong_units > 10 * PUBLISHED_T1[2, -1]).all()
+Markdown(f"""Errors of {wrong_units[0]:.1f} at $a = {AMPLITUDES[0]}$ and {wrong_units[1]:.1f} at $a = {AMPLITUDES[-1]}$, in
+units of logits whose norm is about {logit_norm:.0f}: far from the published hundredths, so the paper's amplitudes are
+in $[0, 255]$ pixel units.""")
 
 # %% [markdown]
 # ## Full size (`#| slow`)
 # The paper's sizes: Fig. 2 with 200 covariances per regime and network and $10^4$ samples each (not the paper's
-# $7.5\cdot10^4$), and Table 1 over 100 images with 20 noise draws. On this 2-core CPU they take hours (dominated
-# by the 1,800 exact variances of the Conv networks), so the cell runs only with `NETMOMENTS_FULL=1`; it saves its
-# numbers to `data/results/synthetic_full.json` with the device it ran on, and the cell after it shows them when that
-# file exists. **Not run so far** unless the output below says otherwise.
+# $7.5\cdot10^4$), and Table 1 over 100 images with 20 noise draws. On a CPU they take hours (dominated by the 1,800
+# exact variances of the Conv networks), so the cell runs only with `NETMOMENTS_FULL=1`; it saves its numbers to
+# `data/results/synthetic_full.json` with the device it ran on, and the cell after it shows them when that file exists
+# (and says so when it does not).
 
 # %%
 #| slow
@@ -340,13 +372,14 @@ if os.environ.get('NETMOMENTS_FULL') == '1':
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         'device': torch.cuda.get_device_name() if torch.cuda.is_available() else f'CPU, {torch.get_num_threads()} threads',
-        'seconds': time.perf_counter() - t0, 'slopes': slope_table(fig2_full), 'table1': err1_full.tolist()}, indent=1))
+        'seconds': time.perf_counter() - t0, 'slopes': slope_rows(fig2_full), 'table1': err1_full.tolist()}, indent=1))
 
 # %%
 if Path('../data/results/synthetic_full.json').exists():
     full = json.loads(Path('../data/results/synthetic_full.json').read_text())
-    print(f"full-size run on {full['device']}, {full['seconds']:.0f} s\n{full['slopes']}")
-    show_table1(torch.tensor(full['table1']))
+    print(f"full-size run on {full['device']}, {full['seconds']:.0f} s")
+    display(slope_table(full['slopes'], 'full size: least-squares slope of Monte Carlo on analytic'))
+    display(show_table1(torch.tensor(full['table1']), caption='full size; paper: Alfadly et al. 2020, Table 1'))
 else: print('no full-size results: run this notebook with NETMOMENTS_FULL=1 to produce data/results/synthetic_full.json')
 
 # %% [markdown]

@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Linearization centers
-# > Linearize once per k-means center instead of once per input: k-means in torch, a cache of two-stage linearizations with nearest-center lookup, the farthest-member baseline, and TPAMI §4.2 Table 4 (SPEC §5)
+# > Linearize once per k-means center instead of once per input: k-means in torch, a cache of two-stage linearizations with nearest-center lookup, the farthest-member baseline, and Table 4 of Alfadly et al. 2020, §4.2
 
 # %%
 #| default_exp centers
@@ -24,17 +24,21 @@ import copy, json, os, platform, time
 from pathlib import Path
 import numpy as np
 import matplotlib.pyplot as plt
+from IPython.display import Markdown, display
 from fastcore.test import test_eq, test_close, test_fail
 from nbdev.showdoc import show_doc
 from sklearn.cluster import KMeans as SkKMeans
+from netmoments.bench import best_time
+from netmoments.core import Table
 from netmoments.linearize import seeded
 from netmoments.models import pretrained, mnist_slice
 
 
 # %% [markdown]
-# Two-stage linearization (chapter 9) computes two Jacobians per input: on the bundled LeNet at $l = 3$ that is
-# about 0.6 s per image in float64 on this CPU, and $A, B$ take 3.2 MB. TPAMI §4.2 asks how much is lost by
-# linearizing at fewer points, shared by many inputs:
+# [Two-stage linearization](09_linearize.ipynb) computes two Jacobians per input, the most costly step of the
+# analytic moments of LeNet (measured with Table 4 below).
+# [Alfadly et al. (2020)](99_references.ipynb#alfadly2020), §4.2, asks how much is lost by linearizing at fewer
+# points, shared by many inputs:
 #
 # > "We cluster the images in the testing dataset using k-means on the image intensity space with different values
 # > of k. We use the cluster centers as the linearization points. Table 4 summarizes the tightness of the expressions
@@ -45,15 +49,18 @@ from netmoments.models import pretrained, mnist_slice
 # network $(A, c_1, B, c_2)$ whose moments are taken is the two-stage linearization at its cluster's center (or, in
 # the baseline, at the member of its cluster farthest from the center); Monte Carlo still runs the real network at
 # $M$. With $k = 10{,}000$, the size of the MNIST test set, every image is its own center and Table 4's last row is
-# Table 2 (chapter 11) again, which the published numbers confirm (0.023, 0.203, 0.025 at $\sigma = 0.01$ in both).
+# Table 2 ([Tightness on LeNet and MNIST](11_tightness.ipynb)) again, which the published numbers confirm (0.023,
+# 0.203, 0.025 at $\sigma = 0.01$ in both).
 # We follow that protocol: the clustered images are the evaluated test images themselves (clustering the training
 # set instead would make every test image's linearization point a training-set mean, and k = N no longer per-input).
 
 # %% [markdown]
 # ## k-means
-# Lloyd's algorithm: alternately assign each point $x_i$ to its nearest center and move each center to the mean of
+# Lloyd's algorithm ([Lloyd (1982)](99_references.ipynb#lloyd1982)): alternately assign each point $x_i$ to its
+# nearest center and move each center to the mean of
 # its points; each step lowers the inertia $\sum_i \|x_i - c_{a(i)}\|^2$, and it stops when no assignment changes (a
-# fixed point) or after `iters` steps. Centers start from k-means++ (Arthur and Vassilvitskii 2007): the first a
+# fixed point) or after `iters` steps. Centers start from k-means++
+# ([Arthur and Vassilvitskii (2007)](99_references.ipynb#arthur2007)): the first a
 # uniformly drawn point, each next one a point drawn with probability proportional to its squared distance to the
 # nearest center chosen so far. Distances go through `torch.cdist` a chunk of points at a time (memory
 # `chunk` x k), every random draw through a local `torch.Generator` on the points' device. A cluster left empty takes
@@ -141,7 +148,7 @@ def kmeans(
     chunk:int=4096,             # points per torch.cdist call: memory chunk x k
     progress:bool=False,        # tqdm progress bar over the Lloyd steps
 )->KMeans:                      # centers, assignments, inertia, iters, converged
-    "Lloyd's k-means from a seeded k-means++ start, batched in torch (TPAMI §4.2's clustering)."
+    "Lloyd's k-means from a seeded k-means++ start, batched in torch (the clustering of Alfadly et al. 2020, §4.2)."
     xf = _flat_points(x, 'x')
     N, n = xf.shape
     if isinstance(k, bool) or not isinstance(k, int): raise TypeError(f'k must be an int; got {type(k).__name__}')
@@ -239,7 +246,8 @@ test_fail(lambda: nearest_center(pts, km_c[:, :3]), contains='points of the same
 
 # %% [markdown]
 # ## The farthest-member baseline
-# TPAMI's baseline (Table 4, rows marked *): "the linearization points are set to be the farthest instances from the
+# The baseline of [Alfadly et al. (2020)](99_references.ipynb#alfadly2020) (Table 4, rows marked *): "the
+# linearization points are set to be the farthest instances from the
 # clusters' centers". Each cluster keeps its members, but is linearized at the member farthest from its center
 # instead of at the center: the worst point of linearization k-means offers for that cluster.
 
@@ -250,7 +258,7 @@ def farthest_members(
     centers:Tensor,      # their centers (k, *point_shape)
     assignments:Tensor,  # (N,) cluster of each point, e.g. kmeans(...).assignments
 )->Tensor:               # (k,) int64: index in x of each cluster's member farthest from its center (-1: empty)
-    "Index of the member of each cluster farthest from the cluster's center (TPAMI Table 4's baseline)."
+    "Index of the member of each cluster farthest from the cluster's center (the baseline of Alfadly et al. 2020, Table 4)."
     xf, cf = _flat_points(x, 'x'), _flat_points(centers, 'centers')
     k = cf.shape[0]
     if assignments.shape != (xf.shape[0],) or assignments.dtype != torch.long:
@@ -281,20 +289,20 @@ test_eq(farthest_members(blobs, torch.cat([km.centers, km.centers[:1] + 99]), km
 # %% [markdown]
 # ## The linearization cache
 # `LinearizationCache` holds, for k lookup keys (the centers), the two-stage linearization of `model` at one point
-# of linearization per key: the key itself by default (TPAMI's centers), or any other point, e.g. the farthest
+# of linearization per key: the key itself by default (the paper's centers), or any other point, e.g. the farthest
 # member (the baseline, `LinearizationCache.farthest`). An input is mapped to its nearest key, and its moments are
 # those of the key's Affine-ReLU-Affine network under the input's own distribution $\mathcal N(x, \Sigma)$:
 # `ara_moments(x, cov, A[j], c1[j], B[j], c2[j])`, $j$ the nearest center.
 #
 # Linearizations are computed by `two_stage` in chunks of `chunk` points (memory: chunk x (qn + dq) floats for the
-# Jacobians) and stored, only for the keys used so far unless `precompute=True`: with LeNet at $l = 3$, float64, one
-# linearization takes 3.2 MB, so all 10,000 of Table 4's largest k would need 32 GB. Lookups gather the stored rows
-# in one batched index. `forget()` empties the store.
+# Jacobians) and stored, only for the keys used so far unless `precompute=True`: one linearization of LeNet at
+# $l = 3$ in float64 takes megabytes (measured with Table 4 below), so the 10,000 of Table 4's largest k would take
+# tens of gigabytes. Lookups gather the stored rows in one batched index. `forget()` empties the store.
 
 # %%
 #| export
 class LinearizationCache:
-    "Two-stage linearizations of `model` at k points, one per center, looked up by nearest center (TPAMI §4.2 Table 4)."
+    "Two-stage linearizations of `model` at k points, one per center, looked up by nearest center (Alfadly et al. 2020, Table 4)."
     def __init__(self,
                  model:nn.Module,            # a ReLU network `two_stage` accepts, in the dtype of the points
                  centers:Tensor,             # lookup keys (k, *input_shape), e.g. kmeans(...).centers
@@ -317,7 +325,9 @@ class LinearizationCache:
         if precompute: self.ensure(torch.arange(len(centers), device=centers.device))
 
     @property
-    def k(self)->int: return len(self.centers)
+    def k(self)->int:
+        "Number of centers (lookup keys)."
+        return len(self.centers)
 
     def __repr__(self):
         return (f'LinearizationCache(k={self.k}, layer={self.layer}, at={self.at!r}, '
@@ -335,7 +345,7 @@ def _farthest(cls,
               layer:int,           # l
               **kwargs,            # at, precompute, chunk, progress
              )->LinearizationCache:
-    "TPAMI's baseline: keys are the centers, each linearized at its cluster's member farthest from it."
+    "The baseline of Alfadly et al. 2020: keys are the centers, each linearized at its cluster's member farthest from it."
     far = farthest_members(x, centers, assignments)
     if (far < 0).any():
         raise ValueError(f'{int((far < 0).sum())} of the {len(far)} clusters are empty: they have no farthest member')
@@ -419,7 +429,7 @@ show_doc(LinearizationCache.moments)
 # %% [markdown]
 # **Exactness.** With k = N and the k-means centers of N distinct points, every center is one of the points and its
 # nearest key is itself: the cache returns the per-input linearization of `two_stage`, and its moments are those of
-# chapter 11. On a small seeded conv net in float64 (12 random images):
+# [Tightness on LeNet and MNIST](11_tightness.ipynb). On a small seeded conv net in float64 (12 random images):
 
 # %%
 small_net = seeded(nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 8), nn.ReLU(),
@@ -463,7 +473,8 @@ test_fail(lambda: LinearizationCache(small_net, km4.centers.float(), 2, precompu
 
 # %% [markdown]
 # ## Tightness against the number of centers
-# `centers_tightness` runs chapter 11's protocol once per image (one random covariance of trace $\sigma^2 n$, one
+# `centers_tightness` runs the protocol of [Tightness on LeNet and MNIST](11_tightness.ipynb) once per image (one
+# random covariance of trace $\sigma^2 n$, one
 # seeded Monte Carlo run of the real network) and compares it with the analytic moments of several linearizations
 # of the same images: per input, at k-means centers for several k, at farthest members. The random draws are those
 # of `tightness_table` for the same generator, so a per-input entry reproduces it exactly.
@@ -479,7 +490,7 @@ def centers_tightness(
     generator:torch.Generator|None=None,  # CPU generator for the covariances and Monte Carlo seeds
     progress:bool=False,                  # progress bar over the images' Monte Carlo runs
 )->dict:                                  # name -> TightnessTable
-    "TPAMI Table 4: one Monte Carlo run per image against the analytic moments of each linearization in `lins`."
+    "One Monte Carlo run per image against the analytic moments of each linearization in `lins` (Alfadly et al. 2020, Table 4)."
     like = next(model.parameters())
     N, n = images.shape[0], images[0].numel()
     for name, lin in lins.items():
@@ -500,18 +511,16 @@ def centers_tightness(
 
 
 # %% [markdown]
-# ## TPAMI Table 4 (CPU-sized)
+# ## Alfadly et al. (2020), Table 4 (CPU-sized)
 # The paper clusters the 10,000 MNIST test images with k from 250 (2.5% of them) to 10,000 (all: per-input) and
 # evaluates $E_r$ over all of them at four noise levels with $10^4$ samples. The default run here keeps the
 # *fractions* k / N: it clusters the **1,000** bundled test images (`mnist_slice`) with
 # **k ∈ {25, 100, 250, 1000}** (the paper's 250, 1000, 2500, 10000), adds the baseline at **k = 25** (the paper's
 # 250*), and evaluates **6** randomly chosen clustered images at **σ = 0.01** with **2,000** Monte Carlo samples each,
-# LeNet at $l = 3$ linearized in float64. Only the centers those 6 images use are linearized. The cost is about 2 s
-# per image and linearization (0.6 s for `two_stage`, 1.4 s for the exact and old variances with a dense 784 x 784
-# covariance), so each further configuration of the table costs some 12 s here.
+# LeNet at $l = 3$ linearized in float64. Only the centers those 6 images use are linearized.
 
 # %%
-PUBLISHED4 = {   # TPAMI Table 4 (means over images and logits; '*': farthest-member baseline): E_mean, E_var old, E_var new
+PUBLISHED4 = {   # Alfadly et al. 2020, Table 4 (means over images and logits; '*': farthest-member baseline): E_mean, E_var old, E_var new
     0.001: {'250': (0.524, 0.282, 0.205), '250*': (0.846, 0.293, 0.303), '500': (0.474, 0.269, 0.194),
             '500*': (0.766, 0.277, 0.276), '1000': (0.414, 0.260, 0.185), '2500': (0.315, 0.241, 0.165),
             '5000': (0.194, 0.224, 0.140), '10000': (0.003, 0.200, 0.100)},
@@ -542,20 +551,22 @@ def table4(model, clustered, caches, eval_index, sigmas, n_mc, seed=2018, progre
     gen = torch.Generator().manual_seed(seed)
     return {s: centers_tightness(model, clustered[eval_index], s, lins, n_mc, gen, progress) for s in sigmas}
 
-def show_table4(summary, published_names):
-    "Print ours beside the published numbers; `summary`: {sigma: {name: (E_mean, E_old, E_new)}}."
-    print(f"{'sigma':>6} {'k':>6} {'paper k':>8} | {'E[E_err]':>8} {'paper':>6} | {'E[var_err] old':>14} {'paper':>6} | "
-          f"{'E[var_err] new':>14} {'paper':>6}")
-    for s, rows in summary.items():
-        for name, ours in rows.items():
+def show_table4(summary, published_names, caption=None):
+    "Ours beside the published numbers, as a Table; `summary`: {sigma: {name: (E_mean, E_old, E_new)}}."
+    rows = []
+    for s, named in summary.items():
+        for name, ours in named.items():
             paper_name = published_names.get(name, name)
             p = PUBLISHED4.get(s, {}).get(paper_name, (float('nan'),) * 3)
-            print(f"{s:>6} {name:>6} {paper_name:>8} | {ours[0]:>8.3f} {p[0]:>6.3f} | {ours[1]:>14.3f} {p[1]:>6.3f} | "
-                  f"{ours[2]:>14.3f} {p[2]:>6.3f}")
+            rows.append([s, name, paper_name, ours[0], p[0], ours[1], p[1], ours[2], p[2]])
+    return Table(rows, ['sigma', 'k', 'paper k', 'E_r mean', 'paper', 'E_r old var', 'paper', 'E_r exact var', 'paper'],
+                 {'sigma': 'g', **dict.fromkeys(['E_r mean', 'paper', 'E_r old var', 'E_r exact var'], '.3f')},
+                 caption=caption)
 
 RESULTS = Path('../data/results/centers_table4.json')
 
 def summarize(tables):
+    "Mean E_r of the mean, old and exact variance: {sigma: {name: (E_mean, E_old, E_new)}}."
     return {s: {name: tuple(t.summary()[c] for c in ('mean', 'old', 'exact')) for name, t in rows.items()}
             for s, rows in tables.items()}
 
@@ -571,55 +582,86 @@ tables = table4(lenet, images, caches, eval_index, sigmas=(0.01,), n_mc=2000)
 seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
 small_summary = summarize(tables)
 SMALL_NAMES = {'25': '250', '25*': '250*', '100': '1000', '250': '2500', '1000': '10000'}
-show_table4(small_summary, SMALL_NAMES)
 print(f'1000 clustered images, 6 evaluated, 2000 samples, sigma = 0.01: {seconds:.0f} s wall, '
       f'{cpu_seconds:.0f} s CPU on {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s)')
-
-# %% [markdown]
-# What this run checks: with k = N (every image its own center) the numbers are chapter 11's per-input ones, with
-# the mean within 5% of Monte Carlo on average; fewer centers make the mean's $E_r$ larger, and the
-# farthest-member baseline is worse than the centers at the same k, as in the paper. With 6 images these are rough
-# averages (the paper's standard deviations over images are as large as the means); the trend, not the digits, is
-# the claim. Our old variance's $E_r$ (about 0.6 against the paper's 0.2-0.3) is chapter 11's deviation again: on the
-# bundled LeNet Theorem 2's variance is about half of Monte Carlo's at every k, not a property of the centers.
+show_table4(small_summary, SMALL_NAMES, caption='mean E_r over 6 images and 10 logits; paper: Alfadly et al. 2020, '
+                                                'Table 4, with k scaled by 10 ("paper k")')
 
 # %%
+#| echo: false
 t4 = small_summary[0.01]
+old_ratio = {name: (t.mc_var / t.var_old).mean().item() for name, t in tables[0.01].items()}
+Markdown(f"""What this run checks: with k = N (every image its own center) the numbers are the per-input ones of
+[Tightness on LeNet and MNIST](11_tightness.ipynb), the mean's $E_r$ {t4['1000'][0]:.3f}; fewer centers make the mean's
+$E_r$ larger ({t4['25'][0]:.3f} at k = 25), and the farthest-member baseline is worse than the centers at the same k
+({t4['25*'][0]:.3f}), as in the paper. With 6 images these are rough averages (the paper's standard deviations over
+images are as large as the means); the trend, not the digits, is the claim. Our old variance's $E_r$ (about
+{sum(v[1] for v in t4.values()) / len(t4):.2f} against the paper's 0.2-0.3) is the deviation already seen in
+[Tightness on LeNet and MNIST](11_tightness.ipynb): on the bundled LeNet Monte Carlo's variance is
+{min(old_ratio.values()):.1f} to {max(old_ratio.values()):.1f} times Theorem 2's at every k, not a property of the
+centers.""")
+
+# %%
 assert t4['1000'][0] < 0.05, t4['1000']
 assert t4['25'][0] > 3 * t4['1000'][0] and t4['25'][2] > t4['1000'][2], (t4['25'], t4['1000'])
 assert t4['25*'][0] > t4['25'][0], t4
+
+# %% [markdown]
+# What one image costs in this protocol, on LeNet at $l = 3$ in float64 (best of 1 after a warm-up): one
+# linearization and the memory it takes, the exact and old variances under a dense $784 \times 784$ covariance, and
+# Monte Carlo of the real network with 2,000 samples:
+
+# %%
+lenet64, one = copy.deepcopy(lenet).double(), images[:1].double()
+cov1 = random_covariance(784, 0.01, torch.Generator().manual_seed(0))
+t_two = best_time(lambda: two_stage(lenet64, one, 3), 1)
+lin1 = two_stage(lenet64, one, 3)
+S1 = dense(cov1)[None]
+t_mom = best_time(lambda: [lin1.moments(one.flatten(1), S1, method=m, full=False) for m in ('exact', 'zero_mean')], 1)
+cov1_32 = LowRankCov(*(t.float() for t in cov1))
+t_mc = best_time(lambda: mc_moments(lenet, images[0], cov1_32, n=2000, seed=0, full_cov=False), 1)
+mb = sum(t.numel() * t.element_size() for t in lin1) / 1e6
+Table([('two_stage (one linearization)', t_two, mb), ('exact and old variances', t_mom, None),
+       ('Monte Carlo, 2,000 samples', t_mc, None)], ['one image', 's', 'MB stored'], {'s': '.2f', 'MB stored': '.1f'})
+
+# %%
+#| echo: false
+Markdown(f"""Each further configuration of the table costs about {t_two + t_mom:.1f} s per image (its linearization
+and moments), and each linearization stored takes {mb:.1f} MB: the 10,000 of Table 4's largest k would take
+{mb * 10_000 / 1e3:.0f} GB.""")
 
 # %% [markdown]
 # ## Figure: $E_r$ against the number of centers
 
 # %%
 #| label: fig-centers
-#| fig-cap: "E_r of the analytic mean and of the exact and old variances against Monte Carlo, against the number of linearization centers k as a fraction of the clustered images (ours: 1,000 images, 6 evaluated, sigma = 0.01, 2,000 samples; TPAMI Table 4: 10,000 images, sigma = 0.01); crosses: the farthest-member baseline."
+#| fig-cap: "E_r of the analytic mean and of the exact and old variances against Monte Carlo, against the number of linearization centers k as a fraction of the clustered images (ours: 1,000 images, 6 evaluated, sigma = 0.01, 2,000 samples; Alfadly et al. 2020, Table 4: 10,000 images, sigma = 0.01); crosses: the farthest-member baseline."
 fig, axes = plt.subplots(1, 3, figsize=(10, 2.8), layout='constrained', sharey=True)
 ours_k = [25, 100, 250, 1000]
 paper_k = [250, 500, 1000, 2500, 5000, 10000]
 for c, (ax, title) in enumerate(zip(axes, ('mean', 'variance (old, Theorem 2)', 'variance (exact)'))):
     ax.plot([k / 1000 for k in ours_k], [t4[str(k)][c] for k in ours_k], 'o-', label='ours')
-    ax.plot([k / 10000 for k in paper_k], [PUBLISHED4[0.01][str(k)][c] for k in paper_k], 's--', label='TPAMI')
+    ax.plot([k / 10000 for k in paper_k], [PUBLISHED4[0.01][str(k)][c] for k in paper_k], 's--', label='Alfadly et al. 2020')
     ax.plot([0.025], [t4['25*'][c]], 'x', color='C0', ms=8, label='ours, farthest')
     ax.plot([0.025, 0.05], [PUBLISHED4[0.01]['250*'][c], PUBLISHED4[0.01]['500*'][c]], '+', color='C1', ms=9,
-            label='TPAMI, farthest')
+            label='paper, farthest')
     ax.set(xscale='log', xlabel='k / N', title=title)
 axes[0].set(ylabel='mean E_r'); axes[0].legend(fontsize=7);
 
 # %% [markdown]
 # ## Full size (`#| slow`)
-# The paper's size: the 10,000 MNIST test images (`netmoments.data.load('mnist', 'test')`, from `NETMOMENTS_DATA`),
-# k ∈ {250, 500, 1000, 2500, 5000, 10000}, the baseline at 250 and 500, σ ∈ {0.001, 0.01, 0.05, 0.1}, $10^4$ samples.
-# On this CPU that is far out of reach: $4\cdot10^8$ LeNet evaluations for Monte Carlo (some 70 hours at 0.6 ms each),
-# 8 x 10,000 float64 linearizations (about 13 hours) and $3.2\cdot10^5$ analytic evaluations with a dense 784 x 784
-# covariance (about 120 hours at 1.4 s). Only the clustering is cheap: the six k-means runs on the 10,000 test
-# images take 9, 13, 19, 41, 69 and 96 s of CPU time here for k = 250 ... 10,000 (measured; all converged, in 25,
-# 19, 16, 11, 8 and 1 Lloyd steps; at k = 10,000 the inertia is 0, every image its own center). The cell runs only
-# with `NETMOMENTS_FULL=1` (on a GPU: `NETMOMENTS_DEVICE=cuda`; `NETMOMENTS_FULL_IMAGES` evaluates a random subset
-# of the test images, all 10,000 still clustered) and saves `data/results/centers_table4.json`, which the cell after
-# it shows. **It has not been run** (no GPU was lent to this task); its code path was exercised on a reduced
-# configuration (300 test images clustered with k ∈ {20, 50}, 3 evaluated, 200 samples, two noise levels).
+
+# %%
+#| echo: false
+Markdown(f"""The paper's size: the 10,000 MNIST test images (`netmoments.data.load('mnist', 'test')`, from
+`NETMOMENTS_DATA`), k ∈ {{250, 500, 1000, 2500, 5000, 10000}}, the baseline at 250 and 500,
+σ ∈ {{0.001, 0.01, 0.05, 0.1}}, $10^4$ samples. At the speeds measured above, on a CPU that is far out of reach:
+$4\\cdot10^8$ LeNet evaluations for Monte Carlo (about {t_mc / 2000 * 4e8 / 3600:.0f} hours), 8 x 10,000 float64
+linearizations (about {t_two * 8e4 / 3600:.0f} hours) and $3.2\\cdot10^5$ analytic evaluations with a dense 784 x 784
+covariance (about {t_mom * 3.2e5 / 3600:.0f} hours); only the clustering is cheap. The cell runs only with
+`NETMOMENTS_FULL=1` (on a GPU: `NETMOMENTS_DEVICE=cuda`; `NETMOMENTS_FULL_IMAGES` evaluates a random subset of the
+test images, all 10,000 still clustered) and saves `data/results/centers_table4.json`, which the cell after it
+shows when it exists.""")
 
 # %%
 #| slow
@@ -651,7 +693,8 @@ if os.environ.get('NETMOMENTS_FULL') == '1':
 if RESULTS.exists():
     saved = json.loads(RESULTS.read_text())
     print(f"full-size run: {saved['images']} images, {saved['n_mc']} samples, {saved['seconds']:.0f} s on {saved['device']}")
-    show_table4({float(s): rows for s, rows in saved['table'].items()}, {})
+    display(show_table4({float(s): rows for s, rows in saved['table'].items()}, {},
+                        caption='full size; paper: Alfadly et al. 2020, Table 4'))
 else:
     print('no full-size results saved (data/results/centers_table4.json): run the slow cell with NETMOMENTS_FULL=1')
 
