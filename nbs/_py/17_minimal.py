@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Minimal-norm L2 attacks
-# > FGS and FGV with the thesis's line search, DeepFool and decoupled direction and norm (DDN): per-sample adversarial perturbations, each re-classified in float64 before its norm counts, to check the lower bounds of the next chapters against (Peck et al. thesis §2.5, Algorithm 2.1; SPEC §7)
+# > FGS and FGV with a line search (Peck 2017, §2.5, Algorithm 2.1), DeepFool and decoupled direction and norm (DDN): per-sample adversarial perturbations, each re-classified in float64 before its norm counts: the references that lower bounds on the robustness are checked against
 
 # %%
 #| default_exp minimal
@@ -20,6 +20,8 @@ from netmoments.core import check_finite
 #| hide
 import time
 from fastcore.test import test_eq, test_close, test_fail
+from IPython.display import Markdown
+from netmoments.core import Table
 from netmoments.models import pretrained, mnist_slice
 
 
@@ -33,12 +35,12 @@ from netmoments.models import pretrained, mnist_slice
 # - **float64 verification.** An attack runs the network in its own dtype (float32 for speed), but a perturbation
 #   counts only after the float64 copy of the network classifies $x + \eta$ (in float64) differently from $x$. A
 #   float32 decision that flips by rounding is not an adversarial example.
-# - **no box constraint.** The bounds of Peck et al. hold for any $\eta \in \mathbb R^d$; clipping to the pixel
+# - **no box constraint.** The bounds of [Peck et al. (2017)](99_references.ipynb#peck2017) hold for any $\eta \in \mathbb R^d$; clipping to the pixel
 #   range would only make the attacks weaker, so we do not clip.
 # - **ties refused.** A sample whose two largest float64 logits are equal has no well-defined class; it raises.
 #
 # Each attack ends with a float64 *ray search*: the perturbation $\eta$ is scaled by $t \in [0, 1]$ and a bisection
-# keeps the smallest $t$ found at which $x + t\eta$ is still adversarial (the line search of thesis Algorithm 2.1).
+# keeps the smallest $t$ found at which $x + t\eta$ is still adversarial (the line search of [Peck (2017)](99_references.ipynb#peck2017thesis), Algorithm 2.1).
 
 # %% [markdown]
 # ## The result and the float64 check
@@ -65,7 +67,7 @@ def as_float64(
 def predict(
     model64:nn.Module,  # a float64 network
     x:Tensor,           # inputs (N, ...)
-    check_ties:bool=True,
+    check_ties:bool=True,  # raise where the two largest logits of a sample are equal
 )->Tensor:              # (N,) int64 classes, computed in float64
     "The float64 class of each sample; raises ValueError where the two largest logits are tied."
     with torch.no_grad(): logits = model64(x.double())
@@ -152,8 +154,9 @@ test_eq(t[1].item(), math.inf)   # x + 1 u = (2, 1) is not adversarial: refused,
 
 # %% [markdown]
 # ## Fast gradient sign and fast gradient value with a line search
-# FGS perturbs along $\mathrm{sign}(\nabla_x L)$ and FGV along $\nabla_x L$ (thesis §2.5.2, §2.5.4, eqs 2.8, 2.10),
-# $L$ the cross-entropy at the predicted class. The thesis finds the smallest $\varepsilon$ by bisection on
+# FGS ([Goodfellow et al. (2015)](99_references.ipynb#goodfellow2015)) perturbs along $\mathrm{sign}(\nabla_x L)$ and FGV along
+# $\nabla_x L$ ([Peck (2017)](99_references.ipynb#peck2017thesis), §2.5.2 and §2.5.4, eqs. 2.8 and 2.10), $L$ the cross-entropy at the predicted class.
+# Peck (2017) finds the smallest $\varepsilon$ by bisection on
 # $[0, M]$ (Algorithm 2.1). We first grow $\varepsilon$ geometrically from `eps_min` (doubling, at most `eps_max`)
 # until the class flips, so the bisection brackets the *first* flip along the ray rather than any flip in $[0, M]$,
 # then bisect in float64.
@@ -180,6 +183,7 @@ def _grow(model, x, u, label, eps_min, eps_max):
     return hi
 
 def _fgs_fgv(model, model64, x, label, sign, eps_min, eps_max, steps):
+    "FGS (sign) or FGV directions u and their verified smallest adversarial scales."
     g = _loss_grad(model, x, label)
     u = g.sign() if sign else g / _bcast(g.flatten(1).norm(dim=1).clamp_min(1e-300), g)
     return u, ray_search(model, model64, x, u, _grow(model, x, u, label, eps_min, eps_max), label, steps)
@@ -187,7 +191,7 @@ def _fgs_fgv(model, model64, x, label, sign, eps_min, eps_max, steps):
 
 # %% [markdown]
 # ## DeepFool
-# DeepFool (Moosavi-Dezfooli et al. 2016) linearizes the logit differences $f_k - f_c$ at the current point and steps
+# DeepFool ([Moosavi-Dezfooli et al. (2016)](99_references.ipynb#moosavidezfooli2016)) linearizes the logit differences $f_k - f_c$ at the current point and steps
 # to the nearest linearized boundary, $r = \frac{|f_k - f_c| + \xi}{\|w_k\|^2} w_k$, $w_k = \nabla(f_k - f_c)$, over
 # the closest $k$, until the class changes; the total is scaled by $1 + $ `overshoot`. On a linear classifier it
 # lands on the boundary in one step: it is exact there. Batched; each step computes the $C$ logit gradients with
@@ -196,6 +200,7 @@ def _fgs_fgv(model, model64, x, label, sign, eps_min, eps_max, steps):
 # %%
 #| export
 def _deepfool(model, model64, x, label, max_iter, overshoot):
+    "DeepFool's accumulated perturbation, scaled by 1 + overshoot, batched over the samples not yet adversarial."
     r = torch.zeros_like(x)
     active = torch.ones(len(x), dtype=torch.bool, device=x.device)
     for _ in range(max_iter):
@@ -224,7 +229,7 @@ def _deepfool(model, model64, x, label, max_iter, overshoot):
 
 # %% [markdown]
 # ## Decoupled direction and norm (DDN)
-# DDN (Rony et al. 2019) is a strong minimal-norm attack: it takes normalized gradient-ascent steps on the
+# DDN ([Rony et al. (2019)](99_references.ipynb#rony2019)) is a strong minimal-norm attack: it takes normalized gradient-ascent steps on the
 # cross-entropy, and keeps the perturbation on a sphere whose radius $\varepsilon$ shrinks by a factor $1 - \gamma$
 # while the point is adversarial and grows by $1 + \gamma$ while it is not, remembering the smallest adversarial
 # perturbation seen. Our variant is scale-free (the step is a fraction `alpha` of the current radius, cosine-annealed
@@ -234,6 +239,7 @@ def _deepfool(model, model64, x, label, max_iter, overshoot):
 # %%
 #| export
 def _ddn(model, x, label, steps, gamma, alpha, init_norm, init):
+    "The smallest adversarial perturbation DDN meets in `steps` iterations (zeros where it meets none)."
     n = len(x)
     if init is None:
         g = _loss_grad(model, x, label)
@@ -276,7 +282,7 @@ def minimal_l2(
     x:Tensor,              # inputs (N, ...) on the model's device
     method:str='ddn',      # 'fgs', 'fgv' (line search), 'deepfool' or 'ddn'
     eps_min:float=1e-3,    # fgs/fgv: first scale tried (then doubled)
-    eps_max:float=1e3,     # fgs/fgv: largest scale tried (the thesis's M)
+    eps_max:float=1e3,     # fgs/fgv: largest scale tried (M in Peck 2017, Algorithm 2.1)
     steps:int=100,         # ddn: iterations; deepfool: at most this many
     overshoot:float=0.02,  # deepfool's overshoot
     gamma:float=0.05,      # ddn's radius factor
@@ -284,8 +290,8 @@ def minimal_l2(
     init_norm:float=1.0,   # ddn's initial radius
     init:Tensor|None=None, # ddn: start from these perturbations (N, ...) instead
     ray_steps:int=25,      # bisection steps along the final perturbation
-    batch_size:int=1000,
-    progress:bool=False,
+    batch_size:int=1000,   # samples attacked at once
+    progress:bool=False,   # tqdm bar over the batches
 )->MinimalPerturbation:
     "Per-sample minimal-norm L2 adversarial perturbations by `method`, each verified in float64."
     if method not in METHODS: raise ValueError(f'method must be one of {", ".join(METHODS)}; got {method!r}')
@@ -324,11 +330,12 @@ def _result(model64, x, u, t, label):
 # %% [markdown]
 # ## Exactness on linear classifiers
 # For a linear classifier $f(x) = \arg\max_i w_i\cdot x + b_i$ the minimal perturbation is known in closed form
-# (thesis Theorem 3.6, tight): $\min_{c'\ne c} |(w_{c'} - w_c)\cdot x + b_{c'} - b_c| / \|w_{c'} - w_c\|$. DeepFool
-# reaches it to the ray search's resolution. DDN reaches it on most samples (median within 1%), but ascending the
-# cross-entropy can steer it to the boundary of a class that is not the closest one (up to 32% above here): that is
-# why `strongest` below also starts DDN from DeepFool's result. FGV (one gradient direction, not the closest
-# boundary's normal) and FGS (a sign vector) come only from above, as they must:
+# ([Peck (2017)](99_references.ipynb#peck2017thesis), Theorem 3.6, tight): $\min_{c'\ne c} |(w_{c'} - w_c)\cdot x + b_{c'} - b_c| / \|w_{c'} - w_c\|$.
+# DeepFool reaches it to the ray search's resolution. DDN reaches it on most samples (the median ratio to the exact
+# minimum is asserted below 1.01), but ascending the cross-entropy can steer it to the boundary of a class that is not
+# the closest one: that is why `strongest` below also starts DDN from DeepFool's result. FGV (one gradient direction,
+# not the closest boundary's normal) and FGS (a sign vector) come only from above, as they must. The table gives the
+# ratio of each attack's norm to the exact minimum over the samples:
 
 # %%
 gen = torch.Generator().manual_seed(0)
@@ -345,14 +352,19 @@ for m, r in found.items():
     assert (r.norm >= exact * (1 - 1e-9)).all(), m     # nothing beats the exact minimum
 test_close(found['deepfool'].norm, exact, eps=1e-6 * exact.max())
 assert (found['ddn'].norm / exact).median() < 1.01
-{m: round(float((r.norm / exact).mean()), 4) for m, r in found.items()}
+ratios = {m: r.norm / exact for m, r in found.items()}
+Table([[m, q.mean(), q.median(), q.max()] for m, q in ratios.items()], ['attack', 'mean', 'median', 'max'])
+
+# %%
+Markdown(f"DDN's worst sample lies {100 * (ratios['ddn'].max().item() - 1):.3g}% above the exact minimum.")
 
 
 # %% [markdown]
 # ## The strongest attack
 # `strongest` runs several attacks (DeepFool and FGV first, then DDN started from their better result, and DDN from
-# scratch) and keeps the smallest verified perturbation per sample: the reference the bound chapters count
-# violations against.
+# scratch) and keeps the smallest verified perturbation per sample: the reference that
+# [Lower bounds on the robustness to adversarial perturbations](16_bounds.ipynb) and
+# [Bounds against attacks on trained networks](18_bounds_experiments.ipynb) count violations against.
 
 # %%
 #| export
@@ -361,7 +373,7 @@ def strongest(
     x:Tensor,                  # inputs (N, ...)
     methods:tuple=('deepfool', 'fgv', 'ddn'),  # attacks run from scratch
     refine:bool=True,          # also run DDN started from the best perturbation found so far
-    progress:bool=False,
+    progress:bool=False,       # tqdm bars over each attack's batches
     **kwargs,                  # passed to `minimal_l2`
 )->MinimalPerturbation:        # per sample, the smallest verified perturbation over all attacks
     "The per-sample minimum over several `minimal_l2` attacks (the strongest attack implemented here)."
@@ -386,8 +398,9 @@ def min_over(
 
 # %% [markdown]
 # ## On LeNet and MNIST
-# On the bundled LeNet (inputs in $[0, 1]$), 25 test images: every attack succeeds on every image (no box), and the
-# minimal-norm attacks find perturbations several times smaller than FGS. Times are for this CPU-sized run.
+# On the bundled LeNet ([LeCun et al. (1998)](99_references.ipynb#lecun1998), inputs in $[0, 1]$), 25 MNIST test images: every attack
+# succeeds on every image (no box), and DDN's median norm is below FGS's (both asserted). The table gives the median
+# norm of each attack and of the strongest; its caption, the time all of them took.
 
 # %%
 net = pretrained('lenet-mnist')
@@ -400,8 +413,12 @@ elapsed = time.perf_counter() - t0
 for m, r in res.items(): assert r.success.all(), m
 assert best.success.all() and (best.norm <= res['ddn'].norm).all() and (best.norm <= res['deepfool'].norm).all()
 assert res['ddn'].norm.median() < res['fgs'].norm.median()
-print({m: round(float(r.norm.median()), 3) for m, r in res.items()}, 'strongest', round(float(best.norm.median()), 3),
-      f'({elapsed:.1f} s)')
+Table([[m, r.norm.median()] for m, r in res.items()] + [['strongest', best.norm.median()]], ['attack', 'median norm'],
+      fmt='.3f', caption=f'LeNet, 25 MNIST test images ({elapsed:.1f} s)')
+
+# %%
+Markdown(f"FGS's median norm is {(res['fgs'].norm.median() / best.norm.median()).item():.3g} times that of the "
+         "strongest attack.")
 
 # %% [markdown]
 # The verified perturbation is what counts: it flips the float64 network, and it has the reported norm.

@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Gaussian-robust training losses
-# > The analytic expected-logit regularizer of Alfadly et al. (eqs 3-5), N-fold noisy augmentation, and Lyu et al.'s gradient-norm regularizer and adversarial training (eqs 1-4) (SPEC §8-9)
+# > The analytic expected-logit regularizer of Alfadly et al. 2019 (eqs. 3-5), N-fold noisy augmentation, and the gradient-norm regularizer and adversarial training of Lyu et al. 2015 (eqs. 1-4)
 
 # %%
 #| default_exp regularizers
@@ -24,14 +24,16 @@ import time
 import sympy as sp
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_close, test_fail
+from IPython.display import Markdown
+from netmoments.core import Table
 from netmoments.models import pretrained, mnist_slice, lenet
 from netmoments.montecarlo import mc_moments
 from netmoments.bench import best_time
 
 # %% [markdown]
-# Alfadly et al. (`003`) train a network $\Phi$ to resist additive Gaussian noise $n \sim \mathcal N(0,
+# [Alfadly et al. (2019)](99_references.ipynb#alfadly2019) train a network $\Phi$ to resist additive Gaussian noise $n \sim \mathcal N(0,
 # \mathrm{Diag}(\sigma_x^2))$ by adding to the usual loss the loss of the *expected* logits under that noise
-# (eq 3, SPEC §8):
+# (eq. 3):
 # $$\min_\theta \sum_i \ell(\Phi(x_i), y_i) + \alpha\, \ell\big(\mathbb E_n[\Phi(x_i + n)], y_i\big).$$
 # The expectation is made cheap by splitting the network at its first ReLU,
 # $\Phi = \Omega \circ \mathrm{ReLU} \circ \Upsilon$ with $\Upsilon(x) = Ax + c_1$ affine, and taking $\Omega$ as
@@ -42,7 +44,8 @@ from netmoments.bench import best_time
 #
 # **Noise unit.** Throughout the library $\sigma$ is a standard deviation in input units, with images in $[0, 1]$;
 # the noise is added without clipping, in training (regularizer, augmentation) and in testing (`netmoments.robustness`)
-# alike. The official code of `003` (xmodar/gaussian-regularizer) differs in three ways that we avoid: its
+# alike. The official code of Alfadly et al. (2019) (the GitHub repository xmodar/gaussian-regularizer) differs in
+# three ways that we avoid: its
 # augmentation reused one noise field for every fold, its test noise was a single "ring" sample of fixed norm
 # $\sigma\sqrt n$ rather than Gaussian, and on CIFAR it measured $\sigma$ in different units in training and testing.
 
@@ -74,7 +77,7 @@ var_unit
 #
 # ## The rectified mean
 # For $z \sim \mathcal N(\mu, s^2)$, $\mathbb E[\mathrm{relu}(z)] = \mu\Phi(\mu/s) + s\varphi(\mu/s)$ (the
-# function $T$ of eq 1; chapter 3 checks it and the variance, `relu_mean` and `relu_var`):
+# function $T$ of eq. 1; [ReLU moments](03_relu.ipynb) checks it and the variance, `relu_mean` and `relu_var`):
 
 # %%
 z, mu = sp.symbols('z mu', real=True)
@@ -157,7 +160,7 @@ def first_layer_moments(
     x:Tensor,             # inputs (N, ...) in [0, 1]
     sigma:float|Tensor,   # noise std >= 0: a number, one per input entry (x.shape[1:]), or per sample (x.shape)
 )->tuple:                 # (mean, var) of relu(first_layer(x + n)), n ~ N(0, diag(sigma^2)), each (N, hidden...)
-    "Exact mean and variance of the first ReLU's output under Gaussian input noise (`003` eqs 1, 5)."
+    "Exact mean and variance of the first ReLU's output under Gaussian input noise (Alfadly et al. 2019, eqs. 1 and 5)."
     flat, affine, bn, _ = _first_block(model)
     var_x = _noise_var(x, sigma)
     if flat is not None: x, var_x = flat(x), flat(var_x)
@@ -225,7 +228,7 @@ def analytic_expected_logits(
     x:Tensor,             # inputs (N, ...) in [0, 1]
     sigma:float|Tensor,   # noise std, as in `first_layer_moments`
 )->Tensor:                # Omega(mu_3) ~ E[model(x + n)], shape (N, d)
-    "The cheap approximation of `003` eq 4 to the expected logits under Gaussian input noise."
+    "The cheap approximation of Alfadly et al. 2019, eq. 4, to the expected logits under Gaussian input noise."
     mean, _ = first_layer_moments(model, x, sigma)
     return _first_block(model)[3](mean)
 
@@ -239,7 +242,7 @@ def analytic_expected_logits(
 # %%
 test_close(analytic_expected_logits(net, images[:8], 0.), net(images[:8]), eps=1e-10)
 gen = torch.Generator().manual_seed(1)
-print('sigma  rel. error of Omega(mu3)  rel. error of model(x)  MC rel. SE')
+omega_rows = []
 for sig in (0.05, 0.1, 0.2, 0.3, 0.5):
     xs = images[:10]
     noisy = xs[None] + sig * torch.randn((500, *xs.shape), generator=gen, dtype=xs.dtype)
@@ -247,7 +250,9 @@ for sig in (0.05, 0.1, 0.2, 0.3, 0.5):
     mc_mean, mc_se = outs.mean(0), outs.std(0) / 500**0.5
     ana = analytic_expected_logits(net, xs, sig)
     rel = lambda a: ((a - mc_mean).norm(dim=1) / mc_mean.norm(dim=1)).mean().item()
-    print(f'{sig:5.2f}  {rel(ana):24.3f}  {rel(net(xs)):22.3f}  {(mc_se.norm(dim=1) / mc_mean.norm(dim=1)).mean():10.4f}')
+    omega_rows.append([sig, rel(ana), rel(net(xs)), (mc_se.norm(dim=1) / mc_mean.norm(dim=1)).mean()])
+Table(omega_rows, ['sigma', 'rel. error of Omega(mu3)', 'rel. error of model(x)', 'MC rel. SE'],
+      fmt={'sigma': '.2f', 'rel. error of Omega(mu3)': '.3f', 'rel. error of model(x)': '.3f', 'MC rel. SE': '.4f'})
 
 # %% [markdown]
 # The first column is the regularizer's error; the second is that of ignoring the noise altogether. That is not a
@@ -257,14 +262,14 @@ for sig in (0.05, 0.1, 0.2, 0.3, 0.5):
 # ## The regularized loss (eq 3)
 # `GaussianMomentLoss` computes $\ell(\Phi(x), y) + \alpha\,\ell(\Omega(\mu_3), y)$ with cross entropy averaged over
 # the batch. The first affine layer runs once; $\mathrm{relu}(\mu_2)$ and $\mu_3$ go through $\Omega$ as one
-# batch of $2N$, so a step costs one extra pass of $\Omega$ (measured in chapter 22). If $\Omega$ holds a batch norm
+# batch of $2N$, so a step costs one extra pass of $\Omega$ (timed in [Robust training experiments](22_robust_training.ipynb)). If $\Omega$ holds a batch norm
 # in training mode, the two halves go through it separately, so each is normalized by its own batch statistics.
 #
 # ## A fused first ReLU for training
 # A training step evaluates $\mathrm{relu}(\mu_2)$ and $\mu_3 = T(\mu_2, \sigma_2)$ on every first-layer unit of
-# every image (11,520 per MNIST digit in LeNet) and differentiates both. Composed from torch operations, $T$ is some
-# twenty elementwise kernels forward and as many again in autograd's backward, which on LeNet cost more than the
-# second pass of $\Omega$ itself. Its derivatives are simple, though: the terms from differentiating $\Phi$ and
+# every image (11,520 per MNIST digit in LeNet) and differentiates both. Composed from torch operations, $T$ is a chain
+# of elementwise kernels forward and as many again in autograd's backward, each a pass over all those units. Its
+# derivatives are simple, though: the terms from differentiating $\Phi$ and
 # $\varphi$ cancel,
 # $$\frac{\partial T}{\partial \mu} = \Phi(\mu/s), \qquad \frac{\partial T}{\partial s} = \varphi(\mu/s),$$
 # which sympy confirms:
@@ -280,8 +285,8 @@ sp.diff(closed, mu), sp.simplify(sp.diff(closed, s))
 # keeps $\Phi$ and $\varphi$ from the forward pass, and its backward is two multiply-adds. It writes $T$ as
 # $\mathrm{relu}(\mu) + s\,g(|\mu|/s)$ with $g(a) = \varphi(a) - a\Phi(-a) \ge 0$ (the same function, as
 # $\Phi(-a) = 1 - \Phi(a)$), so $T \ge \mathrm{relu}(\mu)$ holds in floating point too, and it caps $a$ where
-# $\Phi(-a)$ and $\varphi(a)$ are still normal numbers ($a = 12$ in float32, where $g < 10^{-33}$): a CPU computes
-# with subnormal numbers many times slower. $\sigma_2$ stays in the
+# $\Phi(-a)$ and $\varphi(a)$ are still normal numbers (the cap and $g$ there are computed below the code): a CPU
+# computes with subnormal numbers many times slower. $\sigma_2$ stays in the
 # shape of the variance map (one input, or one per sample), and its gradient is summed over the batch. Where
 # $\sigma_2 = 0$ the ratio $\mu/\sigma_2$ saturates at $\pm 50$, so $T = \mathrm{relu}(\mu)$ and the gradients are the
 # one-sided limits, with no division by zero. When a second derivative is asked for (`create_graph=True`, e.g. a
@@ -335,9 +340,14 @@ def _relu_pair(mu, var):
     return _ReluPair.apply(mu, s.masked_fill(zero, 0).to(mu.dtype))
 
 
+# %%
+cap32 = max(12., math.sqrt(-2 * math.log(torch.finfo(torch.float32).tiny)) - 1)   # the cap of _ReluPair.forward, as |h|
+a_cap = torch.tensor(cap32, dtype=torch.float64)
+Markdown(f'In float32 the cap is $a = {cap32:.3g}$, where $g(a) = {(normal_pdf(a_cap) - a_cap * normal_cdf(-a_cap)).item():.2g}$.')
+
 # %% [markdown]
 # It is the composed $T$ to rounding, with the same gradients (`gradcheck`, and `gradgradcheck` for the second
-# derivatives), including units of zero variance; and it is several times faster:
+# derivatives), including units of zero variance; the timing at the end compares the two:
 
 # %%
 g_pair = torch.Generator().manual_seed(0)
@@ -368,7 +378,7 @@ print(f'forward + backward over 100 x 11,520 units (float32): composed {1e3 * t_
 # %%
 #| export
 class GaussianMomentLoss(nn.Module):
-    "l(f(x), y) + alpha * l(E[f(x + n)], y) with the analytic expected logits (`003` eq 3), n ~ N(0, diag(sigma^2))."
+    "l(f(x), y) + alpha * l(E[f(x + n)], y) with the analytic expected logits (Alfadly et al. 2019, eq. 3), n ~ N(0, diag(sigma^2))."
     def __init__(self,
                  sigma:float|Tensor,  # training noise std (input units, images in [0, 1]); >= 0
                  alpha:float=1.,      # weight of the expected-logit term; >= 0
@@ -379,6 +389,7 @@ class GaussianMomentLoss(nn.Module):
         self.sigma, self.alpha, self.loss = sigma, alpha, loss
 
     def forward(self, model:nn.Sequential, x:Tensor, y:Tensor)->Tensor:
+        "The regularized loss of `model` on the batch (x, y)."
         flat, affine, bn, rest = _first_block(model)
         var_x = _noise_var(x, self.sigma)
         if len(y) != len(x): raise ValueError(f'x and y must hold as many samples; got {len(x)} and {len(y)}')
@@ -410,7 +421,7 @@ test_fail(lambda: GaussianMomentLoss(0.3)(net, images[:16], ys[:3]), contains='a
 
 # %% [markdown]
 # ## Noisy data augmentation
-# The baseline `003` compares against: each sample becomes $\tilde N$ samples, itself and $\tilde N - 1$ noisy copies
+# The baseline [Alfadly et al. (2019)](99_references.ipynb#alfadly2019) compare against: each sample becomes $\tilde N$ samples, itself and $\tilde N - 1$ noisy copies
 # (our reading of $\tilde N \in \{2, 6, 11, 21\}$, "the number of added noisy training examples"), each with its own
 # fresh i.i.d. noise. The official code drew one noise field per fold and added it to every sample of the batch;
 # here no two samples, in or across folds, share noise. No clipping (the noise unit above).
@@ -445,19 +456,20 @@ test_eq(bool((noise[0] - noise[1]).abs().min() > 0), True)                # samp
 test_fail(lambda: noisy_augmentation(xa, ya, 0.1, 0), contains='folds must be')
 
 # %% [markdown]
-# ## Lyu et al.'s gradient family (`004` eqs 1-4)
-# The worst perturbation of $\ell_p$ size $\sigma$ to first order is
-# $\epsilon = \sigma\,\mathrm{sign}(g)\,(|g|/\|g\|_{p^*})^{1/(p-1)}$, $g = \nabla_x L$, $1/p + 1/p^* = 1$ (SPEC §9):
-# FGSM for $p = \infty$, $\sigma g/\|g\|_2$ for $p = 2$, all of $\sigma$ on the largest $|g_i|$ for $p = 1$. It
+# ## The gradient family of Lyu et al. (2015), eqs. 1-4
+# In [Lyu et al. (2015)](99_references.ipynb#lyu2015), the worst perturbation of $\ell_p$ size $\sigma$ to first order is
+# $\epsilon = \sigma\,\mathrm{sign}(g)\,(|g|/\|g\|_{p^*})^{1/(p-1)}$, $g = \nabla_x L$, $1/p + 1/p^* = 1$:
+# FGSM ([Goodfellow et al. (2015)](99_references.ipynb#goodfellow2015)) for $p = \infty$, $\sigma g/\|g\|_2$ for $p = 2$, all of $\sigma$ on the largest $|g_i|$ for $p = 1$. It
 # raises the loss by $\sigma\|g\|_{p^*}$ to first order, which gives the regularized objective
-# $L(x) + \sigma\|\nabla_x L\|_{p^*}$ (eq 4). `netmoments.attacks` (another chapter) was not yet available when this
-# was written, so the perturbation is a private helper here.
+# $L(x) + \sigma\|\nabla_x L\|_{p^*}$ (eq. 4). The perturbation itself is `lp_perturbation` of
+# [Gaussian attacks and gradient-family perturbations](14_attacks.ipynb).
 
 # %%
 #| exporti
 _DUAL = {1: float('inf'), 2: 2., float('inf'): 1.}
 
 def _check_p(p):
+    "p as 1., 2. or inf; anything else raises."
     p = float(p) if p in (1, 2) or p == float('inf') else p
     if p not in _DUAL: raise ValueError(f"p must be 1, 2 or float('inf'); got {p!r}")
     return p
@@ -475,17 +487,18 @@ def _dual_norm(g, q):
 # %%
 #| export
 class GradientNormLoss(nn.Module):
-    "L(x) + sigma * ||grad_x L||_{p*} by double backpropagation (`004` eq 4), both averaged over the batch."
+    "L(x) + sigma * ||grad_x L||_{p*} by double backpropagation (Lyu et al. 2015, eq. 4), both averaged over the batch."
     needs_input_grad = True
     def __init__(self,
                  sigma:float,         # perturbation size (input units); >= 0
                  p:float=2,           # the perturbation norm: 1, 2 or inf; the penalty uses its dual p*
-                 loss=F.cross_entropy):
+                 loss=F.cross_entropy):  # loss(logits, y, reduction='none') -> per-sample losses
         super().__init__()
         if not (isinstance(sigma, (int, float)) and sigma >= 0): raise ValueError(f'sigma must be a number >= 0; got {sigma!r}')
         self.sigma, self.p, self.loss = sigma, _check_p(p), loss
 
     def forward(self, model:nn.Module, x:Tensor, y:Tensor)->Tensor:
+        "The loss plus the gradient-norm penalty of `model` on the batch (x, y)."
         if len(y) != len(x): raise ValueError(f'x and y must hold as many samples; got {len(x)} and {len(y)}')
         x = x.detach().requires_grad_(True)
         losses = self.loss(model(x), y, reduction='none')
@@ -513,7 +526,8 @@ test_fail(lambda: GradientNormLoss(0.3, 3), contains='p must be 1, 2')
 # %% [markdown]
 # ## Adversarial training with $\epsilon(p)$
 # `AdversarialLoss` trains on $w\,L(x) + (1 - w)\,L(x + \epsilon(p))$ with the perturbation above computed at the
-# current weights and held fixed (Goodfellow et al.'s objective, which Lyu et al. generalize to any $p$).
+# current weights and held fixed (the objective of Goodfellow et al. (2015), which Lyu et al. (2015) generalize to any
+# $p$).
 
 # %%
 #| export
@@ -523,9 +537,9 @@ def adversarial_examples(
     y:Tensor,            # labels (N,)
     eps:float,           # l_p size of the perturbation
     p:float=float('inf'),  # 1, 2 or inf
-    loss=F.cross_entropy,
+    loss=F.cross_entropy,  # loss(logits, y, reduction=...) whose gradient gives the direction
 )->Tensor:               # x + eps(p), detached
-    "x plus the first-order worst l_p perturbation of size eps (`004` eq 3 via `attacks.lp_perturbation`; FGSM for p = inf)."
+    "x plus the first-order worst l_p perturbation of size eps (Lyu et al. 2015, eq. 3, via `attacks.lp_perturbation`; FGSM for p = inf)."
     p = _check_p(p)
     if len(y) != len(x): raise ValueError(f'x and y must hold as many samples; got {len(x)} and {len(y)}')
     x = x.detach().requires_grad_(True)
@@ -534,12 +548,17 @@ def adversarial_examples(
 
 class AdversarialLoss(nn.Module):
     "weight * L(x) + (1 - weight) * L(adversarial_examples(x)), the adversarial-training objective."
-    def __init__(self, eps:float, p:float=float('inf'), weight:float=0.5, loss=F.cross_entropy):
+    def __init__(self,
+                 eps:float,             # l_p size of the perturbation
+                 p:float=float('inf'),  # 1, 2 or inf
+                 weight:float=0.5,      # weight of the clean loss, in [0, 1]
+                 loss=F.cross_entropy): # loss(logits, y) -> scalar
         super().__init__()
         if not 0 <= weight <= 1: raise ValueError(f'weight must be in [0, 1]; got {weight!r}')
         self.eps, self.p, self.weight, self.loss = eps, _check_p(p), weight, loss
 
     def forward(self, model:nn.Module, x:Tensor, y:Tensor)->Tensor:
+        "The weighted clean and adversarial loss of `model` on the batch (x, y)."
         xa = adversarial_examples(model, x, y, self.eps, self.p, self.loss)
         out = model(torch.cat([x, xa]))
         return self.weight * self.loss(out[:len(x)], y) + (1 - self.weight) * self.loss(out[len(x):], y)

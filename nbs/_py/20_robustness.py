@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Robustness to Gaussian noise
-# > The robustness metric of Alfadly et al. (eq 6) with true, fresh, seeded Gaussian noise and its area under the curve; Lyu et al.'s misclassification model under Gaussian noise (eqs 26-33) beside the measured rate (SPEC §8-9)
+# > The robustness metric of Alfadly et al. 2019 (eq. 6) with true, fresh, seeded Gaussian noise and its area under the curve; the misclassification model of Lyu et al. 2015 under Gaussian noise (eqs. 26-33) beside the measured rate
 
 # %%
 #| default_exp robustness
@@ -21,12 +21,13 @@ from netmoments.gaussian import normal_cdf
 #| hide
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_close, test_fail
+from netmoments.core import Table
 from netmoments.models import pretrained, mnist_slice
 
 
 # %% [markdown]
-# ## The robustness metric (`003` eq 6)
-# For a classifier $\psi(x) = \arg\max_i \Psi_i(x)$, `003` defines the robustness of a point against noise
+# ## The robustness metric: Alfadly et al. (2019), eq. 6
+# For a classifier $\psi(x) = \arg\max_i \Psi_i(x)$, [Alfadly et al. (2019)](99_references.ipynb#alfadly2019) define the robustness of a point against noise
 # $n \sim \mathcal D$ as $\mathfrak R_{\mathcal D}(x) = \mathbb P\{\psi(x + n) = \psi(x)\}$, relaxes it to 0/1 over
 # $m$ samples (1 if none of $m$ noisy copies changes the prediction), averages over the test set, and then over 30
 # values of $\sigma$ evenly spaced in $[0, 0.5]$ (inputs in $[0, 1]$). Choices made here, each a parameter:
@@ -36,7 +37,7 @@ from netmoments.models import pretrained, mnist_slice
 #   give the same result. The paper's cheaper variant, one sample of norm exactly $\sigma\sqrt n$ (what the official
 #   code does, "ring" noise, not Gaussian), is `fixed_norm=True`.
 # - **No clipping** by default: $x + n$ may leave $[0, 1]$, as in the Gaussian model the regularizer trains for
-#   (chapter 19). `clip=True` clamps the noisy input to $[0, 1]$.
+#   ([Gaussian-robust training losses](19_regularizers.ipynb)). `clip=True` clamps the noisy input to $[0, 1]$.
 # - `mode="clean"` (the paper's): agree with the clean prediction; `mode="label"`: agree with the true label
 #   (accuracy under noise), which cannot be gamed by a constant classifier.
 # - The summary `mean` is the paper's average over the $\sigma$ grid; `auc` the trapezoidal area under the curve
@@ -53,6 +54,7 @@ def _noise(shape, sigma, fixed_norm, generator, dtype, device):
     return sigma * z
 
 def _check_inputs(model, x, sigmas, samples, y=None):
+    "Check the arguments; the sigmas (30 evenly spaced in [0, 0.5] when None) in x's dtype."
     if not isinstance(model, nn.Module): raise TypeError(f'model must be an nn.Module; got {type(model).__name__}')
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
         raise ValueError(f'x must be a floating batch (N, ...) of inputs; got '
@@ -72,7 +74,7 @@ class NoiseRobustness(NamedTuple):
     "Robustness per noise level and its summaries."
     sigmas:Tensor      # (S,) noise standard deviations
     robustness:Tensor  # (S,) fraction of points whose prediction survives all `samples` noisy copies
-    mean:Tensor        # the paper's score: robustness averaged over the sigmas
+    mean:Tensor        # the score of Alfadly et al. 2019: robustness averaged over the sigmas
     auc:Tensor         # trapezoidal area under robustness(sigma) divided by the sigma range
 
 
@@ -91,7 +93,7 @@ def noise_robustness(
     batch_size:int=1000,     # points per forward pass (times `samples`)
     progress:bool=False,     # tqdm bar over the batches
 )->NoiseRobustness:
-    "Robustness of `003` eq 6 under fresh Gaussian noise for each sigma, with its mean and area under the curve."
+    "Robustness (Alfadly et al. 2019, eq. 6) under fresh Gaussian noise for each sigma, with its mean and area under the curve."
     if mode not in ('clean', 'label'): raise ValueError(f"mode must be 'clean' or 'label'; got {mode!r}")
     if mode == 'label' and y is None: raise ValueError("mode='label' needs the labels y")
     sigmas = _check_inputs(model, x, sigmas, samples, y)
@@ -166,8 +168,8 @@ test_fail(lambda: noise_robustness(net, xs, samples=0), contains='samples must b
 
 
 # %% [markdown]
-# ## Lyu et al.'s misclassification model (`004` eqs 26-33)
-# Lyu et al. explain errors under noise $\eta \sim \mathcal N(0, \sigma^2 I)$ by the minimum perturbation $a$ that
+# ## The misclassification model of Lyu et al. (2015), eqs. 26-33
+# [Lyu et al. (2015)](99_references.ipynb#lyu2015) explain errors under noise $\eta \sim \mathcal N(0, \sigma^2 I)$ by the minimum perturbation $a$ that
 # flips a correct prediction, found by a line search along $\nabla_x L$. Projecting the noise on that direction,
 # $\eta_0 \sim \mathcal N(0, \sigma^2)$, a point is flipped when $\eta_0 \ge \|a\|$ (eq 28). Fitting
 # $\|a\| \sim \mathcal N(\mu_a, s_a^2)$ over the correctly classified points, $\delta = \eta_0 - \|a\| \sim
@@ -183,7 +185,7 @@ def misclassification_rate(
     s_a:float|Tensor,     # their standard deviation
     sigma:float|Tensor,   # noise std (any shape)
 )->Tensor:                # predicted error rate under N(0, sigma^2 I), eq 33
-    "Lyu et al.'s predicted misclassification rate under Gaussian noise (`004` eq 33)."
+    "The predicted misclassification rate under Gaussian noise of Lyu et al. 2015, eq. 33."
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
     p_miss, mu_a, s_a = (torch.as_tensor(v, dtype=sigma.dtype) for v in (p_miss, mu_a, s_a))
     check_var(sigma, 'sigma'); check_var(s_a, 's_a')
@@ -194,7 +196,7 @@ def misclassification_rate(
 # With the published statistics (Table VI, $\lambda = 10^{-4}$: $\mu_a = 0.2744$, $s_a = 0.1511$, $P(\text{miss}) =
 # 6.02\%$) it reproduces Table VIII, 12.12% at $\sigma = 0.1$ and 25.47% at $\sigma = 0.3$ (and the other rows). Its
 # $\sigma = 0$ column is $P(\text{miss})$ itself: eq 33 at $\sigma = 0$ would add $\Phi(-\mu_a/s_a)$, the
-# overestimate discussed in `004` §V-A.
+# overestimate discussed in Lyu et al. (2015), §V-A.
 
 # %%
 published = {1e-4: (0.0602, 0.2744, 0.1511, (12.12, 25.47)), 1e-2: (0.0629, 0.4722, 0.2531, (10.16, 17.01)),
@@ -217,9 +219,9 @@ def minimum_perturbations(
     max_norm:float=5.,   # t_max, the longest l2 step searched
     steps:int=100,       # grid steps before the bisection
     bisections:int=30,   # halvings of the bracket
-    loss=F.cross_entropy,
+    loss=F.cross_entropy,  # loss(logits, y, reduction='sum') whose gradient gives the direction
 )->Tensor:               # (N,) ||a||: NaN where misclassified, inf where not found
-    "Minimum l2 perturbations along grad_x L that change a correct prediction, by line search (`004` §V-A)."
+    "Minimum l2 perturbations along grad_x L that change a correct prediction, by line search (Lyu et al. 2015, §V-A)."
     _check_inputs(model, x, None, 1, y)
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -274,7 +276,7 @@ test_eq(bool(torch.isnan(a[z.argmax(1) != yd]).all()), True)
 # %%
 #| export
 class Misclassification(NamedTuple):
-    "Lyu's model fitted on a data set, and the measured error rates under noise."
+    "The model of Lyu et al. 2015 fitted on a data set, and the measured error rates under noise."
     sigmas:Tensor      # (S,) noise stds
     predicted:Tensor   # (S,) eq 33
     measured:Tensor    # (S,) fraction misclassified under N(0, sigma^2 I), averaged over the draws
@@ -293,11 +295,11 @@ def predicted_misclassification(
     y:Tensor,             # labels (N,)
     sigma:float|Tensor|list,  # noise std(s) >= 0
     max_norm:float=5.,    # line-search range (see `minimum_perturbations`)
-    steps:int=100,
+    steps:int=100,        # grid steps of the line search
     draws:int=1,          # noisy copies per point for the measured rate
-    seed:int=0,
+    seed:int=0,           # seeds the noise of the measured rate
 )->Misclassification:
-    "Lyu et al.'s predicted misclassification rate under Gaussian noise (eqs 26-33) beside the measured one."
+    "The predicted misclassification rate of Lyu et al. 2015 under Gaussian noise (eqs. 26-33) beside the measured one."
     sigmas = _check_inputs(model, x, torch.as_tensor(sigma, dtype=torch.float64).reshape(-1), 1, y)
     a = minimum_perturbations(model, x, y, max_norm, steps)
     fit = a[a.isfinite()]
@@ -310,19 +312,21 @@ def predicted_misclassification(
 
 
 # %% [markdown]
-# On the bundled LeNet's first 200 test digits the model is qualitative, as `004` found for its softmax models: it
+# On the bundled LeNet's first 200 test digits the model is qualitative, as Lyu et al. (2015) found for their softmax
+# models: it
 # sees the right trend but its single-direction, linear view need not match a deep network's error rate.
 
 # %%
 lyu = predicted_misclassification(net, images[:200], labels[:200], [0., 0.1, 0.3, 0.5], max_norm=10., steps=50)
 test_eq(lyu.found + int(lyu.perturbations.isnan().sum()) + int(lyu.perturbations.isinf().sum()), 200)
 test_eq(bool((lyu.predicted >= lyu.p_miss).all()), True)
-print(f'mu_a {lyu.mu_a:.3f}  s_a {lyu.s_a:.3f}  P(miss) {lyu.p_miss:.3f}  found {lyu.found}')
-for s_, p_, m_ in zip(lyu.sigmas.tolist(), lyu.predicted.tolist(), lyu.measured.tolist()):
-    print(f'sigma {s_:.1f}: predicted {100 * p_:6.2f}%   measured {100 * m_:6.2f}%')
+Table([[s_, p_, m_] for s_, p_, m_ in zip(lyu.sigmas.tolist(), lyu.predicted.tolist(), lyu.measured.tolist())],
+      ['sigma', 'predicted', 'measured'], fmt={'sigma': '.1f', 'predicted': '.2%', 'measured': '.2%'},
+      caption=f'mu_a {lyu.mu_a:.3f}, s_a {lyu.s_a:.3f}, P(miss) {lyu.p_miss:.3f}, found {lyu.found}')
 
 # %% [markdown]
-# Chapter 22 fits it to softmax models trained with three weight decays, Lyu's Tables VI-IX.
+# [Robust training experiments](22_robust_training.ipynb) fits it to softmax models trained with three weight decays,
+# as in Lyu et al. (2015), Tables VI-IX.
 
 # %% [markdown]
 # ## Export -

@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Training loop
-# > The papers' recipe (`003` Table 1): a seeded validation split, learning-rate decay on plateau, early stopping and the best-validation checkpoint, for any loss taking (model, x, y); CPU or GPU, with a progress bar (SPEC §8)
+# > The training recipe of Alfadly et al. 2019 (Table 1): a seeded validation split, learning-rate decay on plateau, early stopping and the best-validation checkpoint, for any loss taking (model, x, y); CPU or GPU, with a progress bar
 
 # %%
 #| default_exp train
@@ -20,16 +20,17 @@ from netmoments.regularizers import GaussianMomentLoss, noisy_augmentation
 # %%
 #| hide
 from fastcore.test import test_eq, test_close, test_fail
+from netmoments.core import Table
 from netmoments.regularizers import GradientNormLoss
 
 
 # %% [markdown]
-# `003` trains every model the same way (Table 1): 10% of the training set held out for validation, the validation
+# [Alfadly et al. (2019)](99_references.ipynb#alfadly2019) train every model the same way (Table 1): 10% of the training set held out for validation, the validation
 # loss monitored after each epoch, the learning rate multiplied by `lr_factor` after `lr_patience` epochs without
 # improvement, training stopped after `patience` such epochs or 100 epochs, and the model with the best validation
-# loss kept. For LeNet: Adam, learning rate $10^{-4}$, batches of 1000, patience 3 and factor 0.9, early stop 10, no
-# weight decay. `fit` does that for any loss `loss(model, x, y) -> scalar`: plain cross entropy, the losses of chapter
-# 19, or anything else. An `augment(x, y, generator) -> (x, y)` hook transforms each training batch (N-fold noisy
+# loss kept. For LeNet: Adam ([Kingma & Ba (2015)](99_references.ipynb#kingma2015)), learning rate $10^{-4}$, batches of 1000,
+# patience 3 and factor 0.9, early stop 10, no weight decay. `fit` does that for any loss `loss(model, x, y) -> scalar`:
+# plain cross entropy, the losses of [Gaussian-robust training losses](19_regularizers.ipynb), or anything else. An `augment(x, y, generator) -> (x, y)` hook transforms each training batch (N-fold noisy
 # augmentation). The validation loss is the training loss on the clean validation set (without `augment`).
 
 # %%
@@ -43,12 +44,13 @@ class FitResult(NamedTuple):
     model:nn.Module    # the trained model, holding the best-validation weights, in eval mode
     history:list       # one dict per epoch: epoch, train_loss, val_loss, val_accuracy, lr, seconds
     best_epoch:int     # epoch (1-based) of the kept weights
-    best_val_loss:float
+    best_val_loss:float  # validation loss of the kept weights
 
 
 # %%
 #| exporti
 def _as_xy(data, name):
+    "(x, y) of a Dataset or a tuple; anything else raises."
     if hasattr(data, 'x') and hasattr(data, 'y'): return data.x, data.y
     if isinstance(data, (tuple, list)) and len(data) >= 2: return data[0], data[1]
     raise TypeError(f'{name} must be a Dataset (x, y, ...) or a tuple (x, y); got {type(data).__name__}')
@@ -82,19 +84,19 @@ def fit(
     loss:Callable=cross_entropy_loss,  # loss(model, x, y) -> scalar
     epochs:int=100,            # at most this many epochs
     lr:float=1e-4,             # initial learning rate
-    batch_size:int=1000,
+    batch_size:int=1000,       # samples per training step
     lr_patience:int=3,         # epochs without improvement before the learning rate is cut
     lr_factor:float=0.9,       # the cut
     patience:int=10,           # epochs without improvement before stopping
     optimizer:str='adam',      # 'adam' or 'sgd' (Nesterov, momentum 0.9)
-    weight_decay:float=0.,
-    val_fraction:float=0.1,
+    weight_decay:float=0.,     # the optimizer's weight decay
+    val_fraction:float=0.1,    # share of `train` held out when `val` is None
     augment:Callable|None=None,  # augment(x, y, generator) -> (x, y), applied to each training batch
     seed:int=0,                # seeds the split, the shuffling and `augment`'s generator
     device:str|torch.device|None=None,  # default: the device of the model's parameters
     progress:bool=True,        # tqdm bar over the epochs
 )->FitResult:
-    "Train `model` with the `003` Table 1 recipe: validation split, LR decay on plateau, early stopping, best checkpoint."
+    "Train `model` with the recipe of Alfadly et al. 2019, Table 1: validation split, LR decay on plateau, early stopping, best checkpoint."
     x, y = _as_xy(train, 'train')
     if len(x) != len(y): raise ValueError(f'train x and y must hold as many samples; got {len(x)} and {len(y)}')
     for name, v in (('epochs', epochs), ('batch_size', batch_size), ('lr_patience', lr_patience), ('patience', patience)):
@@ -144,11 +146,13 @@ def fit(
 
 # %%
 def blobs(n, seed):
+    "n points of two Gaussian blobs in 20 dimensions and their labels."
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 2, (n,), generator=g)
     return torch.randn(n, 20, generator=g) * 0.8 + (2 * y[:, None] - 1) * 0.5, y
 
 def small_net(seed):
+    "A two-layer ReLU net for the blobs."
     torch.manual_seed(seed)   # notebook fixture only; the library never touches the global RNG
     return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 2))
 
@@ -176,7 +180,7 @@ xv, yv = _split(*data, None, 0.1, torch.Generator().manual_seed(0))[2:]
 test_close(_evaluate(res.model, cross_entropy_loss, xv, yv, 100, 'cpu')[0], res.best_val_loss, eps=1e-5)
 
 # %% [markdown]
-# Any loss module of chapter 19 plugs in, and so does augmentation; bad arguments are refused:
+# Any loss module of [Gaussian-robust training losses](19_regularizers.ipynb) plugs in, and so does augmentation; bad arguments are refused:
 
 # %%
 img = (torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.randint(0, 3, (300,), generator=torch.Generator().manual_seed(1)))
@@ -233,8 +237,9 @@ def step_costs(
 
 
 # %% [markdown]
-# For example the two-layer net above, plain and with the regularizer of chapter 19 (the figures are this machine's;
-# chapter 22 measures LeNet):
+# For example the two-layer net above, plain and with the regularizer of
+# [Gaussian-robust training losses](19_regularizers.ipynb) (timings depend on the hardware that runs the page;
+# [Robust training experiments](22_robust_training.ipynb) times LeNet):
 
 # %%
 xs_, ys_ = data[0][:100], data[1][:100]
@@ -243,13 +248,16 @@ costs = step_costs(lambda: small_net(0), {'vanilla': cross_entropy_loss, 'regula
                                                                lambda x, y, g: noisy_augmentation(x, y, 0.5, 3, g))},
                    xs_, ys_, rounds=3, steps=5)
 test_eq(list(costs), ['vanilla', 'regularizer', 'augmentation N=3']); test_eq(costs['vanilla'][1], 1.)
-for k, (sec, ratio) in costs.items(): print(f'{k:17s} {1e6 * sec:8.0f} us/step  {ratio:5.2f}x')
 test_fail(lambda: step_costs(lambda: small_net(0), {}, xs_, ys_), contains='at least one')
 test_fail(lambda: step_costs(lambda: small_net(0), {'v': cross_entropy_loss}, xs_, ys_[:5]), contains='as many samples')
+Table([[k, 1e6 * sec, ratio] for k, (sec, ratio) in costs.items()], ['scheme', 'us / step', 'x vanilla'],
+      fmt={'us / step': '.0f', 'x vanilla': '.2f'})
 
 
 # %% [markdown]
-# `step_schemes` names the schemes of `003`'s cost comparison, as chapter 22 and `netmoments stepcost` time them:
+# `step_schemes` names the schemes of the cost comparison of Alfadly et al. (2019), as
+# [Robust training experiments](22_robust_training.ipynb) and `netmoments stepcost` ([Command line](90_cli.ipynb))
+# time them:
 # vanilla; vanilla on the batch repeated twice, the floor under the regularizer, which runs everything after the
 # first ReLU on $2N$ inputs; the regularizer of eq 3; and $\tilde N$-fold noisy augmentation.
 
@@ -258,9 +266,9 @@ test_fail(lambda: step_costs(lambda: small_net(0), {'v': cross_entropy_loss}, xs
 def step_schemes(
     sigma:float=0.5,     # training noise std of the regularizer and of the augmentation
     alpha:float=1.,      # the regularizer's weight
-    folds=(2, 6),        # augmentation folds N~
+    folds:tuple=(2, 6),  # augmentation folds N~
 )->dict:                 # name -> scheme, for `step_costs`
-    "Vanilla, vanilla on 2N, the analytic regularizer (`003` eq 3) and N-fold augmentation, as `step_costs` schemes."
+    "Vanilla, vanilla on 2N, the analytic regularizer (Alfadly et al. 2019, eq. 3) and N-fold augmentation, as `step_costs` schemes."
     augment = lambda n: lambda x, y, g: noisy_augmentation(x, y, sigma, n, g)
     return {'vanilla': cross_entropy_loss,
             'vanilla, batch 2N': (cross_entropy_loss, lambda x, y, g: (x.repeat(2, *[1] * (x.ndim - 1)), y.repeat(2))),
