@@ -15,7 +15,7 @@ from .core import check_finite
 
 # %% auto #0
 __all__ = ['DERIVATIVE_BOUNDS', 'linear_bound', 'tight_example', 'derivative_bounds', 'algorithm41', 'random_mlp', 'Bound',
-           'mlp_bound', 'network_bound', 'conv_spectral_norm', 'lipschitz_margin_bound']
+           'mlp_bound', 'network_bound', 'conv_spectral_norm', 'pool_lipschitz', 'lipschitz_margin_bound']
 
 # %% ../nbs/16_bounds.ipynb #ee855ba6
 def _check_2d(x, name):
@@ -309,53 +309,113 @@ def network_bound(
     return Bound(kappa, report)
 
 # %% ../nbs/16_bounds.ipynb #b14bc103
+def _conv_geometry(conv, input_shape):
+    "Padded size and dilated kernel of `conv` on inputs `input_shape`, with a clear error for inputs it cannot take."
+    if not isinstance(conv, nn.Conv2d): raise TypeError(f'conv must be an nn.Conv2d; got {type(conv).__name__}')
+    if len(input_shape) != 3 or any(int(s) != s or s < 1 for s in input_shape):
+        raise ValueError(f'input_shape must be three positive integers (C, H, W); got {tuple(input_shape)}')
+    if input_shape[0] != conv.in_channels:
+        raise ValueError(f'input_shape has {input_shape[0]} channels; {conv} takes {conv.in_channels}')
+    left, right, top, bottom = conv._reversed_padding_repeated_twice     # what the layer pads, 'same' included
+    Hp, Wp = input_shape[1] + top + bottom, input_shape[2] + left + right
+    W, (dh, dw) = conv.weight.detach().double(), conv.dilation
+    kh, kw = (W.shape[-2] - 1) * dh + 1, (W.shape[-1] - 1) * dw + 1
+    if Hp < kh or Wp < kw:
+        raise ValueError(f'input_shape {tuple(input_shape)} padded to {Hp}x{Wp} is smaller than the {kh}x{kw} reach of {conv}')
+    Wd = W.new_zeros(W.shape[:2] + (kh, kw))
+    Wd[..., ::dh, ::dw] = W
+    return Hp, Wp, Wd
+
+def _pad_norm(conv, input_shape):
+    "sqrt of the most copies that the layer's padding makes of one input pixel (1 for zero padding)."
+    if conv.padding_mode == 'zeros': return 1.0
+    x = conv.weight.new_ones((1,) + tuple(input_shape), dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():   # also under no_grad, as inside lipschitz_margin_bound
+        copies, = torch.autograd.grad(F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode).sum(), x)
+    return copies.max().item() ** 0.5
+
+# %% ../nbs/16_bounds.ipynb #75dde5cd
 def conv_spectral_norm(
-    conv:nn.Conv2d,        # a 2-d convolution (groups=1, dilation 1)
+    conv:nn.Conv2d,        # a 2-d convolution: any kernel, stride, padding ('same' too) and padding_mode, dilation, groups
     input_shape:tuple,     # (C, H, W) of its input
     method:str='fft',      # 'fft': a certified upper bound; 'power': power iteration (a lower estimate)
     iters:int=200,         # power iterations
     generator:torch.Generator|None=None,  # draws the start of the power iteration
 )->float:                  # the norm (fft: an upper bound; power: an estimate from below)
     "L2 operator norm of a convolution layer (no bias) on inputs of `input_shape`."
-    W = conv.weight.detach().double()
-    if conv.groups != 1 or conv.dilation not in ((1, 1), 1): raise ValueError(f'conv_spectral_norm needs groups=1 and dilation=1; got {conv}')
+    Hp, Wp, Wd = _conv_geometry(conv, input_shape)
     if method == 'power':
-        v = torch.randn((1,) + tuple(input_shape), generator=generator, dtype=torch.float64)
-        op = lambda t: F.conv2d(t, W, None, conv.stride, conv.padding)
+        op = copy.deepcopy(conv).double().requires_grad_(False)
+        op.bias = None
+        v = torch.randn((1,) + tuple(input_shape), generator=generator, dtype=torch.float64,
+                        device=generator.device if generator is not None else Wd.device).to(Wd.device)
         for _ in range(iters):
-            v = v / v.norm()
+            v = (v / v.norm()).requires_grad_(True)
             u = op(v)
-            v = torch.autograd.functional.vjp(op, v, u)[1]
-        return (op(v / v.norm()).norm()).item()
+            v, = torch.autograd.grad(u, v, u.detach())
+        return op(v / v.norm()).norm().item()
     if method != 'fft': raise ValueError(f"method must be 'fft' or 'power'; got {method!r}")
-    pad = conv.padding if isinstance(conv.padding, tuple) else (conv.padding,) * 2
-    H, Wd = input_shape[1] + 2 * pad[0], input_shape[2] + 2 * pad[1]
-    H, Wd = max(H, W.shape[2]), max(Wd, W.shape[3])
-    K = torch.fft.fft2(W, s=(H, Wd))                        # (c_out, c_in, H, W)
-    return torch.linalg.matrix_norm(K.permute(2, 3, 0, 1), ord=2).max().item()
+    K, og = torch.fft.fft2(Wd, s=(Hp, Wp)), conv.out_channels // conv.groups      # (c_out, c_in / groups, Hp, Wp)
+    norm = max(torch.linalg.matrix_norm(K[g * og:(g + 1) * og].permute(2, 3, 0, 1), ord=2).max().item()
+               for g in range(conv.groups))
+    return _pad_norm(conv, input_shape) * norm
 
-# %% ../nbs/16_bounds.ipynb #aea5f660
+# %% ../nbs/16_bounds.ipynb #afff994d
+def _cover(n, n_out, windows):
+    "Most windows of a 1-d pooling that hold one of the n inputs; `windows(o)` lists output o's input indices."
+    c = [0] * n
+    for o in range(n_out):
+        for i in windows(o):
+            if 0 <= i < n: c[i] += 1
+    return max(c)
+
+def _max_pool_cover(m, input_shape):
+    "Most windows of max pooling `m` (fixed or adaptive) that hold one input pixel."
+    H, W = input_shape[-2:]
+    with torch.no_grad():
+        try: y = m(torch.zeros((1,) + tuple(input_shape), dtype=torch.float64))
+        except RuntimeError as e: raise ValueError(f'{m} cannot take inputs of shape {tuple(input_shape)}: {e}') from None
+    Ho, Wo = (y[0] if isinstance(y, tuple) else y).shape[-2:]     # return_indices=True gives (values, indices)
+    if isinstance(m, nn.AdaptiveMaxPool2d):   # torch's adaptive windows [floor(o n / n_out), ceil((o + 1) n / n_out))
+        win = lambda n, no: lambda o: range(o * n // no, -(-(o + 1) * n // no))
+        return _cover(H, Ho, win(H, Ho)) * _cover(W, Wo, win(W, Wo))
+    k, s, p, d = (v if isinstance(v, tuple) else (v, v) for v in (m.kernel_size, m.stride or m.kernel_size, m.padding, m.dilation))
+    win = lambda j: lambda o: range(o * s[j] - p[j], o * s[j] - p[j] + k[j] * d[j], d[j])
+    return _cover(H, Ho, win(0)) * _cover(W, Wo, win(1))
+
+def pool_lipschitz(
+    m:nn.Module,           # MaxPool2d, AvgPool2d, AdaptiveMaxPool2d or AdaptiveAvgPool2d, any options
+    input_shape:tuple,     # (C, H, W) of its input
+)->float:                  # a certified L2 Lipschitz constant (exact for max pooling)
+    "Certified L2 Lipschitz constant of a 2-d pooling layer on inputs of `input_shape`."
+    if isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)): return math.sqrt(_max_pool_cover(m, input_shape))
+    if not isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)): raise TypeError(f'not a 2-d max or average pooling: {m}')
+    x = torch.ones((1,) + tuple(input_shape), dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():   # also under no_grad, as inside lipschitz_margin_bound
+        try: y = m(x)
+        except RuntimeError as e: raise ValueError(f'{m} cannot take inputs of shape {tuple(input_shape)}: {e}') from None
+        cols, = torch.autograd.grad(y.sum(), x)
+    return math.sqrt(y.detach().max().item() * cols.max().item())
+
+# %% ../nbs/16_bounds.ipynb #654e52ca
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
+_LIP_LAYERS = 'Linear, Conv2d, Max/AvgPool2d, AdaptiveMax/AvgPool2d, BatchNorm1d/2d, Flatten, Dropout, Identity, ReLU/Tanh/Sigmoid/Softplus'
+
 def _lipschitz(m, x):
-    "A certified L2 Lipschitz constant of layer m at input shape x.shape[1:]."
+    "A certified L2 Lipschitz constant of layer m (of the eval-mode float64 copy) at input shape x.shape[1:]."
     if isinstance(m, _PASS): return 1.0
     if isinstance(m, _ACTS): return derivative_bounds(m)[0]
     if isinstance(m, nn.Linear): return torch.linalg.matrix_norm(m.weight.detach().double(), ord=2).item()
     if isinstance(m, nn.Conv2d): return conv_spectral_norm(m, tuple(x.shape[1:]))
-    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-        k = m.kernel_size if isinstance(m.kernel_size, int) else max(m.kernel_size)
-        s = m.stride if isinstance(m.stride, int) else min(m.stride)
-        if isinstance(m, nn.AvgPool2d):
-            if m.padding not in (0, (0, 0)): raise ValueError(f'lipschitz_margin_bound: AvgPool2d with padding is not supported ({m})')
-            return math.ceil(k / s) / k
-        return float(math.ceil(k / s))
+    if isinstance(m, _POOLS): return pool_lipschitz(m, tuple(x.shape[1:]))
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
         g = m.weight.detach().abs() if m.affine else torch.ones_like(m.running_var)
         return (g / (m.running_var + m.eps).sqrt()).max().item()
     raise ValueError(f'unsupported layer {type(m).__name__} ({m}) in lipschitz_margin_bound: no certified Lipschitz '
-                     'constant for it (supported: Linear, Conv2d, Max/AvgPool2d, BatchNorm, Flatten, Dropout, ReLU/Tanh/Sigmoid/Softplus)')
+                     f'constant for it (supported: {_LIP_LAYERS})')
 
 def lipschitz_margin_bound(
-    model:nn.Sequential,   # network mapping (N, ...) to logits (N, C); a final Softmax is ignored
+    model:nn.Sequential,   # network mapping (N, ...) to logits (N, C); a final Softmax is ignored; certified in eval mode
     x:Tensor,              # inputs (N, ...)
 )->Bound:                  # certified bound (N,) float64; report [(layer, Lipschitz constant as a (N,) tensor)]
     "Sound lower bound: logit margin / (sqrt 2 * product of certified layer Lipschitz constants), in float64."

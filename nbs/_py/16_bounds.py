@@ -605,77 +605,240 @@ test_fail(lambda: network_bound(net, images[0, 0, 0]), exc=ValueError, contains=
 # If every layer $\ell$ is $L_\ell$-Lipschitz in $\ell_2$, each logit difference $z_c - z_k = (e_c - e_k)^\top z$ is
 # $\sqrt 2\prod_\ell L_\ell$-Lipschitz, so no perturbation smaller than
 # $$\frac{z_c(x) - \max_{k\ne c} z_k(x)}{\sqrt 2\prod_\ell L_\ell}$$
-# can change the class: a proof, if each $L_\ell$ is a true *upper* bound. Linear layers: the exact spectral norm
-# (`torch.linalg.matrix_norm(ord=2)`). Convolutions: power iteration on the convolution operator converges to the
-# spectral norm *from below*, so it cannot certify; we use it only as a check, and certify with an upper bound: a
-# valid (or strided, or zero-padded) convolution on a $d\times d$ input is a row selection of the circular convolution
-# on the $d\times d$ torus (after padding), whose spectral norm is the largest singular value of the $c_{out}\times c_{in}$
-# kernel DFTs over all $d^2$ frequencies ([Sedghi et al. (2019)](99_references.ipynb#sedghi2019)); selecting rows cannot raise it. Max pooling with
-# kernel $k$ and stride $s$: $\lceil k/s\rceil$ (each input is in at most $\lceil k/s\rceil^2$ windows, and
-# $|\max a - \max b| \le \|a - b\|$); average pooling: $\lceil k/s\rceil / k$; activations: $A$ of Table 4.1; batch
-# norm: $\max_j|\gamma_j|/\sqrt{\mathrm{Var}_j + \epsilon}$.
+# can change the class: a proof, if each $L_\ell$ is a true *upper* bound for the layer exactly as configured (kernel
+# shape, stride, padding and its mode, dilation, groups, `ceil_mode`, divisors). The constants, layer by layer, each
+# derived below and tested against the layer's own operator norm:
+#
+# | layer | certified constant $L$ | tight? |
+# |---|---|---|
+# | `Linear` | $\|W\|_2$ (exact spectral norm) | yes |
+# | `Conv2d` | $\sqrt{\max_i n_i}\cdot\max_{g,\omega}\|\hat K_g(\omega)\|_2$: padding copies, times the DFT bound of the dilated kernel on the padded size, per group | zero padding: nearly |
+# | `MaxPool2d` | $\sqrt{\max_i c_i}$, $c_i$ the number of windows holding input $i$ | yes (exact) |
+# | `AvgPool2d`, `AdaptiveAvgPool2d` | $\sqrt{\max_o \sum_i P_{oi}\cdot\max_i\sum_o P_{oi}}$ (Schur's bound; $P \ge 0$ the pooling matrix) | non-overlapping windows: yes |
+# | `AdaptiveMaxPool2d` | $\sqrt{\max_i c_i}$ over torch's adaptive windows | yes |
+# | `BatchNorm1d/2d` (eval) | $\max_j|\gamma_j|/\sqrt{\mathrm{Var}_j + \epsilon}$ | yes |
+# | activations | $A$ of Table 4.1 | yes |
+# | `Flatten`, `Dropout` (eval), `Identity` | 1 | yes |
+
+# %% [markdown]
+# ### Convolutions
+# A convolution layer is $C\circ P$: $P$ pads the input (zeros, or copies of border pixels for `reflect`, `replicate`
+# and `circular`), $C$ is the unpadded (valid) convolution with the dilated kernel, strided. Each row of $P$ copies one
+# input pixel, so $P^\top P = \mathrm{diag}(n_i)$ with $n_i$ the number of copies of pixel $i$, and $\|P\|_2 = \sqrt{\max_i n_i}$
+# ($1$ for zero padding; we count the copies with autograd through the layer's own padding). $C$ keeps a subset of the
+# rows of the circular convolution on the padded $H_p\times W_p$ torus (a valid output never wraps; a stride drops rows),
+# and the circular convolution's spectral norm is the largest singular value of the $c_{out}\times c_{in}$ kernel DFTs
+# over the $H_pW_p$ frequencies ([Sedghi et al. (2019)](99_references.ipynb#sedghi2019)), taken per group for grouped
+# convolutions (a block-diagonal operator). Dropping rows cannot raise a norm, so $\|C\circ P\|_2 \le \|C\|_2\|P\|_2$
+# is certified. Power iteration through the layer's own forward and backward converges to the norm *from below*: a
+# check, never a certificate.
+
+# %%
+#| export
+def _conv_geometry(conv, input_shape):
+    "Padded size and dilated kernel of `conv` on inputs `input_shape`, with a clear error for inputs it cannot take."
+    if not isinstance(conv, nn.Conv2d): raise TypeError(f'conv must be an nn.Conv2d; got {type(conv).__name__}')
+    if len(input_shape) != 3 or any(int(s) != s or s < 1 for s in input_shape):
+        raise ValueError(f'input_shape must be three positive integers (C, H, W); got {tuple(input_shape)}')
+    if input_shape[0] != conv.in_channels:
+        raise ValueError(f'input_shape has {input_shape[0]} channels; {conv} takes {conv.in_channels}')
+    left, right, top, bottom = conv._reversed_padding_repeated_twice     # what the layer pads, 'same' included
+    Hp, Wp = input_shape[1] + top + bottom, input_shape[2] + left + right
+    W, (dh, dw) = conv.weight.detach().double(), conv.dilation
+    kh, kw = (W.shape[-2] - 1) * dh + 1, (W.shape[-1] - 1) * dw + 1
+    if Hp < kh or Wp < kw:
+        raise ValueError(f'input_shape {tuple(input_shape)} padded to {Hp}x{Wp} is smaller than the {kh}x{kw} reach of {conv}')
+    Wd = W.new_zeros(W.shape[:2] + (kh, kw))
+    Wd[..., ::dh, ::dw] = W
+    return Hp, Wp, Wd
+
+def _pad_norm(conv, input_shape):
+    "sqrt of the most copies that the layer's padding makes of one input pixel (1 for zero padding)."
+    if conv.padding_mode == 'zeros': return 1.0
+    x = conv.weight.new_ones((1,) + tuple(input_shape), dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():   # also under no_grad, as inside lipschitz_margin_bound
+        copies, = torch.autograd.grad(F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode).sum(), x)
+    return copies.max().item() ** 0.5
+
 
 # %%
 #| export
 def conv_spectral_norm(
-    conv:nn.Conv2d,        # a 2-d convolution (groups=1, dilation 1)
+    conv:nn.Conv2d,        # a 2-d convolution: any kernel, stride, padding ('same' too) and padding_mode, dilation, groups
     input_shape:tuple,     # (C, H, W) of its input
     method:str='fft',      # 'fft': a certified upper bound; 'power': power iteration (a lower estimate)
     iters:int=200,         # power iterations
     generator:torch.Generator|None=None,  # draws the start of the power iteration
 )->float:                  # the norm (fft: an upper bound; power: an estimate from below)
     "L2 operator norm of a convolution layer (no bias) on inputs of `input_shape`."
-    W = conv.weight.detach().double()
-    if conv.groups != 1 or conv.dilation not in ((1, 1), 1): raise ValueError(f'conv_spectral_norm needs groups=1 and dilation=1; got {conv}')
+    Hp, Wp, Wd = _conv_geometry(conv, input_shape)
     if method == 'power':
-        v = torch.randn((1,) + tuple(input_shape), generator=generator, dtype=torch.float64)
-        op = lambda t: F.conv2d(t, W, None, conv.stride, conv.padding)
+        op = copy.deepcopy(conv).double().requires_grad_(False)
+        op.bias = None
+        v = torch.randn((1,) + tuple(input_shape), generator=generator, dtype=torch.float64,
+                        device=generator.device if generator is not None else Wd.device).to(Wd.device)
         for _ in range(iters):
-            v = v / v.norm()
+            v = (v / v.norm()).requires_grad_(True)
             u = op(v)
-            v = torch.autograd.functional.vjp(op, v, u)[1]
-        return (op(v / v.norm()).norm()).item()
+            v, = torch.autograd.grad(u, v, u.detach())
+        return op(v / v.norm()).norm().item()
     if method != 'fft': raise ValueError(f"method must be 'fft' or 'power'; got {method!r}")
-    pad = conv.padding if isinstance(conv.padding, tuple) else (conv.padding,) * 2
-    H, Wd = input_shape[1] + 2 * pad[0], input_shape[2] + 2 * pad[1]
-    H, Wd = max(H, W.shape[2]), max(Wd, W.shape[3])
-    K = torch.fft.fft2(W, s=(H, Wd))                        # (c_out, c_in, H, W)
-    return torch.linalg.matrix_norm(K.permute(2, 3, 0, 1), ord=2).max().item()
+    K, og = torch.fft.fft2(Wd, s=(Hp, Wp)), conv.out_channels // conv.groups      # (c_out, c_in / groups, Hp, Wp)
+    norm = max(torch.linalg.matrix_norm(K[g * og:(g + 1) * og].permute(2, 3, 0, 1), ord=2).max().item()
+               for g in range(conv.groups))
+    return _pad_norm(conv, input_shape) * norm
 
+
+# %% [markdown]
+# The certified constant is checked against the exact norm of the dense operator, and against power iteration through
+# the layer itself, for every padding mode, `padding='same'`, dilation, stride and groups; an input smaller than the
+# kernel's reach is refused:
 
 # %%
+torch.manual_seed(0)
 conv = nn.Conv2d(3, 4, 3, padding=1).double()
 dense_op = torch.autograd.functional.jacobian(lambda t: F.conv2d(t, conv.weight, None, 1, 1), torch.zeros(1, 3, 6, 6, dtype=torch.float64)).reshape(4 * 36, 3 * 36)
 true = torch.linalg.matrix_norm(dense_op, ord=2).item()
 power, fft = conv_spectral_norm(conv, (3, 6, 6), 'power', generator=gen), conv_spectral_norm(conv, (3, 6, 6))
 assert power <= true * (1 + 1e-9) and true <= fft * (1 + 1e-12)
 assert power > 0.99 * true   # from below, slowly when the top singular values are close
-print(f'power iteration {power:.6f} <= true {true:.6f} <= certified {fft:.6f}')
+rows = []
+for label, kw in [('zeros', dict(padding=2)), ('circular', dict(padding=2, padding_mode='circular')),
+                  ('reflect', dict(padding=2, padding_mode='reflect')), ('replicate', dict(padding=2, padding_mode='replicate')),
+                  ("'same', dilation 2", dict(padding='same', dilation=2)), ('stride 2', dict(stride=2, padding=1)),
+                  ('groups 2', dict(groups=2, padding=1)), ('dilation (2, 1), circular', dict(dilation=(2, 1), padding=(2, 1), padding_mode='circular'))]:
+    c = nn.Conv2d(2, 4, 3, **kw).double()
+    dense = torch.autograd.functional.jacobian(lambda t: c._conv_forward(t, c.weight, None), torch.zeros(1, 2, 7, 6, dtype=torch.float64))
+    exact = torch.linalg.matrix_norm(dense.reshape(-1, 2 * 7 * 6), ord=2).item()          # (outputs, inputs)
+    cert = conv_spectral_norm(c, (2, 7, 6))
+    assert exact <= cert * (1 + 1e-12), (label, exact, cert)
+    rows.append([label, exact, cert])
+test_fail(lambda: conv_spectral_norm(nn.Conv2d(1, 2, 5), (1, 2, 2)), contains='is smaller than the 5x5 reach')
+test_fail(lambda: conv_spectral_norm(nn.Conv2d(3, 2, 3), (1, 8, 8)), contains='channels')
+Table(rows, ['Conv2d(2, 4, 3) padding', 'exact norm (7x6 input)', 'certified'], fmt='.4f')
 
+
+# %% [markdown]
+# ### Pooling
+# *Max pooling.* An output is the maximum of its window and $|\max a - \max b| \le \max_i|a_i - b_i|$, so
+# $\|y - y'\|^2 \le \sum_o \max_{i\in w_o}(x_i - x'_i)^2 \le \sum_i c_i (x_i - x'_i)^2$ with $c_i$ the number of windows
+# holding input $i$: $L \le \sqrt{\max_i c_i}$. It is attained: raise the pixel with the most windows where it is the
+# maximum of each. Windows are a product of row and column windows, so $\max_i c_i$ is the product of the 1-d maxima,
+# which we count from the layer's own output size (`ceil_mode` included) and its kernel, stride, padding and
+# dilation; padding holds $-\infty$ and no input.
+#
+# *Average pooling* is linear with a non-negative matrix $P$, so Schur's test gives
+# $\|P\|_2 \le \sqrt{\|P\|_1\|P\|_\infty}$: the largest row sum times the largest column sum. Both come from the layer
+# itself, whatever its `count_include_pad`, `divisor_override` or `ceil_mode`: the row sums are the pooling of an image
+# of ones, the column sums the gradient of the sum of the outputs. For non-overlapping windows without padding both
+# are exact ($1$ and $1/k^2$, so $L = 1/k$).
 
 # %%
 #| export
+def _cover(n, n_out, windows):
+    "Most windows of a 1-d pooling that hold one of the n inputs; `windows(o)` lists output o's input indices."
+    c = [0] * n
+    for o in range(n_out):
+        for i in windows(o):
+            if 0 <= i < n: c[i] += 1
+    return max(c)
+
+def _max_pool_cover(m, input_shape):
+    "Most windows of max pooling `m` (fixed or adaptive) that hold one input pixel."
+    H, W = input_shape[-2:]
+    with torch.no_grad():
+        try: y = m(torch.zeros((1,) + tuple(input_shape), dtype=torch.float64))
+        except RuntimeError as e: raise ValueError(f'{m} cannot take inputs of shape {tuple(input_shape)}: {e}') from None
+    Ho, Wo = (y[0] if isinstance(y, tuple) else y).shape[-2:]     # return_indices=True gives (values, indices)
+    if isinstance(m, nn.AdaptiveMaxPool2d):   # torch's adaptive windows [floor(o n / n_out), ceil((o + 1) n / n_out))
+        win = lambda n, no: lambda o: range(o * n // no, -(-(o + 1) * n // no))
+        return _cover(H, Ho, win(H, Ho)) * _cover(W, Wo, win(W, Wo))
+    k, s, p, d = (v if isinstance(v, tuple) else (v, v) for v in (m.kernel_size, m.stride or m.kernel_size, m.padding, m.dilation))
+    win = lambda j: lambda o: range(o * s[j] - p[j], o * s[j] - p[j] + k[j] * d[j], d[j])
+    return _cover(H, Ho, win(0)) * _cover(W, Wo, win(1))
+
+def pool_lipschitz(
+    m:nn.Module,           # MaxPool2d, AvgPool2d, AdaptiveMaxPool2d or AdaptiveAvgPool2d, any options
+    input_shape:tuple,     # (C, H, W) of its input
+)->float:                  # a certified L2 Lipschitz constant (exact for max pooling)
+    "Certified L2 Lipschitz constant of a 2-d pooling layer on inputs of `input_shape`."
+    if isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)): return math.sqrt(_max_pool_cover(m, input_shape))
+    if not isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)): raise TypeError(f'not a 2-d max or average pooling: {m}')
+    x = torch.ones((1,) + tuple(input_shape), dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():   # also under no_grad, as inside lipschitz_margin_bound
+        try: y = m(x)
+        except RuntimeError as e: raise ValueError(f'{m} cannot take inputs of shape {tuple(input_shape)}: {e}') from None
+        cols, = torch.autograd.grad(y.sum(), x)
+    return math.sqrt(y.detach().max().item() * cols.max().item())
+
+
+# %% [markdown]
+# Each certified constant is checked against the layer's own operator norm, found by power iteration through the
+# layer's forward and backward (from below), on configurations that a kernel-size formula gets wrong: non-square
+# kernels, strides longer than the kernel, `ceil_mode`, dilation, divisors, padding modes, `padding='same'`, groups.
+# For max pooling the norm is the Jacobian's at the worst point: one pixel raised where it is the maximum of every
+# window that holds it.
+
+# %%
+def _op_norm(f, x0, iters=100):
+    "Largest singular value of the Jacobian of f at x0, by power iteration through autograd (converges from below)."
+    v = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for _ in range(iters):
+        v = v / v.norm()
+        v = torch.autograd.functional.vjp(f, x0, torch.autograd.functional.jvp(f, x0, v)[1])[1]
+    return torch.autograd.functional.jvp(f, x0, v / v.norm())[1].norm().item()
+
+def _worst_max_gain(m, shape):
+    "Gain of max pooling along a one-hot pixel held by the most windows (its Jacobian's norm at that point)."
+    best = 0.
+    for i in range(shape[1] * shape[2]):
+        x = torch.zeros((1,) + shape, dtype=torch.float64); x.view(-1)[i] = 1.
+        best = max(best, torch.autograd.functional.jvp(m, x, x)[1].norm().item())
+    return best
+
+pools = {'MaxPool2d(2)': nn.MaxPool2d(2), 'MaxPool2d(3, stride=2)': nn.MaxPool2d(3, stride=2),
+         'MaxPool2d((2, 3), stride=(1, 2), padding=1)': nn.MaxPool2d((2, 3), stride=(1, 2), padding=1),
+         'MaxPool2d(2, ceil_mode=True)': nn.MaxPool2d(2, ceil_mode=True), 'MaxPool2d(3, stride=3, dilation=3)': nn.MaxPool2d(3, stride=3, dilation=3),
+         'MaxPool2d(3, stride=2, padding=1, ceil_mode=True)': nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+         'AdaptiveMaxPool2d((3, 4))': nn.AdaptiveMaxPool2d((3, 4)), 'AvgPool2d(2)': nn.AvgPool2d(2),
+         'AvgPool2d(2, ceil_mode=True)': nn.AvgPool2d(2, ceil_mode=True), 'AvgPool2d((2, 3), stride=(1, 2))': nn.AvgPool2d((2, 3), stride=(1, 2)),
+         'AvgPool2d(2, stride=3)': nn.AvgPool2d(2, stride=3), 'AvgPool2d(3, 1, 1, count_include_pad=False)': nn.AvgPool2d(3, 1, 1, count_include_pad=False),
+         'AvgPool2d(2, divisor_override=1)': nn.AvgPool2d(2, divisor_override=1),
+         'AvgPool2d(3, stride=2, padding=1, ceil_mode=True)': nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True),
+         'AdaptiveAvgPool2d((3, 4))': nn.AdaptiveAvgPool2d((3, 4))}
+rows = []
+for label, m in pools.items():
+    for shape in [(1, 3, 3), (1, 11, 13)]:
+        try: L = pool_lipschitz(m, shape)
+        except ValueError as e: assert 'cannot take inputs of shape' in str(e); continue
+        if isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
+            true = _worst_max_gain(m, shape)
+            test_close(true, L, eps=1e-12)                  # attained: the constant is exact
+        else: true = _op_norm(m, torch.rand((1,) + shape, generator=gen, dtype=torch.float64))
+        assert true <= L * (1 + 1e-9), (label, shape, true, L)
+        rows.append([label, 'x'.join(map(str, shape[1:])), true, L])
+Table(rows, ['layer', 'input', 'operator norm', 'certified'], fmt='.4f')
+
+# %%
+#| export
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
+_LIP_LAYERS = 'Linear, Conv2d, Max/AvgPool2d, AdaptiveMax/AvgPool2d, BatchNorm1d/2d, Flatten, Dropout, Identity, ReLU/Tanh/Sigmoid/Softplus'
+
 def _lipschitz(m, x):
-    "A certified L2 Lipschitz constant of layer m at input shape x.shape[1:]."
+    "A certified L2 Lipschitz constant of layer m (of the eval-mode float64 copy) at input shape x.shape[1:]."
     if isinstance(m, _PASS): return 1.0
     if isinstance(m, _ACTS): return derivative_bounds(m)[0]
     if isinstance(m, nn.Linear): return torch.linalg.matrix_norm(m.weight.detach().double(), ord=2).item()
     if isinstance(m, nn.Conv2d): return conv_spectral_norm(m, tuple(x.shape[1:]))
-    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-        k = m.kernel_size if isinstance(m.kernel_size, int) else max(m.kernel_size)
-        s = m.stride if isinstance(m.stride, int) else min(m.stride)
-        if isinstance(m, nn.AvgPool2d):
-            if m.padding not in (0, (0, 0)): raise ValueError(f'lipschitz_margin_bound: AvgPool2d with padding is not supported ({m})')
-            return math.ceil(k / s) / k
-        return float(math.ceil(k / s))
+    if isinstance(m, _POOLS): return pool_lipschitz(m, tuple(x.shape[1:]))
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
         g = m.weight.detach().abs() if m.affine else torch.ones_like(m.running_var)
         return (g / (m.running_var + m.eps).sqrt()).max().item()
     raise ValueError(f'unsupported layer {type(m).__name__} ({m}) in lipschitz_margin_bound: no certified Lipschitz '
-                     'constant for it (supported: Linear, Conv2d, Max/AvgPool2d, BatchNorm, Flatten, Dropout, ReLU/Tanh/Sigmoid/Softplus)')
+                     f'constant for it (supported: {_LIP_LAYERS})')
 
 def lipschitz_margin_bound(
-    model:nn.Sequential,   # network mapping (N, ...) to logits (N, C); a final Softmax is ignored
+    model:nn.Sequential,   # network mapping (N, ...) to logits (N, C); a final Softmax is ignored; certified in eval mode
     x:Tensor,              # inputs (N, ...)
 )->Bound:                  # certified bound (N,) float64; report [(layer, Lipschitz constant as a (N,) tensor)]
     "Sound lower bound: logit margin / (sqrt 2 * product of certified layer Lipschitz constants), in float64."
