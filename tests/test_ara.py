@@ -252,7 +252,7 @@ def test_gradcheck_exact():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# CVPR Theorem 2 as published and corrected.
+# Bibi et al. 2018, Theorem 2 as published and corrected.
 
 
 def theorem2_net():

@@ -1,4 +1,4 @@
-"Price's theorem (CVPR Lemma 2) on ReLU products and polynomials; the exported checkers; devices; bad inputs."
+"Price's theorem (Bibi et al. 2018, Lemma 2) on ReLU products and polynomials; the exported checkers; devices; bad inputs."
 import math
 
 import pytest

@@ -33,7 +33,7 @@ def scale_q(mu1, mu2, var1, var2):
 
 
 def reference(args):
-    "The 20-digit mpmath quadrature of TPAMI eq 4 (shares no code with the closed form), one pair at a time."
+    "The 20-digit mpmath quadrature of Alfadly et al. 2020, eq 4 (shares no code with the closed form), one pair at a time."
     return torch.tensor([float(_relu_cross_moment_mp(*a, dps=20)) for a in zip(*(x.tolist() for x in args))], dtype=f64)
 
 
@@ -44,7 +44,7 @@ PAPER_RHOS = [-0.999, -0.9, -SQRT_HALF, -0.5, -0.2, 0., 0.3, 0.6, SQRT_HALF, 0.9
 
 
 def paper_rows():
-    "The paper's range (TPAMI Fig. 2): seeded random (mu, s) and rho, and its corners, at +-1/sqrt2 and +-0.999."
+    "The paper's range (Alfadly et al. 2020, Fig. 2): seeded random (mu, s) and rho, and its corners, at +-1/sqrt2 and +-0.999."
     gen = torch.Generator().manual_seed(2023)
     n = 200
     mu = torch.rand(n, 2, generator=gen, dtype=f64) * 4 - 2
@@ -242,7 +242,7 @@ def test_tiny_variances_are_accepted(dtype, var):
 
 @given(mu=means, s=st.floats(0.01, 3))
 def test_perfect_correlation_gives_the_second_moment(mu, s):
-    "z1 = z2: E[relu(z)^2] (CVPR Lemma 1); z2 = -z1 (same mean reflected): relu(z) relu(-z) = 0."
+    "z1 = z2: E[relu(z)^2] (Bibi et al. 2018, Lemma 1); z2 = -z1 (same mean reflected): relu(z) relu(-z) = 0."
     m, v = t64(mu, s * s)
     assert cm(mu, mu, s, s, 1.) == pytest.approx(relu_second_moment(m, v).item(), rel=1e-13, abs=0)
     assert cm(mu, -mu, s, s, -1.) <= ACC * (mu * mu + s * s)

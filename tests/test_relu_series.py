@@ -1,4 +1,4 @@
-"Properties of `netmoments.relu.relu_cross_moment_series` (TPAMI Lemma 4): values, convergence, dtypes, gradients, errors."
+"Properties of `netmoments.relu.relu_cross_moment_series` (Alfadly et al. 2020, Lemma 4): values, convergence, dtypes, gradients, errors."
 import math
 
 import numpy as np
@@ -60,7 +60,7 @@ def test_twenty_terms_beat_fewer(mu1, mu2, s1, s2, rho):
 @PROFILE
 @given(seed=st.integers(0, 2**31 - 1))
 def test_worst_error_over_a_batch_falls_with_terms(seed):
-    "As in TPAMI Fig. 2: the worst error over many (mu, s, rho), |rho| <= 0.5, falls strictly from 1 to 5 to 10 to 20 terms."
+    "As in Alfadly et al. 2020, Fig. 2: the worst error over many (mu, s, rho), |rho| <= 0.5, falls strictly from 1 to 5 to 10 to 20 terms."
     gen = np.random.default_rng(seed)
     rows = np.column_stack([gen.uniform(-3, 3, (30, 2)), gen.uniform(0.2, 3, (30, 2)), gen.uniform(-0.5, 0.5, 30)])
     p = torch.tensor(rows, dtype=f64)
@@ -71,7 +71,7 @@ def test_worst_error_over_a_batch_falls_with_terms(seed):
 
 
 def test_paper_grid_errors_at_the_disjunction_and_near_it():
-    "Worst errors at 20 terms on a coarse version of the TPAMI Fig. 2 grid: ~5.7e-3 at rho = 0.7, ~1.3e-2 at 1/sqrt2."
+    "Worst errors at 20 terms on a coarse version of the grid of Alfadly et al. 2020, Fig. 2: ~5.7e-3 at rho = 0.7, ~1.3e-2 at 1/sqrt2."
     grid = [(m1, m2, s1, s2) for m1 in (-2., -1.6, 1.6, 2.) for m2 in (-2., 2.) for s1 in (0.2, 2.) for s2 in (0.2, 2.)]
     for rho, low, high in [(0.7, 4e-3, 7e-3), (-0.7, 4e-3, 7e-3), (DISJUNCTION, 1e-2, 1.5e-2), (0.5, 0, 1e-11)]:
         worst = max(abs(series(*p, rho, 20) - exact(*p, rho)) for p in grid)

@@ -1,4 +1,4 @@
-"Tests of netmoments.synthetic: the CVPR §4.1 noise regimes, the slope fit and analytic-vs-MC on exact networks."
+"Tests of netmoments.synthetic: the noise regimes of Bibi et al. 2018, §4.1, the slope fit and analytic-vs-MC on exact networks."
 import numpy as np
 import pytest
 import torch

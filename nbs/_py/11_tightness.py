@@ -409,7 +409,7 @@ Table([('linearization', t_lin * 1e3, None), ('exact moments', t_ara * 1e3, None
       ['one image, float64', 'ms', 'ratio to analytic'], {'ms': '.1f', 'ratio to analytic': '.2f'})
 
 # %% [markdown]
-# ## Full size (`#| slow`)
+# ## Full size (slow)
 
 # %%
 #| echo: false

@@ -254,17 +254,17 @@ slope_table(slope_rows(fig2), 'least-squares slope of Monte Carlo on analytic, w
 
 # %%
 #| label: fig-synthetic-scatter
-#| fig-cap: "Monte Carlo against analytic output mean (top) and variance (bottom) for each synthetic network, medium regime for FC and high regime for Conv as in Bibi et al. 2018, Fig. 2; dashed: slope 1; legend: fitted slope. Default run: 10 (FC) or 4 (Conv) covariances, 2,000 samples each."
-fig, axes = plt.subplots(2, 6, figsize=(14, 4.8), layout='constrained')
+#| fig-cap: "Monte Carlo against analytic output mean and variance for each synthetic network: FC networks in the medium regime (top two rows), Conv networks in the high regime (bottom two rows), as in Bibi et al. 2018, Fig. 2; dashed: slope 1; titles: fitted slope. Default run: 10 (FC) or 4 (Conv) covariances, 2,000 samples each."
+fig, axes = plt.subplots(4, 3, figsize=(10, 11.5), layout='constrained')
 for j, name in enumerate(NETS):
     r = fig2[name, 'medium' if name.startswith('FC') else 'high']
     for i, (ana, mc, what) in enumerate([(r.mean, r.mc_mean, 'mean'), (r.var, r.mc_var, 'variance')]):
-        ax = axes[i, j]
+        ax = axes[2 * (j // 3) + i, j % 3]
         ax.scatter(ana, mc, s=12)
         lim = torch.cat([ana, mc]).abs().max().item() * 1.1
         ax.plot([-lim if what == 'mean' else 0, lim], [-lim if what == 'mean' else 0, lim], 'k--', lw=0.8)
         ax.set(title=f'{name}: slope {fit_slope(ana, mc).slope:.2f}', xlabel=f'analytic {what}', ylabel=f'MC {what}')
-        ax.title.set_fontsize(9)
+        ax.title.set_fontsize(11)
 
 # %% [markdown]
 # ## Linearization error against the layer (Alfadly et al. (2020), Table 1)
@@ -355,7 +355,7 @@ units of logits whose norm is about {logit_norm:.0f}: far from the published hun
 in $[0, 255]$ pixel units.""")
 
 # %% [markdown]
-# ## Full size (`#| slow`)
+# ## Full size (slow)
 # The paper's sizes: Fig. 2 with 200 covariances per regime and network and $10^4$ samples each (not the paper's
 # $7.5\cdot10^4$), and Table 1 over 100 images with 20 noise draws. On a CPU they take hours (dominated by the 1,800
 # exact variances of the Conv networks), so the cell runs only with `NETMOMENTS_FULL=1`; it saves its numbers to

@@ -649,7 +649,7 @@ for c, (ax, title) in enumerate(zip(axes, ('mean', 'variance (old, Theorem 2)', 
 axes[0].set(ylabel='mean E_r'); axes[0].legend(fontsize=7);
 
 # %% [markdown]
-# ## Full size (`#| slow`)
+# ## Full size (slow)
 
 # %%
 #| echo: false

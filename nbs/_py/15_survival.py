@@ -868,7 +868,7 @@ for k in range(10):
     if fm.fooled[sel].any(): ax.contour(fm.fooled[sel].double().mean(0).numpy(), levels=[0.5], colors='k', linewidths=0.8)
 
 # %% [markdown]
-# ## Full size (`#| slow`)
+# ## Full size (slow)
 # With `NETMOMENTS_FULL=1`, the cell below runs the sigma grid on 100 images with $10^4$ samples per image and sigma,
 # the universal perturbation from 500 images evaluated on 500 others (1000 MC samples), and fooling maps over 50
 # images per class, and

@@ -291,7 +291,7 @@ Table([[label, *e.tolist()] for label, e in errors.items()], ['model', 'sigma 0'
       caption='test error under Gaussian noise')
 
 # %% [markdown]
-# ## Full grid (`#| slow`)
+# ## Full grid (slow)
 # All of the LeNet settings of Alfadly et al. (2019) on MNIST and Fashion-MNIST with the full training sets and
 # Table 1's recipe: up to 100 epochs per run, and $\tilde N$-fold augmentation trains on $\tilde N$ times the data, so
 # the grid is meant for a GPU. It runs only with `NETMOMENTS_FULL=1` (on a GPU when one is present) and writes
