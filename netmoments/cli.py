@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_cli.ipynb #eead54b7
 from __future__ import annotations
-import argparse, importlib.util, json, math, os, sys, time
+import argparse, importlib.util, json, math, os, re, sys, tempfile, time
 from typing import TYPE_CHECKING, NamedTuple
 from . import __version__
 if TYPE_CHECKING:
@@ -55,9 +55,20 @@ def _figure_path(text:str)->str:
         raise argparse.ArgumentTypeError(f'{text}: the file name must end in .{", .".join(_FIGURE_FORMATS)}')
     return _output_path(text)
 
+def _device(text:str)->str:
+    "argparse type: 'cpu', 'cuda' or 'cuda:N' (whether CUDA is there is checked once the options parse)."
+    if text == 'cpu' or re.fullmatch(r'cuda(:\d+)?', text): return text
+    raise argparse.ArgumentTypeError(f"expected 'cpu', 'cuda' or 'cuda:N', got {text!r}")
+
 def _write_json(path:str, obj:dict):
-    "Write `obj` as JSON to `path` and say so."
-    with open(path, 'w') as f: json.dump(obj, f, indent=1)
+    "Write `obj` as JSON to `path` atomically (a temporary file in the same folder, then a rename) and say so."
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix='.' + os.path.basename(path) + '.')
+    try:
+        with os.fdopen(fd, 'w') as f: json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp): os.unlink(tmp)
+        raise
     print(f'wrote {path}')
 
 # %% ../nbs/90_cli.ipynb #d698ea6b
@@ -177,7 +188,7 @@ def _check_parser(sub):
                    help='input, hidden and output sizes (default 8 32 4)')
     c.add_argument('--dtype', choices=('float64', 'float32'), default='float64',
                    help='floating point type (default float64)')
-    c.add_argument('--device', default='cpu', help="'cpu' (default) or 'cuda'")
+    c.add_argument('--device', type=_device, default='cpu', help="'cpu' (default) or 'cuda'")
     c.add_argument('--max-se', type=_nonnegative_float, default=5.,
                    help='exit 1 if any entry is further than this many standard errors from Monte Carlo (default 5)')
     c.add_argument('--json', type=_output_path, metavar='PATH', help='also write the moments and deviations as JSON')
@@ -282,7 +293,7 @@ def _tightness_parser(sub):
                    help='first images of the bundled MNIST slice (default 3)')
     t.add_argument('--samples', type=_positive_int, default=10_000, help='Monte Carlo samples per image (default 1e4)')
     t.add_argument('--seed', type=int, default=0, help='seed of the covariances and of Monte Carlo (default 0)')
-    t.add_argument('--device', default='cpu', help="'cpu' (default) or 'cuda'")
+    t.add_argument('--device', type=_device, default='cpu', help="'cpu' (default) or 'cuda'")
     t.add_argument('--json', type=_output_path, metavar='PATH', help='also write the table as JSON')
     t.add_argument('--figure', type=_figure_path, metavar='PATH',
                    help="also save Monte Carlo against analytic variances as a figure, e.g. tightness.png "
@@ -326,7 +337,7 @@ def _stepcost_parser(sub):
     s.add_argument('--folds', type=_positive_int, nargs='*', default=[2, 6], help='augmentation folds N (default 2 6)')
     s.add_argument('--rounds', type=_positive_int, default=5, help='round-robin rounds, best kept (default 5)')
     s.add_argument('--steps', type=_positive_int, default=20, help='steps per timed round (default 20)')
-    s.add_argument('--device', default='cpu', help="'cpu' (default) or 'cuda'")
+    s.add_argument('--device', type=_device, default='cpu', help="'cpu' (default) or 'cuda'")
     s.add_argument('--json', type=_output_path, metavar='PATH', help='also write the times as JSON')
     s.set_defaults(run=_stepcost)
 
@@ -361,7 +372,7 @@ def _bench_parser(sub):
     b = sub.add_parser('bench', help='speed ratios: exact cross moments, Lemma 4 series, analytic vs Monte Carlo',
                        description='Speed of the exact ReLU cross moments, the Lemma 4 series and the analytic network '
                                    'moments against Monte Carlo, as ratios to their baselines.')
-    b.add_argument('--devices', nargs='*', default=None, metavar='DEVICE',
+    b.add_argument('--devices', type=_device, nargs='*', default=None, metavar='DEVICE',
                    help="devices to time on, e.g. cpu cuda (default: cpu, and cuda when torch sees one)")
     b.add_argument('--pairs', type=_positive_int, default=100_000,
                    help='Gaussian pairs for the cross-moment benchmarks (default 1e5)')
@@ -395,7 +406,8 @@ def _parser():
 def main(argv:list|None=None)->int:
     "The `netmoments` command: `check`, `bench`, `tightness` or `stepcost`."
     args = _parser().parse_args(argv)
-    if getattr(args, 'device', 'cpu').startswith('cuda'):
+    devices = [getattr(args, 'device', None)] + list(getattr(args, 'devices', None) or [])
+    if any(d and d.startswith('cuda') for d in devices):
         import torch
         if not torch.cuda.is_available():
             print(f'netmoments {args.command}: --device cuda asked for, but torch sees no CUDA device', file=sys.stderr)

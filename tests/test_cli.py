@@ -256,3 +256,12 @@ def test_console_script():
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert 'largest deviation' in res.stdout and 'n=4 p=8 d=2' in res.stdout
+
+
+@pytest.mark.parametrize('args', [['check', '--device', 'meta'], ['tightness', '--device', 'mps'], ['stepcost', '--device', 'gpu'],
+                                  ['bench', '--devices', 'cpu', 'meta']])
+def test_device_refused(args, capsys):
+    "A device other than cpu, cuda or cuda:N is an argparse error (exit 2) before any work."
+    from netmoments.cli import main
+    with pytest.raises(SystemExit) as e: main(args)
+    assert e.value.code == 2 and "expected 'cpu', 'cuda' or 'cuda:N'" in capsys.readouterr().err
