@@ -4,14 +4,14 @@
 
 # %% ../nbs/16_bounds.ipynb #e5458523
 from __future__ import annotations
-import copy, math
+import copy, math, numbers
 from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 from tqdm.auto import tqdm
-from .core import check_finite
+from .core import check_finite, as_tensors
 
 # %% auto #0
 __all__ = ['DERIVATIVE_BOUNDS', 'linear_bound', 'tight_example', 'derivative_bounds', 'algorithm41', 'random_mlp', 'Bound',
@@ -31,16 +31,32 @@ def _check_ties(scores, what='sample'):
         raise ValueError(f'the class of {what} {int(tied.nonzero()[0])} is tied (two largest scores equal '
                          f'{top[tied][0, 0].item():.6g}); a tied point has no class to change')
 
+def _check_bound(v, name, low=0.0):
+    "Raise ValueError unless v is a finite real number >= low."
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < low:
+        raise ValueError(f'{name} must be a finite number >= {low:g}; got {v!r}')
+
 def linear_bound(
     W:Tensor,   # weights (C, n), one row per class
     b:Tensor,   # biases (C,)
-    x:Tensor,   # inputs (N, n)
-)->Tensor:      # (N,) the exact distance to the nearest decision boundary (Peck 2017, Theorem 3.6), dtype of the inputs
+    x:Tensor,   # inputs (N, n), N >= 1
+)->Tensor:      # (N,) the exact distance to the nearest decision boundary (Peck 2017, Theorem 3.6), in the common dtype of W, b, x
     "Robustness of the linear classifier argmax(W x + b) at each x: min over c' != c of the margin over ||w_c' - w_c||."
     _check_2d(x, 'x'); _check_2d(W, 'W')
+    if not isinstance(b, Tensor) or not b.is_floating_point():
+        raise ValueError(f'b must be a floating tensor of shape (C,); got {getattr(b, "dtype", type(b).__name__)}')
     if b.ndim != 1 or len(b) != len(W): raise ValueError(f'b must have shape ({len(W)},); got {tuple(b.shape)}')
     if x.shape[1] != W.shape[1]: raise ValueError(f'x must have {W.shape[1]} features (W is {tuple(W.shape)}); got {tuple(x.shape)}')
     if len(W) < 2: raise ValueError(f'W must have at least 2 classes; got {len(W)}')
+    if len(x) == 0: raise ValueError(f'x must hold at least one sample; got shape {tuple(x.shape)}')
+    for t, name in ((W, 'W'), (b, 'b'), (x, 'x')): check_finite(t, name)
+    W, b, x = as_tensors(W, b, x, names=('W', 'b', 'x'))      # mixed float dtypes promote, as everywhere in netmoments
+    # the bound is invariant to a common positive scale of (W, b): divide by the power of two at or above their
+    # largest magnitude (exact in floating point), so that no norm or score under- or overflows for tiny or huge weights
+    top = torch.maximum(W.abs().max(), b.abs().max())
+    if top > 0:
+        scale = torch.ldexp(torch.ones_like(top), torch.frexp(top).exponent)
+        W, b = W / scale, b / scale
     scores = x @ W.mT + b
     _check_ties(scores)
     c = scores.argmax(1)
@@ -56,6 +72,8 @@ def tight_example(
 )->tuple:       # (W, b, eta): the identity classifier and, per sample, a perturbation (N, n) of norm linear_bound
     "The classifier argmax_i x_i of Peck 2017, Theorem 3.7, with a minimal adversarial perturbation attaining the bound at each x."
     _check_2d(x, 'x')
+    if len(x) == 0 or x.shape[1] < 2: raise ValueError(f'x must hold at least one sample of n >= 2 scores; got shape {tuple(x.shape)}')
+    check_finite(x, 'x')
     W, b = torch.eye(x.shape[1], dtype=x.dtype, device=x.device), x.new_zeros(x.shape[1])
     _check_ties(x)
     top = x.topk(2, dim=1)
@@ -73,6 +91,7 @@ def derivative_bounds(
     relu_second:float=1.0,   # the bound used for ReLU's second derivative (Peck 2017 uses 1; no finite bound exists)
 )->tuple:                    # (A, B): sup |g'| and sup |g''| (Peck 2017, Table 4.1)
     "Bounds on the first and second derivatives of an activation (Peck 2017, Table 4.1)."
+    _check_bound(relu_second, 'relu_second')
     if isinstance(act, nn.ReLU): return 1.0, relu_second
     if isinstance(act, nn.Softplus): return 1.0, act.beta / 4
     for kind, ab in DERIVATIVE_BOUNDS.items():
@@ -117,6 +136,10 @@ def random_mlp(
     dtype:torch.dtype=torch.float64,
 )->nn.Sequential:                 # frozen, eval mode
     "An MLP [Linear, act, ..., Linear] with i.i.d. uniform(low, high) weights and biases (Peck 2017, §4.3)."
+    if len(sizes) < 2 or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in sizes):
+        raise ValueError(f'sizes must be at least two positive integer widths (d, ..., C); got {sizes!r}')
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        raise ValueError(f'low and high must be finite with low <= high; got low={low!r}, high={high!r}')
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         lin = nn.Linear(a, b, dtype=dtype)
@@ -168,6 +191,8 @@ def mlp_bound(
     "Peck 2017, Theorem 4.2, with M from Algorithm 4.1, batched, in float64."
     _check_2d(x, 'x')
     check_finite(x, 'x')
+    if len(x) == 0: raise ValueError(f'x must hold at least one sample; got shape {tuple(x.shape)}')
+    _check_bound(relu_second, 'relu_second')
     net = copy.deepcopy(model).double().eval().requires_grad_(False)
     hidden, out = _mlp_parts(net)
     if x.shape[1] != (hidden[0][0] if hidden else out).in_features:
@@ -253,6 +278,7 @@ def _float64_layers(model, x):
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
         raise ValueError(f'x must be a floating tensor (N, ...); got {getattr(x, "dtype", type(x).__name__)} {tuple(getattr(x, "shape", ()))}')
     check_finite(x, 'x')
+    if len(x) == 0: raise ValueError(f'x must hold at least one sample; got shape {tuple(x.shape)}')
     net = copy.deepcopy(model).double().eval().requires_grad_(False)
     layers = list(net)
     if layers and isinstance(layers[-1], nn.Softmax): layers = layers[:-1]
@@ -283,6 +309,7 @@ def network_bound(
     relu_second:float=1.0,  # ReLU's second-derivative bound for the trailing MLP (Peck 2017: 1)
 )->Bound:                   # bound (N,) at the input; report [(layer, (N,) bound on that layer's input)], input first
     "The layer-wise lower bound of Peck et al. 2017 (Peck 2017, Algorithm 5.1), composed backwards from the output, in float64."
+    _check_bound(relu_second, 'relu_second')
     layers = _float64_layers(model, x)
     for i, m in enumerate(layers):
         if not isinstance(m, _SUPPORTED): raise ValueError(_unsupported(m, i))

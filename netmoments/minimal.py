@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_minimal.ipynb #4974e46b
 from __future__ import annotations
-import copy, math
+import copy, math, numbers
 from typing import NamedTuple
 import torch
 import torch.nn.functional as F
@@ -172,12 +172,30 @@ def _ddn(model, x, label, steps, gamma, alpha, init_norm, init):
 # %% ../nbs/17_minimal.ipynb #88ae5e81
 METHODS = ('fgs', 'fgv', 'deepfool', 'ddn')
 
+def _check_count(v, name):
+    "Raise ValueError unless v is a positive integer."
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        raise ValueError(f'{name} must be a positive integer; got {v!r}')
+
+def _check_real(v, name, low, high=math.inf, low_open=False, high_open=False):
+    "Raise ValueError unless v is a finite real number in the interval from low to high."
+    ok = (not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v)
+          and (v > low if low_open else v >= low) and (v < high if high_open else v <= high))
+    if not ok:
+        where = (f'{"(" if low_open else "["}{low:g}, {high:g}{")" if high_open else "]"}' if math.isfinite(high)
+                 else f'{">" if low_open else ">="} {low:g}')
+        raise ValueError(f'{name} must be a finite number {"in " if math.isfinite(high) else ""}{where}; got {v!r}')
+
+def _eval_copy(model):
+    "`model` itself if no module of it is in training mode, else an eval-mode copy (the caller's model is untouched)."
+    return copy.deepcopy(model).eval() if any(m.training for m in model.modules()) else model
+
 def minimal_l2(
     model:nn.Module,       # classifier mapping (N, ...) to logits (N, C); attacked in its own dtype and device
     x:Tensor,              # inputs (N, ...) on the model's device
     method:str='ddn',      # 'fgs', 'fgv' (line search), 'deepfool' or 'ddn'
     eps_min:float=1e-3,    # fgs/fgv: first scale tried (then doubled)
-    eps_max:float=1e3,     # fgs/fgv: largest scale tried (M in Peck 2017, Algorithm 2.1)
+    eps_max:float=1e3,     # fgs/fgv: largest scale tried (M in Peck 2017, Algorithm 2.1), finite (below eps_min no scale is tried)
     steps:int=100,         # ddn: iterations; deepfool: at most this many
     overshoot:float=0.02,  # deepfool's overshoot
     gamma:float=0.05,      # ddn's radius factor
@@ -193,10 +211,21 @@ def minimal_l2(
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
         raise ValueError(f'x must be a floating tensor (N, ...) with a batch dimension; got '
                          f'{getattr(x, "dtype", type(x).__name__)} {tuple(getattr(x, "shape", ()))}')
+    if len(x) == 0: raise ValueError(f'x must hold at least one sample; got shape {tuple(x.shape)}')
     check_finite(x, 'x')
-    if init is not None and init.shape != x.shape:
-        raise ValueError(f'init must have the shape of x {tuple(x.shape)}; got {tuple(init.shape)}')
+    for v, name in ((steps, 'steps'), (ray_steps, 'ray_steps'), (batch_size, 'batch_size')): _check_count(v, name)
+    _check_real(eps_min, 'eps_min', 0, low_open=True)
+    _check_real(eps_max, 'eps_max', 0, low_open=True)     # below eps_min no scale is tried: every sample fails
+    _check_real(overshoot, 'overshoot', 0)
+    _check_real(gamma, 'gamma', 0, 1, low_open=True, high_open=True)
+    _check_real(alpha, 'alpha', 0, low_open=True)
+    _check_real(init_norm, 'init_norm', 0, low_open=True)
+    if init is not None:
+        if not isinstance(init, Tensor) or init.shape != x.shape:
+            raise ValueError(f'init must have the shape of x {tuple(x.shape)}; got {tuple(getattr(init, "shape", ()))}')
+        check_finite(init, 'init')
     model64 = as_float64(model)
+    model = _eval_copy(model)    # attack the eval-mode network (batch norm on running statistics), never changing it
     dtype = next((p.dtype for p in model.parameters()), x.dtype)
     parts = []
     for s in tqdm(range(0, len(x), batch_size), disable=not progress, desc=method):
@@ -231,6 +260,8 @@ def strongest(
     **kwargs,                  # passed to `minimal_l2`
 )->MinimalPerturbation:        # per sample, the smallest verified perturbation over all attacks
     "The per-sample minimum over several `minimal_l2` attacks (the strongest attack implemented here)."
+    if isinstance(methods, str) or not len(methods) or any(m not in METHODS for m in methods):
+        raise ValueError(f'methods must be a non-empty tuple of {", ".join(METHODS)}; got {methods!r}')
     results = [minimal_l2(model, x, m, progress=progress, **kwargs) for m in methods]
     if refine:
         best = min_over(results)

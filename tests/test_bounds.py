@@ -114,6 +114,61 @@ def test_errors():
     with pytest.raises(ValueError, match='unsupported activation'): derivative_bounds(nn.ELU())
 
 
+def _wbx(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    b = torch.randn(4, generator=g, dtype=torch.float64)
+    return W, b, torch.randn(6, 5, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize('k', [1e-300, 1e-170, 1e-25, 1e19, 1e170, 1e300])
+def test_linear_bound_is_scale_free(k):
+    # the bound is invariant to a common positive scale of (W, b); a norm must not under- or overflow
+    W, b, x = _wbx()
+    ref = linear_bound(W, b, x)
+    assert torch.isfinite(ref).all() and (ref > 0).all()
+    torch.testing.assert_close(linear_bound(W * k, b * k, x), ref, rtol=1e-12, atol=0)
+    if 1e-30 < k < 1e30:   # within float32's range
+        torch.testing.assert_close(linear_bound((W * k).float(), (b * k).float(), x.float()), ref.float(), rtol=1e-5, atol=0)
+
+
+def test_linear_bound_power_of_two_scaling_is_exact():
+    W, b, x = _wbx(1)
+    assert torch.equal(linear_bound(W * 2.0**-40, b * 2.0**-40, x), linear_bound(W, b, x))
+
+
+def test_linear_bound_refuses_non_finite_empty_and_promotes_dtypes():
+    W, b, x = _wbx()
+    for name, args in (('W', (W.index_fill(1, torch.tensor([0]), torch.nan), b, x)),
+                       ('W', (W.index_fill(1, torch.tensor([2]), torch.inf), b, x)),
+                       ('b', (W, b.index_fill(0, torch.tensor([1]), torch.nan), x)),
+                       ('x', (W, b, x.index_fill(0, torch.tensor([3]), -torch.inf)))):
+        with pytest.raises(ValueError, match=f'{name} must be finite'): linear_bound(*args)
+    with pytest.raises(ValueError, match='at least one sample'): linear_bound(W, b, x[:0])
+    with pytest.raises(ValueError, match='b must be a floating tensor'): linear_bound(W, b.tolist(), x)
+    mixed = linear_bound(W.float(), b, x)           # promoted to float64, as netmoments.core.as_tensors does
+    assert mixed.dtype == torch.float64
+    torch.testing.assert_close(mixed, linear_bound(W.float().double(), b, x))
+
+
+def test_other_public_functions_refuse_bad_arguments():
+    x = torch.randn(4, 3, dtype=torch.float64)
+    mlp = random_mlp((3, 4, 2), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match='x must hold at least one sample'): tight_example(x[:0])
+    with pytest.raises(ValueError, match='x must be finite'): tight_example(x * torch.nan)
+    with pytest.raises(ValueError, match='relu_second'): derivative_bounds(nn.ReLU(), -1.0)
+    with pytest.raises(ValueError, match='relu_second'): derivative_bounds(nn.ReLU(), float('nan'))
+    with pytest.raises(ValueError, match='sizes'): random_mlp((3, 0, 2))
+    with pytest.raises(ValueError, match='sizes'): random_mlp((3,))
+    with pytest.raises(ValueError, match='low and high'): random_mlp((3, 2), low=1.0, high=-1.0)
+    with pytest.raises(ValueError, match='low and high'): random_mlp((3, 2), low=float('nan'))
+    with pytest.raises(ValueError, match='x must hold at least one sample'): mlp_bound(mlp, x[:0])
+    with pytest.raises(ValueError, match='relu_second'): mlp_bound(mlp, x, relu_second=float('inf'))
+    with pytest.raises(ValueError, match='x must be finite'): mlp_bound(mlp, x * torch.nan)
+    with pytest.raises(ValueError, match='x must hold at least one sample'): network_bound(mlp, x[:0])
+    with pytest.raises(ValueError, match='relu_second'): network_bound(mlp, x, relu_second=-2.0)
+
+
 @pytest.mark.parametrize('device', DEVICE_PARAMS)
 def test_device(device):
     net = random_mlp((3, 4, 2), nn.Tanh, -1, 1, torch.Generator().manual_seed(0)).to(device)

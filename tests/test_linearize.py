@@ -219,14 +219,25 @@ def test_unsupported_module_is_named(bad, match):
     with pytest.raises(ValueError, match=match): two_stage(net, torch.zeros(1, 3), 1)
 
 
-def test_training_mode_is_refused():
+def test_training_mode_linearizes_the_eval_network_and_leaves_the_model_alone():
+    # model_layers still refuses a training-mode module; two_stage linearizes the eval-mode network instead
     net = conv_net().train()
     with pytest.raises(ValueError, match=r'module 8 of the model \(BatchNorm1d\) is in training mode.*model.eval\(\)'):
-        two_stage(net, points(2), 1)
+        model_layers(net)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    x = points(2)
+    lin = two_stage(net, x, 1)
+    for a, b in zip(lin, two_stage(conv_net().eval(), x, 1)): assert_close(a, b, rtol=0, atol=0)
+    assert all(m.training for m in net.modules())                       # the mode flags are as they were
+    for k, v in net.state_dict().items(): assert torch.equal(v, state[k]), k   # and so are the buffers
+    assert linearization_memory(net, (1, 12, 12)) == linearization_memory(conv_net(), (1, 12, 12))
+    with pytest.raises(ValueError, match='x must be finite'): two_stage(net, x * float('nan'), 1)
+    assert all(m.training for m in net.modules())                       # restored after an error too
+    for shape in ((-1, 12, 12), (1, 0, 12), (), 12):
+        with pytest.raises(ValueError, match='input_shape must be'): linearization_memory(net, shape)
     drop = nn.Sequential(nn.Linear(3, 4), nn.Dropout(), nn.ReLU(), nn.Linear(4, 2))
-    with pytest.raises(ValueError, match=r'module 1 of the model \(Dropout\) is in training mode'):
-        two_stage(drop, torch.zeros(1, 3), 1)
-    two_stage(drop.eval(), torch.zeros(1, 3), 1)
+    for a, b in zip(two_stage(drop, torch.ones(2, 3), 1), two_stage(drop.eval(), torch.ones(2, 3), 1)):
+        assert_close(a, b, rtol=0, atol=0)
 
 
 def test_layer_out_of_range_names_the_relu_count():

@@ -1,4 +1,5 @@
 "Minimal-norm L2 attacks: exactness on linear classifiers, float64 verification, errors, devices."
+import copy
 import pytest
 import torch
 from torch import nn
@@ -75,6 +76,61 @@ def test_errors():
     eye = nn.Linear(2, 2, bias=False).double()
     with torch.no_grad(): eye.weight.copy_(torch.eye(2))
     with pytest.raises(ValueError, match='tied'): predict(eye, torch.tensor([[2., 2.]]))
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(method='fgs', eps_min=0.), 'eps_min'), (dict(method='fgv', eps_min=0.), 'eps_min'),
+    (dict(method='fgs', eps_min=-1.), 'eps_min'), (dict(method='fgv', eps_min=float('nan')), 'eps_min'),
+    (dict(method='fgs', eps_max=float('inf')), 'eps_max'), (dict(method='fgv', eps_max=0.), 'eps_max'),
+    (dict(method='fgs', eps_max=-1.), 'eps_max'), (dict(method='fgs', eps_max=float('nan')), 'eps_max'),
+    (dict(method='ddn', steps=-3), 'steps must be a positive integer'), (dict(method='deepfool', steps=0), 'steps'),
+    (dict(steps=2.5), 'steps'), (dict(steps=True), 'steps'),
+    (dict(ray_steps=0), 'ray_steps'), (dict(method='fgs', ray_steps=-1), 'ray_steps'),
+    (dict(batch_size=0), 'batch_size'), (dict(batch_size=-5), 'batch_size'),
+    (dict(method='deepfool', overshoot=-0.1), 'overshoot'), (dict(method='deepfool', overshoot=float('nan')), 'overshoot'),
+    (dict(gamma=0.), 'gamma'), (dict(gamma=1.), 'gamma'), (dict(alpha=0.), 'alpha'), (dict(alpha=float('inf')), 'alpha'),
+    (dict(init_norm=0.), 'init_norm'), (dict(init_norm=-1.), 'init_norm'),
+])
+def test_bad_parameters_raise_before_any_work(kwargs, match):
+    # eps_min=0 used to loop forever, steps=-3 returned inf norms with no error
+    lin, x = _linear(3, 3, 0)
+    with pytest.raises(ValueError, match=match): minimal_l2(lin, x, **kwargs)
+
+
+def test_empty_batch_non_finite_init_and_bad_methods():
+    lin, x = _linear(3, 3, 0)
+    for m in METHODS:
+        with pytest.raises(ValueError, match='x must hold at least one sample'): minimal_l2(lin, x[:0], m)
+    with pytest.raises(ValueError, match='init must be finite'): minimal_l2(lin, x, 'ddn', init=x * torch.inf)
+    with pytest.raises(ValueError, match='methods must be'): strongest(lin, x, methods=())
+    with pytest.raises(ValueError, match='methods must be'): strongest(lin, x, methods=('deepfool', 'cw'))
+    with pytest.raises(ValueError, match='methods must be'): strongest(lin, x, methods='ddn')
+
+
+def _bn_net(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).double().requires_grad_(False)
+    with torch.no_grad():
+        for p in net.parameters(): p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
+        net[1].running_mean.copy_(torch.randn(6, generator=gen)); net[1].running_var.uniform_(0.5, 2, generator=gen)
+    return net, torch.randn(12, 5, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize('attack', ['fgs', 'fgv', 'deepfool', 'ddn', 'strongest'])
+def test_batchnorm_in_training_mode_attacks_the_eval_network_and_changes_nothing(attack):
+    net, x = _bn_net()
+    net.train()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    run = (lambda n: strongest(n, x, steps=30)) if attack == 'strongest' else (lambda n: minimal_l2(n, x, attack, steps=30))
+    r = run(net)
+    assert net.training and net[1].training                              # the mode flags are as they were
+    for k, v in net.state_dict().items(): assert torch.equal(v, state[k]), k   # and the buffers, bit for bit
+    ref = run(copy.deepcopy(net).eval())
+    assert torch.equal(r.norm, ref.norm) and torch.equal(r.perturbation, ref.perturbation)
+    with torch.no_grad():                                                 # verified on the eval-mode network
+        ev = copy.deepcopy(net).eval()
+        assert (ev(x + r.perturbation).argmax(1)[r.success] != r.label[r.success]).all()
+    assert r.success.any()
 
 
 @pytest.mark.parametrize('device', DEVICE_PARAMS)

@@ -8,7 +8,7 @@
 # %%
 #| export
 from __future__ import annotations
-import math
+import contextlib, math
 from typing import NamedTuple
 import torch
 from torch import Tensor, nn
@@ -111,7 +111,10 @@ test_eq(kinked_error, -1)
 # `.classifier`, say, returns `nn.Sequential(self.features, self.classifier)`). Nested `nn.Sequential`s are flattened.
 # Every module must be one `two_stage` can differentiate and split: `Conv2d`, `Linear`, `ReLU`, `MaxPool2d`,
 # `AvgPool2d`, `Flatten`, `BatchNorm1d`, `BatchNorm2d`, `Dropout` or `Identity`. Batch norm and dropout depend on the
-# batch or on chance in training mode, so they must be in eval mode (dropout is then the identity). ReLU modules are
+# batch or on chance in training mode, so `model_layers` requires eval mode (dropout is then the identity);
+# `two_stage` and `linearization_memory` linearize the eval-mode network: they switch those modules to eval mode for the
+# call and back afterwards, so the caller's modes and buffers (running statistics) end as they were, and gradients
+# still reach the caller's parameters. ReLU modules are
 # applied as the out-of-place `torch.relu`, so `nn.ReLU(inplace=True)` overwrites neither `x` nor the pre-activation
 # that `c1` is computed from.
 
@@ -119,6 +122,18 @@ test_eq(kinked_error, -1)
 #| exporti
 _SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.BatchNorm1d, nn.BatchNorm2d,
               nn.Dropout, nn.Identity)
+
+_MODAL = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout)   # modules whose output depends on the mode
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    "Run the block with every batch norm and dropout module of `model` in eval mode, then restore each one's flag."
+    modal = [m for m in model.modules() if isinstance(m, _MODAL) and m.training] if isinstance(model, nn.Module) else []
+    try:
+        for m in modal: m.train(False)
+        yield model
+    finally:
+        for m in modal: m.train(True)
 
 def _flatten(seq):
     for m in seq:
@@ -323,6 +338,13 @@ def linearization_memory(
     dtype:torch.dtype|None=None,     # float type of the linearization; default: the model's parameters'
 )->LinearizationMemory|dict:         # the row for `layer`, or {l: row} for l = 1..L
     "Sizes (q, n, d) and bytes of the two-stage linearization of `model` at each choice of ReLU layer l."
+    if not isinstance(input_shape, (tuple, list, torch.Size)) or not input_shape or any(
+            isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in input_shape):
+        raise ValueError(f'input_shape must be a non-empty tuple of positive integers; got {input_shape!r}')
+    with _eval_mode(model): return _linearization_memory(model, input_shape, layer, dtype)
+
+def _linearization_memory(model, input_shape, layer, dtype):
+    "linearization_memory for a model whose batch norm and dropout modules are in eval mode."
     layers = model_layers(model)
     like = next((t for t in model.parameters() if t.is_floating_point()), torch.zeros(()))
     dtype = dtype or like.dtype
@@ -460,9 +482,14 @@ def two_stage(
     ties:str='split',              # max-pooling windows tied for the maximum: 'split' the derivative evenly among the
                                    # tied, or 'first' to the first of them (autograd's choice)
 )->AffineReluAffine:               # A (N, q, n), c1 (N, q), B (N, d, q), c2 (N, d); use with mu = x.flatten(1)
-    "Two-stage linearization of `model` around each point of `x`, split at its `layer`-th ReLU (Bibi et al. 2018, §3.4)."
+    "Two-stage linearization of the eval-mode `model` around each point of `x`, split at its `layer`-th ReLU (Bibi et al. 2018, §3.4)."
     if at not in ('relu', 'pre'): raise ValueError(f"at must be 'relu' or 'pre'; got {at!r}")
     if ties not in ('split', 'first'): raise ValueError(f"ties must be 'split' or 'first'; got {ties!r}")
+    with _eval_mode(model):   # linearize the eval-mode network: no statistics are updated, the flags are restored
+        return _two_stage(model, x, layer, at, max_bytes, ties)
+
+def _two_stage(model, x, layer, at, max_bytes, ties):
+    "two_stage for a model whose batch norm and dropout modules are in eval mode."
     layers = model_layers(model)
     r = _relu_positions(layers, layer)[layer - 1]
     _check_points(x, model)
@@ -564,8 +591,12 @@ test_fail(lambda: two_stage(small, x, 4), exc=ValueError, contains='between 1 an
 test_fail(lambda: two_stage(nn.Sequential(nn.Linear(5, 3)).double(), x, 1), exc=ValueError, contains='0 ReLU modules')
 test_fail(lambda: two_stage(nn.Sequential(nn.Linear(196, 3), nn.Sigmoid()).double(), x.flatten(1), 1), exc=ValueError,
           contains='module 1 of the model (Sigmoid)')
-test_fail(lambda: two_stage(SmallNet().double(), x, 1), exc=ValueError, contains='is in training mode')
 test_fail(lambda: two_stage(small, x, 1, at='post'), exc=ValueError, contains="at must be 'relu' or 'pre'")
+trained = seeded(SmallNet(), 0).double().train()       # batch norm in training mode: the eval-mode network is linearized
+bn_state = {k: v.clone() for k, v in trained.state_dict().items()}
+for a, b in zip(two_stage(trained, x, 1), two_stage(small, x, 1)): test_eq(a, b)
+assert trained.training and all(m.training for m in trained.modules())
+for k, v in trained.state_dict().items(): test_eq(v, bn_state[k])
 test_fail(lambda: two_stage(small, x, 1, ties='last'), exc=ValueError, contains="ties must be 'split' or 'first'")
 
 # %% [markdown]

@@ -8,7 +8,7 @@
 # %%
 #| export
 from __future__ import annotations
-import copy, math
+import copy, math, numbers
 from typing import NamedTuple
 import torch
 import torch.nn.functional as F
@@ -277,12 +277,30 @@ def _ddn(model, x, label, steps, gamma, alpha, init_norm, init):
 #| export
 METHODS = ('fgs', 'fgv', 'deepfool', 'ddn')
 
+def _check_count(v, name):
+    "Raise ValueError unless v is a positive integer."
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        raise ValueError(f'{name} must be a positive integer; got {v!r}')
+
+def _check_real(v, name, low, high=math.inf, low_open=False, high_open=False):
+    "Raise ValueError unless v is a finite real number in the interval from low to high."
+    ok = (not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v)
+          and (v > low if low_open else v >= low) and (v < high if high_open else v <= high))
+    if not ok:
+        where = (f'{"(" if low_open else "["}{low:g}, {high:g}{")" if high_open else "]"}' if math.isfinite(high)
+                 else f'{">" if low_open else ">="} {low:g}')
+        raise ValueError(f'{name} must be a finite number {"in " if math.isfinite(high) else ""}{where}; got {v!r}')
+
+def _eval_copy(model):
+    "`model` itself if no module of it is in training mode, else an eval-mode copy (the caller's model is untouched)."
+    return copy.deepcopy(model).eval() if any(m.training for m in model.modules()) else model
+
 def minimal_l2(
     model:nn.Module,       # classifier mapping (N, ...) to logits (N, C); attacked in its own dtype and device
     x:Tensor,              # inputs (N, ...) on the model's device
     method:str='ddn',      # 'fgs', 'fgv' (line search), 'deepfool' or 'ddn'
     eps_min:float=1e-3,    # fgs/fgv: first scale tried (then doubled)
-    eps_max:float=1e3,     # fgs/fgv: largest scale tried (M in Peck 2017, Algorithm 2.1)
+    eps_max:float=1e3,     # fgs/fgv: largest scale tried (M in Peck 2017, Algorithm 2.1), finite (below eps_min no scale is tried)
     steps:int=100,         # ddn: iterations; deepfool: at most this many
     overshoot:float=0.02,  # deepfool's overshoot
     gamma:float=0.05,      # ddn's radius factor
@@ -298,10 +316,21 @@ def minimal_l2(
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
         raise ValueError(f'x must be a floating tensor (N, ...) with a batch dimension; got '
                          f'{getattr(x, "dtype", type(x).__name__)} {tuple(getattr(x, "shape", ()))}')
+    if len(x) == 0: raise ValueError(f'x must hold at least one sample; got shape {tuple(x.shape)}')
     check_finite(x, 'x')
-    if init is not None and init.shape != x.shape:
-        raise ValueError(f'init must have the shape of x {tuple(x.shape)}; got {tuple(init.shape)}')
+    for v, name in ((steps, 'steps'), (ray_steps, 'ray_steps'), (batch_size, 'batch_size')): _check_count(v, name)
+    _check_real(eps_min, 'eps_min', 0, low_open=True)
+    _check_real(eps_max, 'eps_max', 0, low_open=True)     # below eps_min no scale is tried: every sample fails
+    _check_real(overshoot, 'overshoot', 0)
+    _check_real(gamma, 'gamma', 0, 1, low_open=True, high_open=True)
+    _check_real(alpha, 'alpha', 0, low_open=True)
+    _check_real(init_norm, 'init_norm', 0, low_open=True)
+    if init is not None:
+        if not isinstance(init, Tensor) or init.shape != x.shape:
+            raise ValueError(f'init must have the shape of x {tuple(x.shape)}; got {tuple(getattr(init, "shape", ()))}')
+        check_finite(init, 'init')
     model64 = as_float64(model)
+    model = _eval_copy(model)    # attack the eval-mode network (batch norm on running statistics), never changing it
     dtype = next((p.dtype for p in model.parameters()), x.dtype)
     parts = []
     for s in tqdm(range(0, len(x), batch_size), disable=not progress, desc=method):
@@ -377,6 +406,8 @@ def strongest(
     **kwargs,                  # passed to `minimal_l2`
 )->MinimalPerturbation:        # per sample, the smallest verified perturbation over all attacks
     "The per-sample minimum over several `minimal_l2` attacks (the strongest attack implemented here)."
+    if isinstance(methods, str) or not len(methods) or any(m not in METHODS for m in methods):
+        raise ValueError(f'methods must be a non-empty tuple of {", ".join(METHODS)}; got {methods!r}')
     results = [minimal_l2(model, x, m, progress=progress, **kwargs) for m in methods]
     if refine:
         best = min_over(results)
@@ -438,6 +469,30 @@ test_fail(lambda: minimal_l2(net, images, 'cw'), exc=ValueError, contains='metho
 test_fail(lambda: minimal_l2(net, images[0, 0, 0]), exc=ValueError, contains='batch dimension')
 test_fail(lambda: minimal_l2(toy, torch.tensor([[1., 1.]])), exc=ValueError, contains='tied')
 test_fail(lambda: minimal_l2(net, images, init=images[:3]), exc=ValueError, contains='init must have the shape')
+test_fail(lambda: minimal_l2(net, images[:0]), exc=ValueError, contains='x must hold at least one sample')
+test_fail(lambda: minimal_l2(toy, torch.tensor([[1., 0.]]), 'fgs', eps_min=0.), exc=ValueError, contains='eps_min')
+test_fail(lambda: minimal_l2(toy, torch.tensor([[1., 0.]]), 'fgv', eps_max=torch.inf), exc=ValueError, contains='eps_max')
+test_fail(lambda: minimal_l2(toy, torch.tensor([[1., 0.]]), steps=-3), exc=ValueError, contains='steps must be a positive integer')
+test_fail(lambda: minimal_l2(toy, torch.tensor([[1., 0.]]), gamma=1.), exc=ValueError, contains='gamma')
+test_fail(lambda: strongest(toy, torch.tensor([[1., 0.]]), methods=()), exc=ValueError, contains='methods must be')
+
+# %% [markdown]
+# ## Batch norm in training mode
+# In training mode a batch norm normalizes by the statistics of the batch it is given and updates its running
+# statistics, so the class of a sample would depend on the other samples and every call would change the network.
+# The attacks therefore run on the network in eval mode (running statistics), on a copy when the caller's network is
+# in training mode: its mode and buffers are left exactly as they were, and the result is that of the eval-mode network.
+
+# %%
+bn_net = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).double().requires_grad_(False)
+with torch.no_grad(): bn_net[1].running_mean.uniform_(-0.5, 0.5, generator=gen); bn_net[1].running_var.uniform_(0.5, 2, generator=gen)
+bn_before = {k: v.clone() for k, v in bn_net.state_dict().items()}
+xb = torch.randn(8, 5, generator=gen, dtype=torch.float64)
+in_train = strongest(bn_net.train(), xb)
+assert bn_net.training and bn_net[1].training
+for k, v in bn_net.state_dict().items(): test_eq(v, bn_before[k])
+in_eval = strongest(copy.deepcopy(bn_net).eval(), xb)
+test_eq(in_train.norm, in_eval.norm); test_eq(in_train.perturbation, in_eval.perturbation)
 
 # %% [markdown]
 # ## Export -
