@@ -5,6 +5,7 @@
 # %% ../nbs/14_attacks.ipynb #62c6fe35
 from __future__ import annotations
 import math, time
+from contextlib import contextmanager
 from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,24 @@ def _check_batch(M, name='M'):
         raise TypeError(f'{name} must be a floating tensor; got {type(M).__name__ if not isinstance(M, Tensor) else M.dtype}')
     if M.ndim < 2 or M.shape[0] == 0: raise ValueError(f'{name} must be a batch (N, *input_shape); got shape {tuple(M.shape)}')
     check_finite(M, name)
+
+def _check_classes(c, N, d, name):
+    "Raise `ValueError` unless c is N integer classes in [0, d) (one sync)."
+    if not isinstance(c, Tensor) or c.is_floating_point() or c.dtype == torch.bool or c.shape != (N,):
+        raise ValueError(f'{name} must be ({N},) integer class indices; got '
+                         f'{(c.dtype, tuple(c.shape)) if isinstance(c, Tensor) else type(c).__name__}')
+    lo, hi = torch.stack([c.min(), c.max()]).tolist()
+    if lo < 0 or hi >= d: raise ValueError(f'{name} must be classes in [0, {d}); got values {lo}..{hi}')
+
+@contextmanager
+def _eval_mode(model):
+    "Run `model` in eval mode (no dropout, running statistics used and left unchanged), then restore every module's mode."
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, t in modes: m.training = t
 
 def _pixel_var(sigma, M, name='sigma'):
     "sigma -> variances: (N, 1) for a number or (N,), (N, n) per pixel."
@@ -134,19 +153,28 @@ def sample_success(
     seed:int=0,             # seeds a local generator
     chunk:int=1000,         # draws per forward pass (all points at once)
 )->Tensor:                  # (N,) fraction of the draws that succeed
-    "Re-check an attack by sampling N(M + mu, sigma^2) through the real model."
+    "Re-check an attack by sampling N(M + mu, sigma^2) through the real model (in eval mode; its modes are restored)."
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f'samples must be a positive int; got {samples!r}')
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f'chunk must be a positive int; got {chunk!r}')
+    _check_batch(M)
     N = M.shape[0]
+    mu = torch.as_tensor(mu, dtype=M.dtype, device=M.device)
+    check_finite(mu, 'mu')
     std = _pixel_var(sigma, M).sqrt().reshape(N, *([1] * (M.ndim - 1))) if not (torch.is_tensor(sigma) and sigma.ndim > 1) \
         else torch.as_tensor(sigma, dtype=M.dtype, device=M.device).expand(M.shape)
-    gen = torch.Generator(device=M.device).manual_seed(seed)
-    hits = torch.zeros(N, dtype=M.dtype, device=M.device)
-    for start in range(0, samples, max(1, chunk // N)):
-        k = min(max(1, chunk // N), samples - start)
-        x = M + mu + std * torch.randn((k, *M.shape), generator=gen, dtype=M.dtype, device=M.device)
-        pred = model(x.reshape(k * N, *M.shape[1:])).argmax(-1).view(k, N)
-        hits += ((pred == target) if target is not None else (pred != source)).sum(0)
+    with _eval_mode(model):
+        d = model(M[:1]).shape[-1]
+        _check_classes(source, N, d, 'source')
+        if target is not None: _check_classes(target, N, d, 'target')
+        gen = torch.Generator(device=M.device).manual_seed(seed)
+        hits = torch.zeros(N, dtype=M.dtype, device=M.device)
+        for start in range(0, samples, max(1, chunk // N)):
+            k = min(max(1, chunk // N), samples - start)
+            x = M + mu + std * torch.randn((k, *M.shape), generator=gen, dtype=M.dtype, device=M.device)
+            pred = model(x.reshape(k * N, *M.shape[1:])).argmax(-1).view(k, N)
+            hits += ((pred == target) if target is not None else (pred != source)).sum(0)
     return hits / samples
 
 # %% ../nbs/14_attacks.ipynb #58bfb06e
@@ -361,9 +389,15 @@ def lp_perturbation(
     "Lyu et al. 2015, eq. 3: the steepest-ascent step of l_p-norm sigma, sigma sign(g) (|g| / ||g||_{p*})^(1/(p-1)), per point."
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 1 <= p <= math.inf:
         raise ValueError(f'p must be a number in [1, inf] (math.inf for FGSM); got {p!r}')
+    if not isinstance(g, Tensor) or not g.is_floating_point() or g.ndim < 1 or g.shape[0] == 0:
+        raise ValueError(f'g must be a non-empty floating batch of gradients (N, ...); got '
+                         f'{tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__}')
     N = g.shape[0]
     s = torch.as_tensor(sigma, dtype=g.dtype, device=g.device)
-    if (s < 0).any(): raise ValueError(f'sigma must be >= 0; smallest entry is {s.min().item():.3g}')
+    g_bad, s_bad, s_neg = torch.stack([~torch.isfinite(g).all(), ~torch.isfinite(s).all(), (s < 0).any()]).tolist()  # one sync
+    if g_bad: check_finite(g, 'g')
+    if s_bad: check_finite(s, 'sigma')
+    if s_neg: raise ValueError(f'sigma must be >= 0; smallest entry is {s.min().item():.3g}')
     s = s.reshape(-1, *([1] * (g.ndim - 1))) if s.ndim else s
     gf = g.reshape(N, -1)
     a = gf.abs()
@@ -392,9 +426,11 @@ def gradient_perturbation(
     "Lyu et al. 2015, eq. 3: the perturbation eps(p) of l_p norm sigma along the input gradient of the loss (p = inf: FGSM)."
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 1 <= p <= math.inf:
         raise ValueError(f'p must be a number in [1, inf] (math.inf for FGSM); got {p!r}')
+    _check_batch(x, 'x')
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         out = model(x)
+        if loss is None: _check_classes(y, x.shape[0], out.shape[-1], 'y')
         value = loss(out, y) if loss is not None else F.cross_entropy(out, y, reduction='sum')
         g, = torch.autograd.grad(value.sum(), x)
     eps = lp_perturbation(g, sigma, p)

@@ -4,6 +4,7 @@
 
 # %% ../nbs/15_survival.ipynb #67b676af
 from __future__ import annotations
+from contextlib import contextmanager
 from typing import NamedTuple
 import torch
 import torch.nn.functional as F
@@ -130,6 +131,16 @@ def _shifted(x, shift):
     try: return x + shift.expand(x.shape)
     except RuntimeError: raise ValueError(f'shift of shape {tuple(shift.shape)} does not broadcast to x {tuple(x.shape)}') from None
 
+@contextmanager
+def _eval_mode(model):
+    "Run `model` in eval mode (no dropout, running statistics used and left unchanged), then restore every module's mode."
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, t in modes: m.training = t
+
 def _last_relu(model):
     "The count of ReLU modules, i.e. the last l two_stage accepts; linearize's check raises when there is none."
     return len(_relu_positions(model_layers(model)))
@@ -199,14 +210,17 @@ def noise_survival_mc(
     chunk:int=4096,         # network inputs per forward call
     progress:bool=False,
 )->NoiseSurvivalMC:
-    "Monte Carlo estimate of P(argmax model(x + n) = argmax model(x)), n ~ N(shift, sigma^2 I), with its SE."
+    "Monte Carlo estimate of P(argmax model(x + n) = argmax model(x)), n ~ N(shift, sigma^2 I), with its SE (model run in eval mode, its modes restored)."
     _check_input(x)
     std = _noise_std(sigma, x)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise ValueError(f'samples must be an int >= 2; got {samples!r}')
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f'chunk must be an int >= 1; got {chunk!r}')
     point, N = _shifted(x, shift), x.shape[0]
+    check_finite(point, 'shift')
     gen = torch.Generator(device=x.device).manual_seed(seed)
-    with torch.no_grad():
+    with torch.no_grad(), _eval_mode(model):
         c = model(x).argmax(-1)
         d = model(x[:1]).shape[-1]
         others = _others(c, d)
@@ -235,6 +249,10 @@ def survival_grid(
 )->dict:                   # per sigma: gaussian, cantelli, mc (N,), their SEs, analytic and MC margin means and sds (N, d-1)
     "Gaussian and Cantelli survival predictions and Monte Carlo, per input, for each scalar sigma (one linearization)."
     _check_input(x)
+    if len(sigmas) == 0: raise ValueError('sigmas must hold at least one noise level; got none')
+    for sigma in sigmas: _noise_std(sigma, x)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+        raise ValueError(f'samples must be an int >= 2; got {samples!r}')
     layer = _last_relu(model) if layer is None else layer
     with torch.no_grad(): c = model(x).argmax(-1)
     lins = _linearize(model, x, layer, 'relu', 16, False)     # one linearization serves every sigma

@@ -142,3 +142,53 @@ def test_attack_errors():
     linear = nn.Sequential(nn.Flatten(), nn.Linear(64, 4)).double()
     with pytest.raises(ValueError, match='no ReLU'): gaussian_targeted(linear, M, 0, 0.1)
     with pytest.raises(ValueError, match='no ReLU'): expected_logits(linear, M, 0., 0.1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Invalid inputs raise instead of returning a plausible number; the caller's model is left as it was.
+
+def lenet_and_digits():
+    from netmoments.models import mnist_slice, pretrained
+    x, y = mnist_slice()
+    return pretrained('lenet-mnist'), x[:4], y[:4]
+
+
+def test_nan_arguments_raise():
+    net, x, y = lenet_and_digits()
+    src = net(x).argmax(1)
+    with pytest.raises(ValueError, match='mu must be finite'):
+        sample_success(net, x, torch.full_like(x, float('nan')), 0.1, src, samples=5)
+    with pytest.raises(ValueError, match='M must be finite'): sample_success(net, x * float('nan'), torch.zeros_like(x), 0.1, src)
+    for p in (1, 2, math.inf):
+        with pytest.raises(ValueError, match='x must be finite'): gradient_perturbation(net, x * float('nan'), y, 0.1, p)
+        with pytest.raises(ValueError, match='g must be finite'): lp_perturbation(torch.tensor([[1., float('nan'), .5]]), 1., p)
+    with pytest.raises(ValueError, match='sigma must be finite'): lp_perturbation(torch.ones(1, 3), float('nan'), 2)
+
+
+def test_counts_and_classes_checked():
+    net, M = small_net(), points(2)
+    src = net(M).argmax(1)
+    with pytest.raises(ValueError, match='samples must be'): sample_success(net, M, torch.zeros_like(M), 0.1, src, samples=0)
+    with pytest.raises(ValueError, match='chunk must be'): sample_success(net, M, torch.zeros_like(M), 0.1, src, chunk=0)
+    with pytest.raises(ValueError, match=r'target must be classes in \[0, 4\)'):
+        sample_success(net, M, torch.zeros_like(M), 0.1, src, target=torch.full((2,), 4))
+    with pytest.raises(ValueError, match=r'source must be classes in \[0, 4\)'):
+        sample_success(net, M, torch.zeros_like(M), 0.1, torch.full((2,), -1))
+    with pytest.raises(ValueError, match=r'y must be classes in \[0, 4\)'):
+        gradient_perturbation(net, M, torch.full((2,), 7), 0.1, 2)
+
+
+def test_sample_success_batchnorm_eval_mode_model_unchanged():
+    g = torch.Generator().manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 4)).double()
+    with torch.no_grad():
+        for p in m.parameters(): p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    M = points(6)
+    m.train()(M)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    src = m.eval()(M).argmax(1)
+    m.train()
+    rate = sample_success(m, M, torch.zeros_like(M), 0., src, samples=5)
+    assert m.training and all(mod.training for mod in m.modules())
+    for k, v in m.state_dict().items(): assert torch.equal(v, state[k]), k
+    assert torch.equal(rate, torch.zeros(6, dtype=torch.float64))    # no noise in eval mode: never fooled

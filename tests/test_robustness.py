@@ -32,7 +32,9 @@ def test_fresh_noise_per_sample(device, fixed_norm):
 
 def test_reproducible_and_seed_dependent():
     g = torch.Generator().manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    with torch.random.fork_rng(devices=[]):        # the net's initialization must not depend on earlier tests
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(16, 5), nn.ReLU(), nn.Linear(5, 3)).double()
     x = torch.rand(400, 1, 4, 4, generator=g, dtype=f64)
     a = noise_robustness(net, x, samples=2, seed=7)
     b = noise_robustness(net, x, samples=2, seed=7)
@@ -100,3 +102,73 @@ def test_predicted_beside_measured():
     assert r.p_miss == 0 and r.measured[0] == 0 and r.found == 500
     assert_close(r.predicted, misclassification_rate(r.p_miss, r.mu_a, r.s_a, r.sigmas.double()))
     assert r.measured[1] > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Invalid inputs raise instead of returning a plausible number; the caller's model is left as it was.
+
+def lenet_and_digits():
+    from netmoments.models import mnist_slice, pretrained
+    x, y = mnist_slice()
+    return pretrained('lenet-mnist'), x[:20], y[:20]
+
+
+def test_nan_input_or_weight_raises():
+    net, x, _ = lenet_and_digits()
+    with pytest.raises(ValueError, match='x must be finite'): noise_robustness(net, x * float('nan'), sigmas=[.1, .3])
+    with torch.no_grad(): next(net.parameters()).view(-1)[0] = float('nan')
+    with pytest.raises(ValueError, match=r"model parameter '.*weight' must be finite"): noise_robustness(net, x, [.1, .3])
+
+
+def test_misclassification_rate_arguments():
+    with pytest.raises(ValueError, match='p_miss must be a probability'): misclassification_rate(2., 1., 1., .5)
+    with pytest.raises(ValueError, match='p_miss must be a probability'): misclassification_rate(-0.1, 1., 1., .5)
+    with pytest.raises(ValueError, match='p_miss must be finite'): misclassification_rate(float('nan'), 1., 1., .5)
+    with pytest.raises(ValueError, match='mu_a must be >= 0'): misclassification_rate(0.1, -1., 1., .5)
+    with pytest.raises(ValueError, match='s_a must be >= 0'): misclassification_rate(0.1, 1., -1., .5)
+    with pytest.raises(ValueError, match='sigma and s_a must not both be 0'): misclassification_rate(0.1, 1., 0., 0.)
+    g = torch.Generator().manual_seed(0)
+    p, m, s, sig = torch.rand(4, 2000, generator=g, dtype=f64) * torch.tensor([[1.], [3.], [2.], [2.]], dtype=f64)
+    r = misclassification_rate(p, m, s, sig)
+    assert ((r >= 0) & (r <= 1)).all() and (r >= p).all()
+    assert misclassification_rate(1., 0., 1., 1.).item() == 1
+
+
+def test_counts_and_labels_checked_before_work():
+    net, x = sign_model(), torch.zeros(10, 1, dtype=f64)
+    with pytest.raises(ValueError, match='sigmas must hold at least one'): noise_robustness(net, x, [])
+    with pytest.raises(ValueError, match='batch_size must be'): noise_robustness(net, x, [0.1], batch_size=0)
+    with pytest.raises(ValueError, match='samples must be'): noise_robustness(net, x, [0.1], samples=-2)
+    with pytest.raises(ValueError, match='x must be'): noise_robustness(net, x[:0], [0.1])
+    y = torch.zeros(10, dtype=torch.long)
+    with pytest.raises(ValueError, match=r'y must be classes in \[0, 2\)'): noise_robustness(net, x, [0.1], mode='label', y=y + 2)
+    with pytest.raises(ValueError, match=r'y must be classes in \[0, 2\)'): noise_robustness(net, x, [0.1], mode='label', y=y - 1)
+    with pytest.raises(ValueError, match='y must be integer'): noise_robustness(net, x, [0.1], mode='label', y=y.double())
+    with pytest.raises(ValueError, match='steps must be'): minimum_perturbations(net, x, y, steps=0)
+    with pytest.raises(ValueError, match='y must be classes'): minimum_perturbations(net, x, y + 5)
+    with pytest.raises(ValueError, match='draws must be'): predicted_misclassification(net, x, y, [0.1], draws=0)
+    with pytest.raises(ValueError, match='sigmas must hold at least one'): predicted_misclassification(net, x, y, [])
+
+
+def bn_model():
+    g = torch.Generator().manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 10))
+    with torch.no_grad():
+        for p in m.parameters(): p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return m.train()
+
+
+def test_batchnorm_model_evaluated_in_eval_mode_and_left_unchanged():
+    _, x, _ = lenet_and_digits()
+    m = bn_model()
+    m(x)                                                             # running statistics away from their defaults
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    r = noise_robustness(m, x, [0., 0.1])
+    assert m.training and all(mod.training for mod in m.modules())
+    for k, v in m.state_dict().items(): assert torch.equal(v, state[k]), k
+    assert r.robustness[0] == 1                                      # eval mode: sigma = 0 reproduces the prediction
+    m.eval(); expected = noise_robustness(m, x, [0., 0.1]); m.train()
+    assert torch.equal(r.robustness, expected.robustness)
+    m[2].eval()                                                      # mixed modes come back as they were
+    noise_robustness(m, x, [0.1])
+    assert m.training and not m[2].training and m[4].training

@@ -8,7 +8,8 @@ from torch.testing import assert_close
 from conftest import DEVICE_PARAMS
 from netmoments.gaussian import normal_cdf
 from netmoments.survival import (analytic_logits, cantelli_survival, fooling_map, margin_moments, noise_survival,
-                                 noise_survival_mc, orthant_probability, topk_agreement, universal_perturbation)
+                                 noise_survival_mc, orthant_probability, survival_grid, topk_agreement,
+                                 universal_perturbation)
 
 f64, f32 = torch.float64, torch.float32
 pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:DeprecationWarning')
@@ -203,3 +204,32 @@ def test_fooling_map_matches_masked_analytic_logits_and_mc():
         assert_close(fm.expected_margin[:, i, j], zc - z.scatter(-1, c[:, None], float('-inf')).amax(-1))
     with pytest.raises(ValueError, match='window must be in'): fooling_map(net, x, 0.5, window=11)
     with pytest.raises(ValueError, match='images'): fooling_map(net, x.flatten(1), 0.5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Invalid counts raise before any work; a model in train mode is evaluated in eval mode and left as it was.
+
+def test_counts_checked():
+    net, x = ara_net(), inputs(4)
+    with pytest.raises(ValueError, match='chunk must be an int >= 1'): noise_survival_mc(net, x, 0.1, samples=10, chunk=0)
+    with pytest.raises(ValueError, match='samples must be an int >= 2'): noise_survival_mc(net, x, 0.1, samples=-3)
+    with pytest.raises(ValueError, match='sigmas must hold at least one'): survival_grid(net, x, [])
+    with pytest.raises(ValueError, match='samples must be an int >= 2'): survival_grid(net, x, [0.1], samples=0)
+    with pytest.raises(ValueError, match='sigma must be >= 0'): survival_grid(net, x, [0.1, -0.1])
+    with pytest.raises(ValueError, match='shift must be finite'): noise_survival_mc(net, x, 0.1, shift=torch.tensor(float('nan')))
+
+
+def test_mc_batchnorm_eval_mode_model_unchanged():
+    g = torch.Generator().manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 4)).double()
+    with torch.no_grad():
+        for p in m.parameters(): p.copy_(torch.randn(p.shape, generator=g, dtype=f64))
+    x = inputs(5)
+    m.train()(x)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    mc = noise_survival_mc(m, x, 0., samples=4)
+    assert m.training and all(mod.training for mod in m.modules())
+    for k, v in m.state_dict().items(): assert torch.equal(v, state[k]), k
+    assert torch.equal(mc.probability, torch.ones(5, dtype=f64))     # no noise in eval mode: the prediction survives
+    m.eval(); expected = noise_survival_mc(m, x, 0.2, samples=50, seed=3); m.train()
+    assert torch.equal(noise_survival_mc(m, x, 0.2, samples=50, seed=3).probability, expected.probability)

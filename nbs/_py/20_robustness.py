@@ -9,12 +9,13 @@
 #| export
 from __future__ import annotations
 import math
+from contextlib import contextmanager
 from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from netmoments.core import check_var
+from netmoments.core import check_finite, check_var
 from netmoments.gaussian import normal_cdf
 
 # %%
@@ -53,18 +54,50 @@ def _noise(shape, sigma, fixed_norm, generator, dtype, device):
         z = (flat * (flat.shape[-1] ** 0.5 / flat.norm(dim=-1, keepdim=True))).reshape(shape)
     return sigma * z
 
+def _check_count(v, name, least=1):
+    "Raise `ValueError` unless v is an int >= least."
+    if isinstance(v, bool) or not isinstance(v, int) or v < least: raise ValueError(f'{name} must be an int >= {least}; got {v!r}')
+
+def _check_params(model):
+    "Raise `ValueError` naming the first parameter or buffer of `model` that holds NaN or infinite entries (one sync)."
+    named = [(n, t) for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_floating_point()]
+    if not named: return
+    ok = torch.stack([torch.isfinite(t).all().to(named[0][1].device) for _, t in named]).cpu()
+    if not ok.all(): raise ValueError(f'model parameter {named[int((~ok).nonzero()[0, 0])][0]!r} must be finite; it holds NaN or infinite values')
+
+def _check_labels(model, x, y):
+    "Raise `ValueError` unless y holds integer classes in [0, d), d the model's output width (one forward of x[:1])."
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool: raise ValueError(f'y must be integer class labels; got {y.dtype}')
+    with torch.no_grad(), _eval_mode(model): d = model(x[:1]).shape[-1]
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= d: raise ValueError(f'y must be classes in [0, {d}); got values {lo}..{hi}')
+
+@contextmanager
+def _eval_mode(model):
+    "Run `model` in eval mode (no dropout, running statistics used and left unchanged), then restore every module's mode."
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, t in modes: m.training = t
+
 def _check_inputs(model, x, sigmas, samples, y=None):
     "Check the arguments; the sigmas (30 evenly spaced in [0, 0.5] when None) in x's dtype."
     if not isinstance(model, nn.Module): raise TypeError(f'model must be an nn.Module; got {type(model).__name__}')
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
-        raise ValueError(f'x must be a floating batch (N, ...) of inputs; got '
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2 or len(x) == 0:
+        raise ValueError(f'x must be a non-empty floating batch (N, ...) of inputs; got '
                          f'{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}')
     if y is not None and (not isinstance(y, Tensor) or y.shape != x.shape[:1]):
         raise ValueError(f'y must be labels of shape ({len(x)},) matching x; got '
                          f'{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}')
     sigmas = torch.linspace(0, 0.5, 30) if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    if sigmas.numel() == 0: raise ValueError('sigmas must hold at least one noise level; got none')
     check_var(sigmas.double(), 'sigmas')
-    if not isinstance(samples, int) or samples < 1: raise ValueError(f'samples must be an int >= 1; got {samples!r}')
+    _check_count(samples, 'samples')
+    check_finite(x, 'x')
+    _check_params(model)
+    if y is not None: _check_labels(model, x, y)
     return sigmas.to(x.dtype)
 
 
@@ -96,10 +129,11 @@ def noise_robustness(
     "Robustness (Alfadly et al. 2019, eq. 6) under fresh Gaussian noise for each sigma, with its mean and area under the curve."
     if mode not in ('clean', 'label'): raise ValueError(f"mode must be 'clean' or 'label'; got {mode!r}")
     if mode == 'label' and y is None: raise ValueError("mode='label' needs the labels y")
+    _check_count(batch_size, 'batch_size')
     sigmas = _check_inputs(model, x, sigmas, samples, y)
     gen = torch.Generator(device=x.device).manual_seed(seed)
     counts = torch.zeros(len(sigmas), dtype=torch.int64, device=x.device)
-    with torch.no_grad():
+    with torch.no_grad(), _eval_mode(model):
         for start in tqdm(range(0, len(x), batch_size), disable=not progress, unit='batch'):
             xb = x[start:start + batch_size]
             ref = model(xb).argmax(-1) if mode == 'clean' else y[start:start + batch_size].to(x.device)
@@ -188,8 +222,15 @@ def misclassification_rate(
     "The predicted misclassification rate under Gaussian noise of Lyu et al. 2015, eq. 33."
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
     p_miss, mu_a, s_a = (torch.as_tensor(v, dtype=sigma.dtype) for v in (p_miss, mu_a, s_a))
-    check_var(sigma, 'sigma'); check_var(s_a, 's_a')
-    return p_miss + (1 - p_miss) * normal_cdf(-mu_a / (sigma ** 2 + s_a ** 2).sqrt())
+    check_finite(p_miss, 'p_miss')
+    if ((p_miss < 0) | (p_miss > 1)).any(): raise ValueError(f'p_miss must be a probability in [0, 1]; got {p_miss.min().item():.4g}..{p_miss.max().item():.4g}')
+    check_var(mu_a, 'mu_a'); check_var(sigma, 'sigma'); check_var(s_a, 's_a')
+    if (sigma ** 2 + s_a ** 2 == 0).any(): raise ValueError('sigma and s_a must not both be 0 (the spread of delta would be 0)')
+    return _eq33(p_miss, mu_a, s_a, sigma)
+
+def _eq33(p_miss, mu_a, s_a, sigma):
+    "Eq. 33 without argument checks (NaN propagates), clamped to [0, 1] against rounding."
+    return (p_miss + (1 - p_miss) * normal_cdf(-mu_a / (sigma ** 2 + s_a ** 2).sqrt())).clamp(0, 1)
 
 
 # %% [markdown]
@@ -222,6 +263,8 @@ def minimum_perturbations(
     loss=F.cross_entropy,  # loss(logits, y, reduction='sum') whose gradient gives the direction
 )->Tensor:               # (N,) ||a||: NaN where misclassified, inf where not found
     "Minimum l2 perturbations along grad_x L that change a correct prediction, by line search (Lyu et al. 2015, §V-A)."
+    _check_count(steps, 'steps'); _check_count(bisections, 'bisections', 0)
+    if not max_norm > 0: raise ValueError(f'max_norm must be > 0; got {max_norm!r}')
     _check_inputs(model, x, None, 1, y)
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -300,6 +343,8 @@ def predicted_misclassification(
     seed:int=0,           # seeds the noise of the measured rate
 )->Misclassification:
     "The predicted misclassification rate of Lyu et al. 2015 under Gaussian noise (eqs. 26-33) beside the measured one."
+    _check_count(draws, 'draws'); _check_count(steps, 'steps')
+    if not max_norm > 0: raise ValueError(f'max_norm must be > 0; got {max_norm!r}')
     sigmas = _check_inputs(model, x, torch.as_tensor(sigma, dtype=torch.float64).reshape(-1), 1, y)
     a = minimum_perturbations(model, x, y, max_norm, steps)
     fit = a[a.isfinite()]
@@ -307,7 +352,7 @@ def predicted_misclassification(
     mu_a, s_a = fit.mean(), fit.std()
     measured = torch.stack([1 - noise_robustness(model, x, sigmas, mode='label', y=y, seed=seed + r).robustness
                             for r in range(draws)]).mean(0)
-    return Misclassification(sigmas, misclassification_rate(p_miss, mu_a, s_a, sigmas.double()).to(x.dtype), measured,
+    return Misclassification(sigmas, _eq33(p_miss.double(), mu_a.double(), s_a.double(), sigmas.double()).to(x.dtype), measured,
                              p_miss, mu_a, s_a, int(a.isfinite().sum()), a)
 
 
