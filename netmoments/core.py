@@ -5,11 +5,12 @@
 # %% ../nbs/00_core.ipynb #6d349752
 from __future__ import annotations
 import functools, html, numbers
+from contextlib import contextmanager
 import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['check_finite', 'check_var', 'as_tensors', 'check_broadcast', 'check_cov', 'Table']
+__all__ = ['check_finite', 'check_var', 'as_tensors', 'check_broadcast', 'check_cov', 'Table', 'eval_mode']
 
 # %% ../nbs/00_core.ipynb #d9ac7eff
 def check_finite(
@@ -126,3 +127,14 @@ class Table:
         body = ''.join('<tr>' + ''.join(td('td', j, c) for j, c in enumerate(r)) + '</tr>' for r in self.cells())
         cap = f'<caption>{e(self.caption)}</caption>' if self.caption else ''
         return f'<table class="netmoments-table">{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+# %% ../nbs/00_core.ipynb #2ae21e3f
+@contextmanager
+def eval_mode(model:torch.nn.Module):   # the network; every submodule's `training` flag is restored on exit
+    "Run `model` in eval mode (no dropout, running statistics used and left unchanged), then restore every module's mode."
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, t in modes: m.training = t

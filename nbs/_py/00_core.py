@@ -9,6 +9,7 @@
 #| export
 from __future__ import annotations
 import functools, html, numbers
+from contextlib import contextmanager
 import torch
 from torch import Tensor
 
@@ -226,6 +227,44 @@ assert '<th style="text-align: right">ours</th>' in t._repr_html_() and '<td sty
 test_eq(Table([['<b>', 1]], ['a', 'b'], caption='x & y')._repr_html_().count('&lt;b&gt;'), 1)
 test_fail(lambda: Table([[1, 2, 3]], ['a', 'b']), contains='rows must have 2 cells, one per header column; row 0 has 3')
 t
+
+
+# %% [markdown]
+# ## Models
+# Functions that evaluate a model (robustness under noise, attacks, Monte Carlo through a network) run it as it is
+# deployed: in eval mode, so dropout is off and batch normalization uses its running statistics without updating them.
+# They must not change the caller's model, so they switch modes for the call and put every module's own flag back.
+
+# %%
+#| export
+@contextmanager
+def eval_mode(model:torch.nn.Module):   # the network; every submodule's `training` flag is restored on exit
+    "Run `model` in eval mode (no dropout, running statistics used and left unchanged), then restore every module's mode."
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, t in modes: m.training = t
+
+
+# %% [markdown]
+# A model in training mode is evaluated in eval mode, its buffers stay as they were, and its modes come back, also
+# after an error:
+
+# %%
+net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Dropout(0.5)).train()
+net[2].eval()
+state = {k: v.clone() for k, v in net.state_dict().items()}
+with eval_mode(net) as m:
+    assert not any(x.training for x in m.modules())
+    m(torch.randn(5, 3))
+test_eq([x.training for x in net.modules()], [True, True, True, False])
+assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+def fails():
+    with eval_mode(net): raise KeyError('inside')
+test_fail(fails, exc=KeyError)
+test_eq([x.training for x in net.modules()], [True, True, True, False])
 
 # %% [markdown]
 # ## Export -

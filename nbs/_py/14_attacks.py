@@ -9,12 +9,11 @@
 #| export
 from __future__ import annotations
 import math, time
-from contextlib import contextmanager
 from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from netmoments.core import check_finite
+from netmoments.core import check_finite, eval_mode
 from netmoments.linearize import AffineReluAffine, model_layers, two_stage
 from netmoments.propagate import propagate_moments
 from netmoments.relu import relu_mean
@@ -108,16 +107,6 @@ def _check_classes(c, N, d, name):
                          f'{(c.dtype, tuple(c.shape)) if isinstance(c, Tensor) else type(c).__name__}')
     lo, hi = torch.stack([c.min(), c.max()]).tolist()
     if lo < 0 or hi >= d: raise ValueError(f'{name} must be classes in [0, {d}); got values {lo}..{hi}')
-
-@contextmanager
-def _eval_mode(model):
-    "Run `model` in eval mode (no dropout, running statistics used and left unchanged), then restore every module's mode."
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield model
-    finally:
-        for m, t in modes: m.training = t
 
 def _pixel_var(sigma, M, name='sigma'):
     "sigma -> variances: (N, 1) for a number or (N,), (N, n) per pixel."
@@ -273,7 +262,7 @@ def sample_success(
     check_finite(mu, 'mu')
     std = _pixel_var(sigma, M).sqrt().reshape(N, *([1] * (M.ndim - 1))) if not (torch.is_tensor(sigma) and sigma.ndim > 1) \
         else torch.as_tensor(sigma, dtype=M.dtype, device=M.device).expand(M.shape)
-    with _eval_mode(model):
+    with eval_mode(model):
         d = model(M[:1]).shape[-1]
         _check_classes(source, N, d, 'source')
         if target is not None: _check_classes(target, N, d, 'target')

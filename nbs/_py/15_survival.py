@@ -8,14 +8,13 @@
 # %%
 #| export
 from __future__ import annotations
-from contextlib import contextmanager
 from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import jacrev
 from tqdm.auto import tqdm
-from netmoments.core import check_finite
+from netmoments.core import check_finite, eval_mode
 from netmoments.gaussian import normal_cdf
 from netmoments.relu import relu_mean
 from netmoments.linearize import AffineReluAffine, _relu_positions, model_layers, two_stage
@@ -295,16 +294,6 @@ def _shifted(x, shift):
     try: return x + shift.expand(x.shape)
     except RuntimeError: raise ValueError(f'shift of shape {tuple(shift.shape)} does not broadcast to x {tuple(x.shape)}') from None
 
-@contextmanager
-def _eval_mode(model):
-    "Run `model` in eval mode (no dropout, running statistics used and left unchanged), then restore every module's mode."
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield model
-    finally:
-        for m, t in modes: m.training = t
-
 def _last_relu(model):
     "The count of ReLU modules, i.e. the last l two_stage accepts; linearize's check raises when there is none."
     return len(_relu_positions(model_layers(model)))
@@ -395,7 +384,7 @@ def noise_survival_mc(
     point, N = _shifted(x, shift), x.shape[0]
     check_finite(point, 'shift')
     gen = torch.Generator(device=x.device).manual_seed(seed)
-    with torch.no_grad(), _eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         c = model(x).argmax(-1)
         d = model(x[:1]).shape[-1]
         others = _others(c, d)

@@ -9,13 +9,12 @@
 #| export
 from __future__ import annotations
 import math
-from contextlib import contextmanager
 from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from netmoments.core import check_finite, check_var
+from netmoments.core import check_finite, check_var, eval_mode
 from netmoments.gaussian import normal_cdf
 
 # %%
@@ -68,19 +67,9 @@ def _check_params(model):
 def _check_labels(model, x, y):
     "Raise `ValueError` unless y holds integer classes in [0, d), d the model's output width (one forward of x[:1])."
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool: raise ValueError(f'y must be integer class labels; got {y.dtype}')
-    with torch.no_grad(), _eval_mode(model): d = model(x[:1]).shape[-1]
+    with torch.no_grad(), eval_mode(model): d = model(x[:1]).shape[-1]
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= d: raise ValueError(f'y must be classes in [0, {d}); got values {lo}..{hi}')
-
-@contextmanager
-def _eval_mode(model):
-    "Run `model` in eval mode (no dropout, running statistics used and left unchanged), then restore every module's mode."
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield model
-    finally:
-        for m, t in modes: m.training = t
 
 def _check_inputs(model, x, sigmas, samples, y=None):
     "Check the arguments; the sigmas (30 evenly spaced in [0, 0.5] when None) in x's dtype."
@@ -133,7 +122,7 @@ def noise_robustness(
     sigmas = _check_inputs(model, x, sigmas, samples, y)
     gen = torch.Generator(device=x.device).manual_seed(seed)
     counts = torch.zeros(len(sigmas), dtype=torch.int64, device=x.device)
-    with torch.no_grad(), _eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         for start in tqdm(range(0, len(x), batch_size), disable=not progress, unit='batch'):
             xb = x[start:start + batch_size]
             ref = model(xb).argmax(-1) if mode == 'clean' else y[start:start + batch_size].to(x.device)
