@@ -4,13 +4,13 @@
 
 # %% ../nbs/00_core.ipynb #6d349752
 from __future__ import annotations
-import functools, html, numbers
+import functools, html, numbers, operator
 from contextlib import contextmanager
 import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['check_finite', 'check_var', 'as_tensors', 'check_broadcast', 'check_cov', 'Table', 'eval_mode']
+__all__ = ['check_finite', 'check_var', 'check_count', 'as_tensors', 'check_broadcast', 'check_cov', 'Table', 'eval_mode']
 
 # %% ../nbs/00_core.ipynb #d9ac7eff
 def check_finite(
@@ -32,6 +32,20 @@ def check_var(
     check_finite(var, name)
     if (var < 0).any():
         raise ValueError(f'{name} must be >= 0; smallest entry is {var.min().item():.3g}')
+
+# %% ../nbs/00_core.ipynb #e99d3141
+def check_count(
+    k,            # the count: an int, a numpy integer, or an integral float such as 1e6
+    name:str,     # argument name used in the message
+    least:int,    # the smallest value allowed
+)->int:           # the count as an int
+    "`k` as an int >= `least`, or a `TypeError`/`ValueError` naming the argument."
+    whole = int(k) if isinstance(k, float) and k.is_integer() else k
+    try: count = None if isinstance(whole, bool) else operator.index(whole)
+    except TypeError: count = None
+    if count is None: raise TypeError(f'{name} must be an int; got {type(k).__name__}')
+    if count < least: raise ValueError(f'{name} must be >= {least}; got {count}')
+    return count
 
 # %% ../nbs/00_core.ipynb #fa8ba6d3
 def as_tensors(
@@ -130,11 +144,11 @@ class Table:
 
 # %% ../nbs/00_core.ipynb #2ae21e3f
 @contextmanager
-def eval_mode(model:torch.nn.Module):   # the network; every submodule's `training` flag is restored on exit
+def eval_mode(model:torch.nn.Module):   # the network (anything else passes through, for its caller's own checks)
     "Run `model` in eval mode (no dropout, running statistics used and left unchanged), then restore every module's mode."
-    modes = [(m, m.training) for m in model.modules()]
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
     try:
-        model.eval()
+        for m, _ in modes: m.training = False
         yield model
     finally:
         for m, t in modes: m.training = t

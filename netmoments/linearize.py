@@ -4,14 +4,14 @@
 
 # %% ../nbs/09_linearize.ipynb #55e39526
 from __future__ import annotations
-import contextlib, math
+import math
 from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 from torch.func import jacfwd, jacrev, vmap
 from .ara import AraMoments, ara_moments
-from .core import check_finite
+from .core import check_finite, eval_mode
 
 # %% auto #0
 __all__ = ['seeded', 'model_layers', 'LinearizationMemory', 'linearization_memory', 'AffineReluAffine', 'two_stage']
@@ -37,18 +37,6 @@ def seeded(
 # %% ../nbs/09_linearize.ipynb #02382736
 _SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.BatchNorm1d, nn.BatchNorm2d,
               nn.Dropout, nn.Identity)
-
-_MODAL = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout)   # modules whose output depends on the mode
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    "Run the block with every batch norm and dropout module of `model` in eval mode, then restore each one's flag."
-    modal = [m for m in model.modules() if isinstance(m, _MODAL) and m.training] if isinstance(model, nn.Module) else []
-    try:
-        for m in modal: m.train(False)
-        yield model
-    finally:
-        for m in modal: m.train(True)
 
 def _flatten(seq):
     for m in seq:
@@ -146,7 +134,7 @@ def linearization_memory(
     if not isinstance(input_shape, (tuple, list, torch.Size)) or not input_shape or any(
             isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in input_shape):
         raise ValueError(f'input_shape must be a non-empty tuple of positive integers; got {input_shape!r}')
-    with _eval_mode(model): return _linearization_memory(model, input_shape, layer, dtype)
+    with eval_mode(model): return _linearization_memory(model, input_shape, layer, dtype)
 
 def _linearization_memory(model, input_shape, layer, dtype):
     "linearization_memory for a model whose batch norm and dropout modules are in eval mode."
@@ -231,7 +219,7 @@ def two_stage(
     "Two-stage linearization of the eval-mode `model` around each point of `x`, split at its `layer`-th ReLU (Bibi et al. 2018, §3.4)."
     if at not in ('relu', 'pre'): raise ValueError(f"at must be 'relu' or 'pre'; got {at!r}")
     if ties not in ('split', 'first'): raise ValueError(f"ties must be 'split' or 'first'; got {ties!r}")
-    with _eval_mode(model):   # linearize the eval-mode network: no statistics are updated, the flags are restored
+    with eval_mode(model):   # linearize the eval-mode network: no statistics are updated, the flags are restored
         return _two_stage(model, x, layer, at, max_bytes, ties)
 
 def _two_stage(model, x, layer, at, max_bytes, ties):

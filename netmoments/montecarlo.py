@@ -4,12 +4,12 @@
 
 # %% ../nbs/02_montecarlo.ipynb #7972beb3
 from __future__ import annotations
-import math, operator
+import math
 from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from .core import as_tensors, check_cov, check_finite, check_var
+from .core import as_tensors, check_count, check_cov, check_finite, check_var
 
 # %% auto #0
 __all__ = ['LowRankCov', 'MCMoments', 'mc_moments']
@@ -155,16 +155,6 @@ def _moments(shift, scale, S1, S2, S21, S22, n, full_cov):
     if not full_cov: cov = cov_se = None
     return MCMoments(shift + e1 * scale, cov, var, mean_se, cov_se, var_se, n)
 
-# %% ../nbs/02_montecarlo.ipynb #e0114545
-def _check_count(k, name, least):
-    "`k` as an int >= `least`, or a clear error; numpy integers and integral floats such as 1e6 are accepted."
-    whole = int(k) if isinstance(k, float) and k.is_integer() else k
-    try: count = None if isinstance(whole, bool) else operator.index(whole)
-    except TypeError: count = None
-    if count is None: raise TypeError(f'{name} must be an int; got {type(k).__name__}')
-    if count < least: raise ValueError(f'{name} must be >= {least}; got {count}')
-    return count
-
 # %% ../nbs/02_montecarlo.ipynb #c8b13168
 def mc_moments(
     f:Callable,                    # maps inputs (m, *mu.shape) to outputs (m, d), (m,) or (m, *out_shape) (flattened)
@@ -179,7 +169,7 @@ def mc_moments(
 )->MCMoments:                      # estimates and SEs, in the dtype (of mu and cov) and on the device of mu
     "Monte Carlo mean and covariance of f(x), x ~ N(mu, cov), with standard errors, streamed in chunks."
     mu, k, draw = _input_sampler(mu, cov)
-    n, chunk = _check_count(n, 'n', 2), _check_count(chunk, 'chunk', 1)
+    n, chunk = check_count(n, 'n', 2), check_count(chunk, 'chunk', 1)
     if generator is None: generator = torch.Generator(device=mu.device).manual_seed(seed)
     elif generator.device.type != mu.device.type:
         raise ValueError(f'generator must be on the device of mu ({mu.device}); got {generator.device}')

@@ -8,13 +8,14 @@
 # %%
 #| export
 from __future__ import annotations
-import functools, html, numbers
+import functools, html, numbers, operator
 from contextlib import contextmanager
 import torch
 from torch import Tensor
 
 # %%
 #| hide
+import numpy as np
 from fastcore.test import test_eq, test_fail
 
 
@@ -60,6 +61,33 @@ def check_var(
 # %%
 test_fail(lambda: check_var(torch.tensor([1., -0.3]), 'var'), contains='var must be >= 0; smallest entry is -0.3')
 check_var(torch.tensor([0., 2.]), 'var')
+
+
+# %% [markdown]
+# ## Counts
+# Counts (samples, chunk sizes, terms) must be whole numbers; `n = 1e6` is accepted as the integer it names:
+
+# %%
+#| export
+def check_count(
+    k,            # the count: an int, a numpy integer, or an integral float such as 1e6
+    name:str,     # argument name used in the message
+    least:int,    # the smallest value allowed
+)->int:           # the count as an int
+    "`k` as an int >= `least`, or a `TypeError`/`ValueError` naming the argument."
+    whole = int(k) if isinstance(k, float) and k.is_integer() else k
+    try: count = None if isinstance(whole, bool) else operator.index(whole)
+    except TypeError: count = None
+    if count is None: raise TypeError(f'{name} must be an int; got {type(k).__name__}')
+    if count < least: raise ValueError(f'{name} must be >= {least}; got {count}')
+    return count
+
+
+# %%
+test_eq([check_count(k, 'n', 2) for k in (2, 1e6, np.int64(7))], [2, 1_000_000, 7])
+test_fail(lambda: check_count(2.5, 'n', 2), contains='n must be an int; got float', exc=TypeError)
+test_fail(lambda: check_count(True, 'chunk', 1), contains='chunk must be an int; got bool', exc=TypeError)
+test_fail(lambda: check_count(1, 'n', 2), contains='n must be >= 2; got 1')
 
 
 # %% [markdown]
@@ -238,11 +266,11 @@ t
 # %%
 #| export
 @contextmanager
-def eval_mode(model:torch.nn.Module):   # the network; every submodule's `training` flag is restored on exit
+def eval_mode(model:torch.nn.Module):   # the network (anything else passes through, for its caller's own checks)
     "Run `model` in eval mode (no dropout, running statistics used and left unchanged), then restore every module's mode."
-    modes = [(m, m.training) for m in model.modules()]
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
     try:
-        model.eval()
+        for m, _ in modes: m.training = False
         yield model
     finally:
         for m, t in modes: m.training = t
@@ -265,6 +293,7 @@ def fails():
     with eval_mode(net): raise KeyError('inside')
 test_fail(fails, exc=KeyError)
 test_eq([x.training for x in net.modules()], [True, True, True, False])
+with eval_mode('not a model') as m: test_eq(m, 'not a model')
 
 # %% [markdown]
 # ## Export -

@@ -8,12 +8,12 @@
 # %%
 #| export
 from __future__ import annotations
-import math, operator
+import math
 from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from netmoments.core import as_tensors, check_cov, check_finite, check_var
+from netmoments.core import as_tensors, check_count, check_cov, check_finite, check_var
 
 # %%
 #| hide
@@ -349,27 +349,6 @@ def _moments(shift, scale, S1, S2, S21, S22, n, full_cov):
 
 
 # %% [markdown]
-# Sample counts must be whole numbers; `n = 1e6` is accepted as the integer it names:
-
-# %%
-#| exporti
-def _check_count(k, name, least):
-    "`k` as an int >= `least`, or a clear error; numpy integers and integral floats such as 1e6 are accepted."
-    whole = int(k) if isinstance(k, float) and k.is_integer() else k
-    try: count = None if isinstance(whole, bool) else operator.index(whole)
-    except TypeError: count = None
-    if count is None: raise TypeError(f'{name} must be an int; got {type(k).__name__}')
-    if count < least: raise ValueError(f'{name} must be >= {least}; got {count}')
-    return count
-
-
-# %%
-test_eq([_check_count(k, 'n', 2) for k in (2, 1e6, np.int64(7))], [2, 1_000_000, 7])
-test_fail(lambda: _check_count(2.5, 'n', 2), contains='n must be an int; got float', exc=TypeError)
-test_fail(lambda: _check_count(True, 'chunk', 1), contains='chunk must be an int; got bool', exc=TypeError)
-
-
-# %% [markdown]
 # ## The estimator
 # `mc_moments` puts the pieces together: validate, draw the noise block by block from a local generator, regroup
 # into chunks for `f`, regroup the outputs into blocks and accumulate. It runs under `torch.no_grad()`: it is a
@@ -390,7 +369,7 @@ def mc_moments(
 )->MCMoments:                      # estimates and SEs, in the dtype (of mu and cov) and on the device of mu
     "Monte Carlo mean and covariance of f(x), x ~ N(mu, cov), with standard errors, streamed in chunks."
     mu, k, draw = _input_sampler(mu, cov)
-    n, chunk = _check_count(n, 'n', 2), _check_count(chunk, 'chunk', 1)
+    n, chunk = check_count(n, 'n', 2), check_count(chunk, 'chunk', 1)
     if generator is None: generator = torch.Generator(device=mu.device).manual_seed(seed)
     elif generator.device.type != mu.device.type:
         raise ValueError(f'generator must be on the device of mu ({mu.device}); got {generator.device}')

@@ -885,7 +885,7 @@ test_fail(lambda: relu_cross_moment_series(0., 0., 1., 1., 0., terms=0), contain
 # combinations. The paper's reference was Monte Carlo; ours is the exact `relu_cross_moment`, whose own error against
 # `_relu_cross_moment_mp` we measure on a sample and draw beside the series. By default we run every second $\mu$
 # (step 0.4) and $s \in \{0.2, 0.8, 1.4, 2\}$, all ten $\rho$: 19,360 combinations, whose maxima are within 25% of
-# the full grid's at 1 to 20 terms; the full grid is the `#| slow` cell below. The disjunction $\rho = \pm1/\sqrt2$ is
+# the full grid's at 1 to 20 terms; the full grid is the slow cell below. The disjunction $\rho = \pm1/\sqrt2$ is
 # run on the same $(\mu, s)$ grid, separately.
 
 # %%
@@ -952,7 +952,7 @@ Markdown(rf"At 20 terms the worst error is ${sci(fig2['rho = +-0.7'][3])}$ at $\
          rf"converges, like $1/\mathrm{{terms}}$, too slowly to be of use.")
 
 # %% [markdown]
-# The full grid, `#| slow` (441,000 + 88,200 combinations, five truncations each, and the exact form; it states its
+# The full grid, a slow cell (441,000 + 88,200 combinations, five truncations each, and the exact form; it states its
 # run time and asserts the 25%):
 
 # %%

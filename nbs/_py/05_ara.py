@@ -12,8 +12,7 @@ import math
 from typing import NamedTuple
 import torch
 from torch import Tensor
-from netmoments.core import as_tensors, check_cov, check_finite, check_var
-from netmoments.montecarlo import _check_count
+from netmoments.core import as_tensors, check_count, check_cov, check_finite, check_var
 from netmoments.relu import (_relu_cov_pair, _safe_std, relu_cross_moment_series, _lemma3, _relu_cross_moment, _relu_mean, _relu_var,
                              _sqrt_1m_rho2)
 
@@ -240,8 +239,8 @@ def ara_moments(
         raise ValueError(f"method must be 'exact', 'series' or 'zero_mean'; got {method!r}")
     mu, cov, A, c1, B, c2, kind = _ara_inputs(mu, cov, A, c1, B, c2)
     p = A.shape[-2]
-    chunk = p if chunk is None else _check_count(chunk, 'chunk', 1)
-    if method == 'series': _check_count(terms, 'terms', 1)
+    chunk = p if chunk is None else check_count(chunk, 'chunk', 1)
+    if method == 'series': check_count(terms, 'terms', 1)
     mbar = _hidden_mean(mu, A, c1)
     var = _hidden_var(cov, kind, A)
     mbar, var = torch.broadcast_tensors(mbar, var)

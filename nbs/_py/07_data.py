@@ -28,15 +28,15 @@ from fastcore.test import test_eq, test_close, test_fail
 # the class names, with images as $(N, C, H, W)$ in $[0, 1]$ and tabular rows as raw feature values.
 #
 # Nothing is ever downloaded: every file is read from a folder on disk, so that loading works offline and always
-# reads the same verified bytes. `shared/data/README.md` records where each file came from, with its checksums.
+# reads the same verified bytes. The data folder's `README.md` records where each file came from, with its checksums.
 #
 # | name | splits | `x` | classes | where the book reads it | licence |
 # |---|---|---|---|---|---|
-# | `mnist` | train 60,000, test 10,000 | (N, 1, 28, 28) | 10 digits | `../shared/data/mnist` | CC BY-SA 3.0 (LeCun & Cortes) |
+# | `mnist` | train 60,000, test 10,000 | (N, 1, 28, 28) | 10 digits | `$NETMOMENTS_DATA/mnist` | CC BY-SA 3.0 (LeCun & Cortes) |
 # | `fashion-mnist` | train 60,000, test 10,000 | (N, 1, 28, 28) | 10 garments | Debian `dataset-fashion-mnist` | MIT (Zalando Research) |
 # | `iris` | all 150 | (N, 4) | 3 species, 50 each | inside scikit-learn | CC BY 4.0 (UCI) |
 # | `wine` | all 178 | (N, 13) | 3 cultivars, 59/71/48 | inside scikit-learn | CC BY 4.0 (UCI) |
-# | `spambase` | all 4,601 | (N, 57) | non-spam 2,788, spam 1,813 | `../shared/data/spambase` | CC BY 4.0 (UCI) |
+# | `spambase` | all 4,601 | (N, 57) | non-spam 2,788, spam 1,813 | `$NETMOMENTS_DATA/spambase` | CC BY 4.0 (UCI) |
 # | `cifar10` | train 50,000, test 10,000 | (N, 3, 32, 32) | 10 objects | not on disk | none stated; cite [Krizhevsky (2009)](99_references.ipynb#krizhevsky2009) |
 # | `cifar100` | train 50,000, test 10,000 | (N, 3, 32, 32) | 100 fine classes | not on disk | none stated; cite [Krizhevsky (2009)](99_references.ipynb#krizhevsky2009) |
 #
@@ -180,9 +180,9 @@ def load(
 test_fail(lambda: load('svhn'), contains="name must be one of 'mnist', 'fashion-mnist', 'iris'", exc=ValueError)
 
 # %% [markdown]
-# The cells below also read the real files. In this repository they are in `../shared/data`, where the Makefile
-# points `NETMOMENTS_DATA`; `DATA` follows that variable and falls back to the same folder, so the notebook also runs
-# on its own (its working directory is `nbs/`):
+# The cells below also read the real files, from the folder `NETMOMENTS_DATA` names (the Makefile sets it); `DATA`
+# follows that variable and falls back to the folder the Makefile uses, so the notebook also runs on its own (its
+# working directory is `nbs/`):
 
 # %%
 DATA = os.environ.get('NETMOMENTS_DATA') or '../../shared/data'
@@ -303,7 +303,7 @@ test_eq(_read_idx(tmp/'idx/none.gz', 3, None)[0].shape, (0, 28, 28))
 # ## MNIST
 # Handwritten digits 0–9 (LeCun, Cortes & Burges): 60,000 training and 10,000 test images of 28×28 grey levels, ink
 # bright on black. Licence: CC BY-SA 3.0, copyright Yann LeCun and Corinna Cortes (a derivative of NIST data); cite
-# [LeCun et al. (1998)](99_references.ipynb#lecun1998). The four official gz files are in `../shared/data/mnist`,
+# [LeCun et al. (1998)](99_references.ipynb#lecun1998). The four official gz files are in `$NETMOMENTS_DATA/mnist`,
 # checked against the official md5s.
 #
 # A split is two IDX files, `train-*` or `t10k-*`, accepted under the official names (`t10k-images-idx3-ubyte.gz`),
@@ -331,7 +331,7 @@ def _read_idx_dataset(classes, paths, split, limit):
 _READERS['mnist'] = _Reader(('train', 'test'), _idx_files, functools.partial(_read_idx_dataset, tuple('0123456789')))
 
 # %% [markdown]
-# The real test set: shape, dtype, range, the label counts and mean pixel (33.79 / 255) of `shared/data/README.md`,
+# The real test set: shape, dtype, range, the label counts and mean pixel (33.79 / 255) that the data folder's `README.md` records,
 # read in well under a second:
 
 # %%
@@ -618,7 +618,7 @@ test_fail(lambda: standardize(torch.ones(2, 2, dtype=torch.int64)), contains='tr
 # Tiny colour images ([Krizhevsky (2009)](99_references.ipynb#krizhevsky2009)), 32×32 RGB: 50,000 for training and
 # 10,000 for testing. CIFAR-10 has 10 classes of 6,000 images; CIFAR-100 has 100 fine classes of 600 (grouped into 20
 # coarse ones, which `load` does not use). No licence is stated by the authors; cite the technical report. **The data
-# folder holds no copy of them** (`shared/data/README.md` lists no source), so the reader is tested on small synthetic
+# folder holds no copy of them** (its `README.md` lists no source), so the reader is tested on small synthetic
 # files written in the official format.
 #
 # That format is the "python version": pickled dicts, written by Python 2, read with `encoding='bytes'` so their keys

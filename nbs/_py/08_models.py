@@ -264,8 +264,8 @@ test_fail(lambda: _bundled('missing.pt'), exc=FileNotFoundError, contains='bundl
 # moment experiments use the network, and the test accuracy measured below is all they need of it.
 #
 # MNIST comes from `netmoments.data.load` ([Datasets](07_data.ipynb)), which reads the IDX files under
-# `$NETMOMENTS_DATA` (the Makefile points it at `../shared/data`; without the variable, the hidden cell below looks
-# there itself). When they are missing, the full-test-set check further down is skipped and only the bundled slice is
+# `$NETMOMENTS_DATA` (the Makefile sets it; without the variable, the hidden cell below looks in the folder the
+# Makefile uses). When they are missing, the full-test-set check further down is skipped and only the bundled slice is
 # scored.
 
 # %%
