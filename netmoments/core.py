@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['check_finite', 'check_var', 'check_count', 'as_tensors', 'check_broadcast', 'check_cov', 'Table', 'eval_mode']
+__all__ = ['check_finite', 'check_var', 'check_count', 'as_tensors', 'check_broadcast', 'check_cov', 'Table', 'eval_mode',
+           'check_model']
 
 # %% ../nbs/00_core.ipynb #d9ac7eff
 def check_finite(
@@ -52,7 +53,7 @@ def as_tensors(
     *xs,                  # tensors or python numbers
     names:tuple|list,     # one argument name per entry, for the messages
 )->tuple:                 # tensors of one floating dtype on one device
-    "Convert `xs` to tensors of their common floating dtype and device; raise on mixed devices or non-float tensors."
+    "Convert `xs` to tensors of their floating dtype and device; raise on mixed dtypes, devices or non-float tensors."
     tensors = [x for x in xs if isinstance(x, Tensor)]
     devices = {x.device for x in tensors}
     if len(devices) > 1:
@@ -63,8 +64,11 @@ def as_tensors(
             raise TypeError(f'{n} must be a real floating tensor; got {x.dtype}')
         if not isinstance(x, (Tensor, int, float)):
             raise TypeError(f'{n} must be a tensor or a number; got {type(x).__name__}')
-    float_dtypes = [x.dtype for x in tensors if x.is_floating_point()]
-    dtype = functools.reduce(torch.promote_types, float_dtypes) if float_dtypes else torch.get_default_dtype()
+    floats = [(n, x.dtype) for n, x in zip(names, xs) if isinstance(x, Tensor) and x.is_floating_point()]
+    if len({d for _, d in floats}) > 1:
+        found = ', '.join(f'{n} {str(d).removeprefix("torch.")}' for n, d in floats)
+        raise TypeError(f'floating tensors must share one dtype; found {found} (convert one, e.g. with .double())')
+    dtype = floats[0][1] if floats else torch.get_default_dtype()
     device = tensors[0].device if tensors else torch.device('cpu')
     return tuple(torch.as_tensor(x, dtype=dtype, device=device) for x in xs)
 
@@ -152,3 +156,21 @@ def eval_mode(model:torch.nn.Module):   # the network (anything else passes thro
         yield model
     finally:
         for m, t in modes: m.training = t
+
+# %% ../nbs/00_core.ipynb #903ae5a5
+def check_model(
+    model:torch.nn.Module,  # the network
+    name:str,               # argument name used in the message
+    x:Tensor|None=None,     # an input the model will see, whose floating dtype must match the parameters'
+):
+    "Raise `TypeError` unless `model` is a module (matching `x`'s dtype), `ValueError` if a parameter or buffer is not finite."
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f'{name} must be a torch.nn.Module; got {type(model).__name__}')
+    for k, v in [*model.named_parameters(), *model.named_buffers()]:
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f'{name} must have finite parameters; {k} holds NaN or infinite values')
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if x is not None and x.is_floating_point() and dtypes and x.dtype not in dtypes:
+        found = ', '.join(sorted(str(d).removeprefix('torch.') for d in dtypes))
+        raise TypeError(f'{name} has {found} parameters but its input is {str(x.dtype).removeprefix("torch.")}; '
+                        f'convert one (e.g. {name}.double() or x.float())')

@@ -192,8 +192,10 @@ def test_gradients_finite_at_the_edges():
 def test_broadcast_shape_and_dtype():
     out = bvn_cdf(torch.zeros(4, 1), torch.zeros(3), torch.tensor(0.5))
     assert (out.shape, out.dtype) == ((4, 3), f32)
-    out = bvn_cdf(torch.zeros(2, 1, dtype=f64), 0., torch.linspace(-1, 1, 5))
+    out = bvn_cdf(torch.zeros(2, 1, dtype=f64), 0., torch.linspace(-1, 1, 5, dtype=f64))
     assert (out.shape, out.dtype) == ((2, 5), f64)
+    with pytest.raises(TypeError, match='found h float64, rho float32'):
+        bvn_cdf(torch.zeros(2, 1, dtype=f64), 0., torch.linspace(-1, 1, 5))
     h = torch.tensor([0.3, -0.2], dtype=f64)
     before = h.clone()
     bvn_cdf(h, h, 0.4)

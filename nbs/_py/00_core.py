@@ -101,7 +101,7 @@ def as_tensors(
     *xs,                  # tensors or python numbers
     names:tuple|list,     # one argument name per entry, for the messages
 )->tuple:                 # tensors of one floating dtype on one device
-    "Convert `xs` to tensors of their common floating dtype and device; raise on mixed devices or non-float tensors."
+    "Convert `xs` to tensors of their floating dtype and device; raise on mixed dtypes, devices or non-float tensors."
     tensors = [x for x in xs if isinstance(x, Tensor)]
     devices = {x.device for x in tensors}
     if len(devices) > 1:
@@ -112,8 +112,11 @@ def as_tensors(
             raise TypeError(f'{n} must be a real floating tensor; got {x.dtype}')
         if not isinstance(x, (Tensor, int, float)):
             raise TypeError(f'{n} must be a tensor or a number; got {type(x).__name__}')
-    float_dtypes = [x.dtype for x in tensors if x.is_floating_point()]
-    dtype = functools.reduce(torch.promote_types, float_dtypes) if float_dtypes else torch.get_default_dtype()
+    floats = [(n, x.dtype) for n, x in zip(names, xs) if isinstance(x, Tensor) and x.is_floating_point()]
+    if len({d for _, d in floats}) > 1:
+        found = ', '.join(f'{n} {str(d).removeprefix("torch.")}' for n, d in floats)
+        raise TypeError(f'floating tensors must share one dtype; found {found} (convert one, e.g. with .double())')
+    dtype = floats[0][1] if floats else torch.get_default_dtype()
     device = tensors[0].device if tensors else torch.device('cpu')
     return tuple(torch.as_tensor(x, dtype=dtype, device=device) for x in xs)
 
@@ -122,8 +125,17 @@ def as_tensors(
 a, b = as_tensors(torch.ones(2, dtype=torch.float64), 3, names=('mu', 'var'))
 test_eq((a.dtype, b.dtype, b.item()), (torch.float64, torch.float64, 3.))
 test_eq(as_tensors(1, 2., names='ab')[0].dtype, torch.get_default_dtype())
-test_eq(as_tensors(torch.ones(1), torch.ones(1), torch.ones(1, dtype=torch.float64), names='abc')[0].dtype, torch.float64)
+test_eq(as_tensors(torch.ones(1), torch.arange(2), 3, names='abc')[1].dtype, torch.float32)
 test_fail(lambda: as_tensors(torch.ones(2), 'x', names='ab'), contains='b must be a tensor or a number')
+
+# %% [markdown]
+# Two floating dtypes are refused rather than promoted: the result's precision is then the one the caller chose, and a
+# float32 tensor that slipped into a float64 computation is named instead of silently widened (integer tensors and
+# python numbers take the floating dtype beside them):
+
+# %%
+test_fail(lambda: as_tensors(torch.ones(1), torch.ones(1, dtype=torch.float64), names=('W', 'X')),
+          contains='floating tensors must share one dtype; found W float32, X float64', exc=TypeError)
 
 # %% [markdown]
 # Mixed devices are refused (the `meta` device stands in for a GPU on a CPU-only machine):
@@ -294,6 +306,41 @@ def fails():
 test_fail(fails, exc=KeyError)
 test_eq([x.training for x in net.modules()], [True, True, True, False])
 with eval_mode('not a model') as m: test_eq(m, 'not a model')
+
+
+# %% [markdown]
+# A network's weights are inputs too: a NaN weight makes every output NaN, and a statistic computed from NaN outputs
+# (a robustness rate, a success rate) can come out as a plausible number. Functions that take a model check it first,
+# and the check also names a model whose dtype differs from its input's:
+
+# %%
+#| export
+def check_model(
+    model:torch.nn.Module,  # the network
+    name:str,               # argument name used in the message
+    x:Tensor|None=None,     # an input the model will see, whose floating dtype must match the parameters'
+):
+    "Raise `TypeError` unless `model` is a module (matching `x`'s dtype), `ValueError` if a parameter or buffer is not finite."
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f'{name} must be a torch.nn.Module; got {type(model).__name__}')
+    for k, v in [*model.named_parameters(), *model.named_buffers()]:
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f'{name} must have finite parameters; {k} holds NaN or infinite values')
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if x is not None and x.is_floating_point() and dtypes and x.dtype not in dtypes:
+        found = ', '.join(sorted(str(d).removeprefix('torch.') for d in dtypes))
+        raise TypeError(f'{name} has {found} parameters but its input is {str(x.dtype).removeprefix("torch.")}; '
+                        f'convert one (e.g. {name}.double() or x.float())')
+
+
+# %%
+net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+check_model(net, 'net', torch.zeros(1, 3))
+test_fail(lambda: check_model(net, 'net', torch.zeros(1, 3, dtype=torch.float64)),
+          contains='net has float32 parameters but its input is float64', exc=TypeError)
+test_fail(lambda: check_model(lambda x: x, 'f'), contains='f must be a torch.nn.Module; got function', exc=TypeError)
+with torch.no_grad(): net[0].weight[0, 1] = float('nan')
+test_fail(lambda: check_model(net, 'net'), contains='net must have finite parameters; 0.weight holds NaN')
 
 # %% [markdown]
 # ## Export -

@@ -55,7 +55,7 @@ from netmoments.models import pretrained, mnist_slice
 # The bound does not change when $W$ and $b$ are multiplied by a common positive factor, so `linear_bound` first
 # divides both by the power of two at or above their largest magnitude (exact in floating point): weights of any
 # scale give the same answer, with no norm under- or overflowing. NaN or infinite entries, an empty batch and
-# mismatched shapes raise; tensors of different floating dtypes are promoted to the wider one.
+# mismatched shapes raise, and so do tensors of two floating dtypes (the caller picks the precision).
 
 # %%
 #| export
@@ -91,7 +91,7 @@ def linear_bound(
     if len(W) < 2: raise ValueError(f'W must have at least 2 classes; got {len(W)}')
     if len(x) == 0: raise ValueError(f'x must hold at least one sample; got shape {tuple(x.shape)}')
     for t, name in ((W, 'W'), (b, 'b'), (x, 'x')): check_finite(t, name)
-    W, b, x = as_tensors(W, b, x, names=('W', 'b', 'x'))      # mixed float dtypes promote, as everywhere in netmoments
+    W, b, x = as_tensors(W, b, x, names=('W', 'b', 'x'))      # one floating dtype, as everywhere in netmoments
     # the bound is invariant to a common positive scale of (W, b): divide by the power of two at or above their
     # largest magnitude (exact in floating point), so that no norm or score under- or overflows for tiny or huge weights
     top = torch.maximum(W.abs().max(), b.abs().max())
@@ -175,7 +175,7 @@ test_fail(lambda: linear_bound(bad, lin.bias, xs), exc=ValueError, contains='W m
 test_fail(lambda: linear_bound(lin.weight, lin.bias, xs[:0]), exc=ValueError, contains='at least one sample')
 for k in (1e-200, 1e-25, 1e19, 1e200):
     test_close(linear_bound(lin.weight * k, lin.bias * k, xs), delta, eps=1e-12 * delta.max())
-test_close(linear_bound(lin.weight.float(), lin.bias, xs), delta, eps=1e-6 * delta.max())   # promoted to float64
+test_fail(lambda: linear_bound(lin.weight.float(), lin.bias, xs), exc=TypeError, contains='found W float32, b float64')
 
 # %% [markdown]
 # ## MLPs: Peck (2017), Theorem 4.2, Algorithm 4.1, Table 4.1
