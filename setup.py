@@ -18,8 +18,9 @@ min_python = cfg['min_python']
 lic = licenses[cfg['license']]
 requirements = cfg.get('requirements', '').split()
 plot_requirements = cfg.get('plot_requirements', '').split()
+run_requirements = cfg.get('run_requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
-dev_requirements += [r for r in plot_requirements if r not in dev_requirements]   # dev gets everything
+dev_requirements += [r for r in plot_requirements + run_requirements if r not in dev_requirements]   # dev gets everything
 long_description = (Path(__file__).parent / 'README.md').read_text(encoding='utf-8')
 
 setuptools.setup(
@@ -44,7 +45,7 @@ setuptools.setup(
     include_package_data=True,
     package_data={'netmoments': ['data/*.pt']},   # the bundled LeNet and MNIST slice, found relative to the package
     install_requires=requirements,
-    extras_require={'plot': plot_requirements, 'dev': dev_requirements},
+    extras_require={'plot': plot_requirements, 'run': run_requirements, 'dev': dev_requirements},
     python_requires='>=' + min_python,
     entry_points={
         'console_scripts': cfg.get('console_scripts', '').split(),
