@@ -112,7 +112,7 @@ class Case:
     def __post_init__(self):
         if not self.id: self.id = getattr(self.fn, '__name__', repr(self.fn))
 
-    def call(self, seed, dtype, **over):
+    def call(self, seed, dtype, /, **over):
         "Call with valid arguments from `make`, replacing those in `over`."
         kw = self.make(seed, dtype)
         kw.update(over)

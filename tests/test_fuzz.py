@@ -60,7 +60,7 @@ def no_nan(case, result):
             assert not torch.isnan(t).any(), f'{case.id} returned NaN'
 
 
-def expect_refusal(case, arg, exc_types, seed, dtype, **over):
+def expect_refusal(case, arg, exc_types, seed, dtype, /, **over):
     with pytest.raises(exc_types) as info:
         case.call(seed, dtype, **over)
     assert names_argument(info.value, arg), f'{case.id}: message does not name {arg!r}: {info.value}'
