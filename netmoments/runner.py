@@ -4,32 +4,74 @@
 
 # %% ../nbs/23_runner.ipynb #36c19543
 from __future__ import annotations
-import hashlib, importlib, json, math, os, platform, re, subprocess, sys, tempfile, time, traceback
+import hashlib, importlib, json, math, os, platform, re, secrets, subprocess, sys, tempfile, time, traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 # %% auto #0
-__all__ = ['EXPERIMENTS', 'RELU_MEAN', 'write_json', 'Experiment', 'register', 'experiment', 'relu_mean_unit', 'unit_name',
-           'run_dir', 'provenance', 'run_unit', 'select_units', 'RunSummary', 'run', 'merge', 'load_result']
+__all__ = ['EXPERIMENTS', 'RELU_MEAN', 'output_problem', 'write_atomic', 'write_json', 'Experiment', 'register', 'experiment',
+           'relu_mean_unit', 'unit_name', 'run_dir', 'provenance', 'run_unit', 'select_units', 'RunSummary',
+           'finished_units', 'run', 'merge', 'load_result']
 
 # %% ../nbs/23_runner.ipynb #b6312469
+def _temp_file(folder:str)->tuple:
+    "A new empty file in `folder` with a fresh hidden name: (file descriptor, path)."
+    while True:
+        tmp = os.path.join(folder, f'.netmoments-{secrets.token_hex(8)}.tmp')
+        try: return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError: continue
+
+def output_problem(
+    path:str|Path,  # a file to be written
+)->str|None:        # why it cannot be written, or None
+    "Why a file cannot be written to `path` (None: it can); creates nothing that stays."
+    path = str(path)
+    if not path: return 'expected a file name, got an empty one'
+    if '\0' in path: return f'{path!r}: a file name cannot hold a NUL character'
+    if path.endswith(os.sep) or os.path.basename(path) in ('.', '..'): return f'{path} is a folder, not a file name'
+    target = os.path.realpath(path)
+    if os.path.isdir(target): return f'{path} is a folder, not a file name'
+    if os.path.lexists(target) and not os.path.isfile(target): return f'cannot write {path}: it exists and is not a regular file'
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder): return f'cannot write {path}: folder {folder} does not exist'
+    try: name_max = os.pathconf(folder, 'PC_NAME_MAX')
+    except (OSError, ValueError): name_max = 255
+    if len(os.fsencode(os.path.basename(target))) > name_max:
+        return f'cannot write {path}: the file name is longer than {name_max} bytes'
+    if os.path.exists(target) and not os.access(target, os.W_OK): return f'cannot write {path}: the file is read-only'
+    try: fd, tmp = _temp_file(folder)
+    except OSError as e: return f'cannot write {path}: folder {folder} is not writable ({e.strerror})'
+    os.close(fd); os.unlink(tmp)
+    return None
+
+def write_atomic(
+    path:str|Path,        # the file to write (a link is followed)
+    write:Callable,       # write(f) writes the content to the open file f
+    binary:bool=False,    # open the temporary file in binary mode
+):
+    "Write a file through `write(f)` atomically: a temporary file in the target's folder, flushed, renamed over it."
+    target = os.path.realpath(path)
+    if os.path.lexists(target) and not os.path.isfile(target):
+        raise ValueError(f'cannot write {path}: it exists and is not a regular file')
+    fd, tmp = _temp_file(os.path.dirname(target))
+    try:
+        with os.fdopen(fd, 'wb' if binary else 'w') as f:
+            write(f)
+            f.flush(); os.fsync(f.fileno())
+        if os.path.exists(target): os.chmod(tmp, os.stat(target).st_mode & 0o7777)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp): os.unlink(tmp)
+        raise
+
 def write_json(
     path:str|Path,  # the file to write
     obj,            # a JSON-able object
 ):
-    "Write `obj` as JSON to `path` atomically: a temporary file in the same folder, then a rename."
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(obj, f, indent=1, allow_nan=True)
-            f.write('\n')
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
+    "Write `obj` as JSON to `path` atomically."
+    write_atomic(path, lambda f: (json.dump(obj, f, indent=1), f.write('\n')))
 
 # %% ../nbs/23_runner.ipynb #470ab522
 @dataclass(frozen=True)
@@ -68,11 +110,7 @@ def register(exp:Experiment)->Experiment:
     return exp
 
 def experiment(name:str)->Experiment:
-    "The registered experiment `name` (the package's own are registered by `netmoments.experiments`)."
-    if name not in EXPERIMENTS:
-        try: importlib.import_module('netmoments.experiments')
-        except ModuleNotFoundError as e:
-            if e.name != 'netmoments.experiments': raise
+    "The registered experiment `name` (importing `netmoments.experiments` registers the package's own)."
     if name not in EXPERIMENTS:
         raise ValueError(f'unknown experiment {name!r}; registered: {", ".join(sorted(EXPERIMENTS)) or "none"}')
     return EXPERIMENTS[name]
@@ -202,8 +240,11 @@ class RunSummary(NamedTuple):
     merged:Path|None    # the merged result file, written when the grid is complete
     wall_s:float        # seconds this call took
 
-def _finished(folder:Path, grid:list)->dict:
-    "index -> unit file for the units of `grid` on disk; a file that matches no unit of the grid is an error."
+def finished_units(
+    folder:Path,  # the run's unit folder (`run_dir`)
+    grid:list,    # the experiment's grid
+)->dict:          # index -> unit file
+    "The units of `grid` already on disk in `folder`; a file that matches no unit of the grid is an error."
     names = {unit_name(i, p): i for i, p in enumerate(grid)}
     found = {}
     for f in folder.glob('*.json') if folder.is_dir() else ():
@@ -224,7 +265,13 @@ def _ray_results(name, exp, todo, grid, address, workers):
     started = not ray.is_initialized()
     if started:
         kw = dict(address=address) if address else dict(num_cpus=workers)
-        ray.init(**kw, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        for attempt in range(3):       # Ray gives a new node 30 s to start, which a loaded machine can miss
+            try:
+                ray.init(**kw, include_dashboard=False, log_to_driver=False, configure_logging=False)
+                break
+            except Exception as e:
+                ray.shutdown()
+                if attempt == 2 or 'timed out during startup' not in str(e): raise
     try:
         remote = ray.remote(num_cpus=exp.threads, num_gpus=exp.gpus, max_retries=0)(run_unit)
         slots = max(1, int(ray.available_resources().get('CPU', 1) // exp.threads))
@@ -268,7 +315,7 @@ def run(
     grid = exp.units(preset)
     folder = run_dir(out, name, preset)
     chosen = select_units(len(grid), shard, units)
-    found = _finished(folder, grid)
+    found = finished_units(folder, grid)
     if found and not resume:
         raise FileExistsError(f'{folder} already holds {len(found)} finished units of this run; '
                               'pass resume=True (--resume) to continue it, or choose another out folder')
@@ -288,7 +335,7 @@ def run(
                 write_json(folder / unit_name(i, grid[i]), rec)
                 done.append(i)
             bar.update(1)
-    pending = len(grid) - len(_finished(folder, grid))
+    pending = len(grid) - len(finished_units(folder, grid))
     merged = merge(name, preset, out) if pending == 0 else None
     if failed:
         lines = '\n'.join(f'  unit {i}: {msg}' for i, msg in failed)
@@ -305,7 +352,7 @@ def merge(
     exp = experiment(name)
     preset = exp.preset(preset)
     grid = exp.units(preset)
-    found = _finished(run_dir(out, name, preset), grid)
+    found = finished_units(run_dir(out, name, preset), grid)
     missing = [i for i in range(len(grid)) if i not in found]
     if missing:
         raise ValueError(f'{name}-{preset} is not complete: {len(missing)} of {len(grid)} units missing '

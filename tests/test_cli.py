@@ -176,11 +176,11 @@ def test_version(capsys):
 def test_every_option_has_help():
     parser = cli._parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert sorted(commands) == ['bench', 'check', 'stepcost', 'tightness']
+    assert sorted(commands) == ['bench', 'check', 'run', 'stepcost', 'tightness']
     for p in (parser, *commands.values()):
         for action in p._actions: assert action.help, (p.prog, action.option_strings)
-    for name, p in commands.items():
-        assert any('--json' in a.option_strings for a in p._actions), name
+    for name, p in commands.items():         # `run` writes its own result files, named by experiment and preset
+        assert name == 'run' or any('--json' in a.option_strings for a in p._actions), name
 
 
 HELP_PROBE = """
@@ -289,8 +289,9 @@ PARSER = cli._parser()
 COMMANDS = next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction)).choices
 OPTIONS = [pytest.param(name, action, id=f'{name} {action.option_strings[-1]}')
            for name, p in COMMANDS.items() for action in p._actions
-           if action.option_strings and not isinstance(action, argparse._HelpAction)]
-WORKERS = ('_check', '_bench', '_tightness', '_stepcost')
+           if action.option_strings and not isinstance(action, (argparse._HelpAction, argparse._StoreTrueAction))]
+WORKERS = ('_check', '_bench', '_tightness', '_stepcost', '_run')
+POSITIONAL = {'run': ['relu-mean']}   # valid positional arguments of the commands that need them
 HEAVY = ('bundled_network', 'check_moments', 'check_report', 'tightness_figure', 'tightness_rows')
 
 
@@ -312,6 +313,7 @@ def good_value(action)->str:
     if isinstance(t, cli._Count): return str(max(t.least, 2))
     if isinstance(t, cli._Number): return str(t.least)
     if t is cli._device: return 'cpu'
+    if t is cli._unit_list: return '0'
     raise AssertionError(f'{action.option_strings}: no valid value known for its type {t!r}')
 
 
@@ -343,6 +345,12 @@ def bad_values(action, place)->st.SearchStrategy:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         return st.sampled_from(['', 'gpu', 'GPU', 'meta', 'mps', 'CPU', 'cpu:0', 'cuda:x', 'cuda:-1', 'cuda:01', 'cuda ',
                                 f'cuda:{count}', f'cuda:{count + 7}'] + ([] if count else ['cuda', 'cuda:0']))
+    if t is cli._shard: return st.sampled_from(['', '1', '2/2', '3/2', '-1/2', '0/0', '1/-2', 'a/b', '0/2/4', '01/2', ' 0/2'])
+    if t is cli._unit_list: return st.sampled_from(['', 'a', '1,', ',1', '5-2', '-3', '1--2', '1,a', '01', '1 ,2', '2.5'])
+    if t is cli._run_folder: return st.sampled_from(['', str(place / 'a-file'), str(place / 'a-file' / 'sub'), 'a\0b',
+                                                     '/proc/runs', '/dev/null'])
+    if t is cli._address: return st.sampled_from(['', 'x', 'host:', ':80', 'http://h:1', 'h:123456', 'ray://h'])
+    if t is cli._name: return st.sampled_from(['', 'a b', 'a/b', '../x', 'x;y'])
     if t is cli._figure_path: return st.sampled_from(bad_paths(place, figure=True))
     if t is cli._output_path: return st.sampled_from(bad_paths(place))
     raise AssertionError(f'{action.option_strings}: no bad-value strategy for its type {t!r}: add one to bad_values')
@@ -378,7 +386,8 @@ def test_every_option_refuses_bad_values(command, action, data, place):
         else: values = [bad]
         tokens = [f'{opt}={bad}'] if action.nargs is None and data.draw(st.booleans(), label='=') else [opt, *values]
     others = companions(command, action, place)
-    argv = [command] + (others + tokens if data.draw(st.booleans(), label='others first') else tokens + others)
+    argv = [command, *POSITIONAL.get(command, [])] + (others + tokens if data.draw(st.booleans(), label='others first')
+                                                      else tokens + others)
 
     def ran(*args, **kwargs): raise AssertionError(f'{argv}: work started although an option is invalid')
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()) as out, \
@@ -393,7 +402,7 @@ def test_every_option_refuses_bad_values(command, action, data, place):
 
 def test_every_command_is_drawn():
     "The property above covers every sub-command, and each has options."
-    assert sorted({p.values[0] for p in OPTIONS}) == sorted(COMMANDS) == ['bench', 'check', 'stepcost', 'tightness']
+    assert sorted({p.values[0] for p in OPTIONS}) == sorted(COMMANDS) == ['bench', 'check', 'run', 'stepcost', 'tightness']
 
 
 def test_json_and_figure_of_one_name_are_refused(tmp_path, monkeypatch, capsys):
@@ -462,9 +471,11 @@ def test_writers_in_the_commands_are_atomic():
     "Every file the commands write goes through _write_json or tightness_figure (both atomic), nothing else."
     import inspect
     source = inspect.getsource(cli)
-    assert 'savefig(' in source and source.count('savefig(') == 1 and '_write_atomic(path, lambda f: fig.savefig' in source
-    assert not re.search(r"\bopen\([^)]*['\"]w", source), 'a file opened for writing outside _write_atomic'
-    assert source.count('os.fdopen(') == 1
+    assert 'savefig(' in source and source.count('savefig(') == 1 and 'write_atomic(path, lambda f: fig.savefig' in source
+    assert not re.search(r"\bopen\([^)]*['\"]w", source), 'a file opened for writing outside write_atomic'
+    assert 'os.fdopen(' not in source and 'write_json(path, obj)' in source      # the runner's atomic writer
+    from netmoments import runner
+    assert inspect.getsource(runner).count('os.fdopen(') == 1
 
 
 def test_written_files_keep_the_umask_or_the_previous_mode(tmp_path):
@@ -481,5 +492,5 @@ def test_device_files_are_never_replaced(tmp_path):
     "A rename over /dev/null would put a regular file in its place: refused at parse time and in the writer."
     with pytest.raises(ValueError, match='not a regular file'): cli._write_json('/dev/null', {})
     os.mkfifo(tmp_path / 'fifo')
-    assert 'not a regular file' in cli._output_problem(str(tmp_path / 'fifo'))
+    assert 'not a regular file' in cli.output_problem(str(tmp_path / 'fifo'))
     assert os.path.exists('/dev/null') and not os.path.isfile('/dev/null')

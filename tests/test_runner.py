@@ -124,3 +124,29 @@ def test_merge_is_atomic_and_complete(tmp_path):
     data = json.loads(path.read_text())
     assert data['provenance']['units'] == 6 and len(data['result']['rows']) == 6
     assert not [p for p in tmp_path.iterdir() if p.name.endswith('.tmp')]
+
+
+def test_command_line_runs_lists_resumes_and_merges(tmp_path, capsys):
+    from netmoments.cli import main
+    out = str(tmp_path / 'runs')
+    assert main(['run', 'relu-mean', '--preset', 'tiny', '--out', out, '--dry-run', '--shard', '1/2']) == 0
+    listing = capsys.readouterr().out
+    assert '3 of 3 selected units to run (grid of 6)' in listing and not (tmp_path / 'runs').exists()
+    assert main(['run', 'relu-mean', '--preset', 'tiny', '--out', out, '--engine', 'local', '--units', '0-2',
+                 '--no-progress']) == 0
+    assert '3 units run, 0 found on disk, 3 still missing' in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main(['run', 'relu-mean', '--preset', 'tiny', '--out', out, '--units', '4-9'])
+    assert info.value.code == 2 and 'argument --units' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(['run', 'relu-mean', '--preset', 'tiny', '--out', out, '--engine', 'local', '--no-progress'])
+    assert info.value.code == 2 and 'already holds 3 finished units of this run; pass --resume' in capsys.readouterr().err
+    assert main(['run', 'relu-mean', '--preset', 'tiny', '--out', out, '--engine', 'local', '--resume',
+                 '--no-progress']) == 0
+    printed = capsys.readouterr().out
+    assert '3 units run, 3 found on disk, 0 still missing' in printed and 'relu-mean-tiny.json' in printed
+    assert main(['run', 'relu-mean', '--preset', 'tiny', '--out', out, '--merge']) == 0
+    assert load_result('relu-mean', 'tiny', out)['provenance']['units'] == 6
+    with pytest.raises(SystemExit) as info:
+        main(['run', 'relu-mean', '--preset', 'huge', '--out', out])
+    assert info.value.code == 2 and "relu-mean has no preset 'huge'" in capsys.readouterr().err

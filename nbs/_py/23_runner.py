@@ -26,7 +26,7 @@
 # %%
 #| export
 from __future__ import annotations
-import hashlib, importlib, json, math, os, platform, re, subprocess, sys, tempfile, time, traceback
+import hashlib, importlib, json, math, os, platform, re, secrets, subprocess, sys, tempfile, time, traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,33 +41,97 @@ from fastcore.test import test_eq, test_fail, test_ne
 # %% [markdown]
 # ## Files written atomically
 # A result file is either the old one or the new one, never half of each: the text goes to a temporary file in the
-# same folder, which is then renamed over the target (a rename within a filesystem is atomic on POSIX and Windows).
+# same folder, flushed to disk, which is then renamed over the target (a rename within a filesystem is atomic). A new
+# file gets the permissions the umask gives; a replaced one keeps its own. A symbolic link is followed, so the file it
+# points to is replaced, not the link. Only regular files are replaced: a device such as `/dev/null` or a folder is
+# refused, since a rename would put a file in its place. Whether a name can be written is checked before any work by
+# creating and removing a temporary file in its folder, the one test that also holds for the superuser and on
+# read-only file systems. The [command line](90_cli.ipynb) writes its files with the same functions.
 
 # %%
 #| export
-def write_json(
-    path:str|Path,  # the file to write
-    obj,            # a JSON-able object
+def _temp_file(folder:str)->tuple:
+    "A new empty file in `folder` with a fresh hidden name: (file descriptor, path)."
+    while True:
+        tmp = os.path.join(folder, f'.netmoments-{secrets.token_hex(8)}.tmp')
+        try: return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError: continue
+
+def output_problem(
+    path:str|Path,  # a file to be written
+)->str|None:        # why it cannot be written, or None
+    "Why a file cannot be written to `path` (None: it can); creates nothing that stays."
+    path = str(path)
+    if not path: return 'expected a file name, got an empty one'
+    if '\0' in path: return f'{path!r}: a file name cannot hold a NUL character'
+    if path.endswith(os.sep) or os.path.basename(path) in ('.', '..'): return f'{path} is a folder, not a file name'
+    target = os.path.realpath(path)
+    if os.path.isdir(target): return f'{path} is a folder, not a file name'
+    if os.path.lexists(target) and not os.path.isfile(target): return f'cannot write {path}: it exists and is not a regular file'
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder): return f'cannot write {path}: folder {folder} does not exist'
+    try: name_max = os.pathconf(folder, 'PC_NAME_MAX')
+    except (OSError, ValueError): name_max = 255
+    if len(os.fsencode(os.path.basename(target))) > name_max:
+        return f'cannot write {path}: the file name is longer than {name_max} bytes'
+    if os.path.exists(target) and not os.access(target, os.W_OK): return f'cannot write {path}: the file is read-only'
+    try: fd, tmp = _temp_file(folder)
+    except OSError as e: return f'cannot write {path}: folder {folder} is not writable ({e.strerror})'
+    os.close(fd); os.unlink(tmp)
+    return None
+
+def write_atomic(
+    path:str|Path,        # the file to write (a link is followed)
+    write:Callable,       # write(f) writes the content to the open file f
+    binary:bool=False,    # open the temporary file in binary mode
 ):
-    "Write `obj` as JSON to `path` atomically: a temporary file in the same folder, then a rename."
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    "Write a file through `write(f)` atomically: a temporary file in the target's folder, flushed, renamed over it."
+    target = os.path.realpath(path)
+    if os.path.lexists(target) and not os.path.isfile(target):
+        raise ValueError(f'cannot write {path}: it exists and is not a regular file')
+    fd, tmp = _temp_file(os.path.dirname(target))
     try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(obj, f, indent=1, allow_nan=True)
-            f.write('\n')
-        os.replace(tmp, path)
+        with os.fdopen(fd, 'wb' if binary else 'w') as f:
+            write(f)
+            f.flush(); os.fsync(f.fileno())
+        if os.path.exists(target): os.chmod(tmp, os.stat(target).st_mode & 0o7777)
+        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)
         raise
 
+def write_json(
+    path:str|Path,  # the file to write
+    obj,            # a JSON-able object
+):
+    "Write `obj` as JSON to `path` atomically."
+    write_atomic(path, lambda f: (json.dump(obj, f, indent=1), f.write('\n')))
+
+
+# %% [markdown]
+# An interrupted write leaves the previous file intact and no temporary file behind; a replaced file keeps its
+# permissions, and a link is followed; a device is never replaced:
 
 # %%
 scratch = Path(tempfile.mkdtemp())
-write_json(scratch / 'a.json', {'x': [1, 2.5, float('inf')]})
-test_eq(json.loads((scratch / 'a.json').read_text()), {'x': [1, 2.5, float('inf')]})
-test_fail(lambda: write_json(scratch / 'b.json', {'x': object()}), exc=TypeError)
-test_eq(sorted(p.name for p in scratch.iterdir()), ['a.json'])     # no temporary file left behind
+target = scratch / 'out.json'
+write_json(target, {'x': [1, 2.5, float('inf')]})
+test_eq(json.loads(target.read_text()), {'x': [1, 2.5, float('inf')]})
+class Boom:
+    "Not JSON-serializable: the write fails halfway."
+test_fail(lambda: write_json(target, {'a': 2, 'b': Boom()}), exc=TypeError)
+test_eq(json.loads(target.read_text()), {'x': [1, 2.5, float('inf')]})     # the previous file is intact
+test_eq(os.listdir(scratch), ['out.json'])                                 # and no temporary file is left behind
+os.chmod(target, 0o640)
+os.symlink(target, scratch / 'link.json')
+write_json(scratch / 'link.json', {'a': 3})
+test_eq((json.loads(target.read_text()), os.stat(target).st_mode & 0o777), ({'a': 3}, 0o640))
+assert os.path.islink(scratch / 'link.json')
+test_fail(lambda: write_json('/dev/null', {}), exc=ValueError, contains='not a regular file')
+for path, why in (('', 'empty'), ('/no/such/folder/x.json', 'does not exist'), ('/dev/null', 'not a regular file'),
+                  (scratch, 'is a folder'), ('x' * 300 + '.json', 'longer than')):
+    assert why in output_problem(path), (path, output_problem(path))
+test_eq(output_problem(scratch / 'new.json'), None)
 
 
 # %% [markdown]
@@ -116,17 +180,16 @@ def register(exp:Experiment)->Experiment:
     return exp
 
 def experiment(name:str)->Experiment:
-    "The registered experiment `name` (the package's own are registered by `netmoments.experiments`)."
-    if name not in EXPERIMENTS:
-        try: importlib.import_module('netmoments.experiments')
-        except ModuleNotFoundError as e:
-            if e.name != 'netmoments.experiments': raise
+    "The registered experiment `name` (importing `netmoments.experiments` registers the package's own)."
     if name not in EXPERIMENTS:
         raise ValueError(f'unknown experiment {name!r}; registered: {", ".join(sorted(EXPERIMENTS)) or "none"}')
     return EXPERIMENTS[name]
 
 
 # %% [markdown]
+# The runner knows only what has been registered; the papers' experiments are registered by importing
+# `netmoments.experiments` (the command line does), and a user's own by importing the module that defines them.
+#
 # A small experiment to show the runner at work, and to test it: the mean of $\mathrm{ReLU}(X)$, $X\sim\mathcal N(\mu,
 # \sigma^2)$, estimated from samples in each unit and compared with the exact value
 # $\mu\,\Phi(\mu/\sigma) + \sigma\,\varphi(\mu/\sigma)$ ([ReLU moments](03_relu.ipynb)) at the merge, as a
@@ -337,8 +400,11 @@ class RunSummary(NamedTuple):
     merged:Path|None    # the merged result file, written when the grid is complete
     wall_s:float        # seconds this call took
 
-def _finished(folder:Path, grid:list)->dict:
-    "index -> unit file for the units of `grid` on disk; a file that matches no unit of the grid is an error."
+def finished_units(
+    folder:Path,  # the run's unit folder (`run_dir`)
+    grid:list,    # the experiment's grid
+)->dict:          # index -> unit file
+    "The units of `grid` already on disk in `folder`; a file that matches no unit of the grid is an error."
     names = {unit_name(i, p): i for i, p in enumerate(grid)}
     found = {}
     for f in folder.glob('*.json') if folder.is_dir() else ():
@@ -359,7 +425,13 @@ def _ray_results(name, exp, todo, grid, address, workers):
     started = not ray.is_initialized()
     if started:
         kw = dict(address=address) if address else dict(num_cpus=workers)
-        ray.init(**kw, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        for attempt in range(3):       # Ray gives a new node 30 s to start, which a loaded machine can miss
+            try:
+                ray.init(**kw, include_dashboard=False, log_to_driver=False, configure_logging=False)
+                break
+            except Exception as e:
+                ray.shutdown()
+                if attempt == 2 or 'timed out during startup' not in str(e): raise
     try:
         remote = ray.remote(num_cpus=exp.threads, num_gpus=exp.gpus, max_retries=0)(run_unit)
         slots = max(1, int(ray.available_resources().get('CPU', 1) // exp.threads))
@@ -405,7 +477,7 @@ def run(
     grid = exp.units(preset)
     folder = run_dir(out, name, preset)
     chosen = select_units(len(grid), shard, units)
-    found = _finished(folder, grid)
+    found = finished_units(folder, grid)
     if found and not resume:
         raise FileExistsError(f'{folder} already holds {len(found)} finished units of this run; '
                               'pass resume=True (--resume) to continue it, or choose another out folder')
@@ -425,7 +497,7 @@ def run(
                 write_json(folder / unit_name(i, grid[i]), rec)
                 done.append(i)
             bar.update(1)
-    pending = len(grid) - len(_finished(folder, grid))
+    pending = len(grid) - len(finished_units(folder, grid))
     merged = merge(name, preset, out) if pending == 0 else None
     if failed:
         lines = '\n'.join(f'  unit {i}: {msg}' for i, msg in failed)
@@ -450,7 +522,7 @@ def merge(
     exp = experiment(name)
     preset = exp.preset(preset)
     grid = exp.units(preset)
-    found = _finished(run_dir(out, name, preset), grid)
+    found = finished_units(run_dir(out, name, preset), grid)
     missing = [i for i in range(len(grid)) if i not in found]
     if missing:
         raise ValueError(f'{name}-{preset} is not complete: {len(missing)} of {len(grid)} units missing '

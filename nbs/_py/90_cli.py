@@ -1,12 +1,12 @@
 # %% [markdown]
 # # Command line
-# > `netmoments check`, `bench`, `tightness` and `stepcost`: the analytic moments of a bundled network beside Monte Carlo, the benchmark table, the tightness of the linearized LeNet, and the cost of a robust-training step
+# > `netmoments check`, `bench`, `tightness`, `stepcost` and `run`: the analytic moments of a bundled network beside Monte Carlo, the benchmark table, the tightness of the linearized LeNet, the cost of a robust-training step, and the papers' experiments at scale
 
 # %%
 #| default_exp cli
 
 # %% [markdown]
-# The `netmoments` command has four sub-commands; `netmoments --version` prints the version, `netmoments --help` and
+# The `netmoments` command has five sub-commands; `netmoments --version` prints the version, `netmoments --help` and
 # `netmoments CMD --help` describe every option. The module imports torch only inside the commands, so that the help
 # and every mistake in the options are answered at once, without the seconds `import torch` takes; the names used in
 # annotations alone are imported for type checkers only.
@@ -14,9 +14,10 @@
 # %%
 #| export
 from __future__ import annotations
-import argparse, importlib.util, json, math, os, re, secrets, sys, time
+import argparse, importlib.util, json, math, os, re, sys, time
 from typing import TYPE_CHECKING, NamedTuple
 from netmoments import __version__
+from netmoments.runner import output_problem, write_atomic, write_json
 if TYPE_CHECKING:
     import torch
     from torch import Tensor
@@ -98,61 +99,17 @@ def _device(text:str)->str:
 
 
 # %% [markdown]
-# Files are written atomically: into a temporary file beside the target, flushed to disk, then renamed over it, so an
-# interrupted write never leaves a half file or destroys the previous one. A new file gets the permissions the umask
-# gives; a replaced one keeps its own. A symbolic link is followed, so the file it points to is replaced, not the link.
-# Only regular files are replaced: a device such as `/dev/null` or a folder is refused, since a rename would put a
-# file in its place. Whether a name can be written is checked before any work by creating and removing a temporary
-# file in its folder, the one test that also holds for the superuser and on read-only file systems.
+# Files are written atomically, by the writer of the [experiment runner](23_runner.ipynb): into a temporary file beside
+# the target, flushed to disk, then renamed over it, so an interrupted write never leaves a half file or destroys the
+# previous one; only regular files are replaced (never `/dev/null` or a folder). Whether a name can be written is
+# checked before any work by the same module's `output_problem`, which creates and removes a temporary file in its
+# folder, the one test that also holds for the superuser and on read-only file systems.
 
 # %%
 #| exporti
-def _temp_file(folder:str)->tuple:
-    "A new empty file in `folder` with a fresh hidden name: (file descriptor, path)."
-    while True:
-        tmp = os.path.join(folder, f'.netmoments-{secrets.token_hex(8)}.tmp')
-        try: return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
-        except FileExistsError: continue
-
-def _output_problem(path:str)->str|None:
-    "Why a file cannot be written to `path` (None: it can); creates nothing that stays."
-    if not path: return 'expected a file name, got an empty one'
-    if '\0' in path: return f'{path!r}: a file name cannot hold a NUL character'
-    if path.endswith(os.sep) or os.path.basename(path) in ('.', '..'): return f'{path} is a folder, not a file name'
-    target = os.path.realpath(path)
-    if os.path.isdir(target): return f'{path} is a folder, not a file name'
-    if os.path.lexists(target) and not os.path.isfile(target): return f'cannot write {path}: it exists and is not a regular file'
-    folder = os.path.dirname(target)
-    if not os.path.isdir(folder): return f'cannot write {path}: folder {folder} does not exist'
-    try: name_max = os.pathconf(folder, 'PC_NAME_MAX')
-    except (OSError, ValueError): name_max = 255
-    if len(os.fsencode(os.path.basename(target))) > name_max:
-        return f'cannot write {path}: the file name is longer than {name_max} bytes'
-    if os.path.exists(target) and not os.access(target, os.W_OK): return f'cannot write {path}: the file is read-only'
-    try: fd, tmp = _temp_file(folder)
-    except OSError as e: return f'cannot write {path}: folder {folder} is not writable ({e.strerror})'
-    os.close(fd); os.unlink(tmp)
-    return None
-
-def _write_atomic(path:str, write, binary:bool=False):
-    "Write a file through `write(f)` atomically: a temporary file in the target's folder, flushed, renamed over it."
-    target = os.path.realpath(path)
-    if os.path.lexists(target) and not os.path.isfile(target):
-        raise ValueError(f'cannot write {path}: it exists and is not a regular file')
-    fd, tmp = _temp_file(os.path.dirname(target))
-    try:
-        with os.fdopen(fd, 'wb' if binary else 'w') as f:
-            write(f)
-            f.flush(); os.fsync(f.fileno())
-        if os.path.exists(target): os.chmod(tmp, os.stat(target).st_mode & 0o7777)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
-
 def _write_json(path:str, obj:dict):
     "Write `obj` as JSON to `path` atomically and say so."
-    _write_atomic(path, lambda f: json.dump(obj, f, indent=1))
+    write_json(path, obj)
     print(f'wrote {path}')
 
 
@@ -163,7 +120,7 @@ def _write_json(path:str, obj:dict):
 #| exporti
 def _output_path(text:str)->str:
     "argparse type: a file that can be written (an existing folder where a file can be created)."
-    why = _output_problem(text)
+    why = output_problem(text)
     if why: raise argparse.ArgumentTypeError(why)
     return text
 
@@ -204,26 +161,6 @@ for check, text, message in ((_positive_int, '0', 'must be >= 1, got 0'), (_posi
 test_eq((_positive_int('3'), _seed(str(2**64 - 1)), _nonnegative_float('0'), _device('cpu')), (3, 2**64 - 1, 0., 'cpu'))
 if not torch.cuda.is_available():
     test_fail(_device, args=['cuda'], exc=argparse.ArgumentTypeError, contains='torch sees no CUDA device')
-
-# %% [markdown]
-# An interrupted write leaves the previous file intact and no temporary file behind; a replaced file keeps its
-# permissions, and a link is followed:
-
-# %%
-with tempfile.TemporaryDirectory() as tmp:
-    target = os.path.join(tmp, 'out.json')
-    with contextlib.redirect_stdout(io.StringIO()): _write_json(target, {'a': 1})
-    class Boom:
-        "Not JSON-serializable: the write fails halfway."
-    test_fail(lambda: _write_json(target, {'a': 2, 'b': Boom()}), exc=TypeError)
-    test_eq(json.load(open(target)), {'a': 1})                        # the previous file is intact
-    test_eq(os.listdir(tmp), ['out.json'])                            # and no temporary file is left behind
-    os.chmod(target, 0o640)
-    os.symlink(target, os.path.join(tmp, 'link.json'))
-    with contextlib.redirect_stdout(io.StringIO()): _write_json(os.path.join(tmp, 'link.json'), {'a': 3})
-    test_eq((json.load(open(target)), os.stat(target).st_mode & 0o777), ({'a': 3}, 0o640))
-    assert os.path.islink(os.path.join(tmp, 'link.json'))
-test_fail(lambda: _write_json('/dev/null', {}), exc=ValueError, contains='not a regular file')
 
 
 # %% [markdown]
@@ -653,7 +590,7 @@ def tightness_figure(
             raise TypeError(f'path must be a file name (str or os.PathLike); got {type(path).__name__}')
         path = os.fspath(path)
         if _figure_format(path) is None: raise ValueError(f'path must end in .{", .".join(_FIGURE_FORMATS)}; got {path!r}')
-        why = _output_problem(path)
+        why = output_problem(path)
         if why: raise ValueError(f'path: {why}')
     if ax is not None and not isinstance(ax, Axes): raise TypeError(f'ax must be a matplotlib Axes; got {type(ax).__name__}')
     mc, exact, old = (v.detach().flatten().cpu() for v in (table.mc_var, table.var_exact, table.var_old))
@@ -669,7 +606,7 @@ def tightness_figure(
            ylabel='Monte Carlo variance', title=f'sigma = {float(table.sigma):g}')
     for axis in (ax.xaxis, ax.yaxis): _log_ticks(axis, low, high)
     ax.legend(loc='upper left')
-    if path: _write_atomic(path, lambda f: fig.savefig(f, format=_figure_format(path), dpi=120), binary=True)
+    if path: write_atomic(path, lambda f: fig.savefig(f, format=_figure_format(path), dpi=120), binary=True)
     return fig
 
 
@@ -865,6 +802,127 @@ def _bench(args)->int:
 
 
 # %% [markdown]
+# ## `netmoments run`
+# Runs a registered experiment of the papers ([The papers' experiments as grids](24_experiments.ipynb)) with the
+# [experiment runner](23_runner.ipynb): on a local Ray instance by default, on a Ray cluster with `--address`, or in
+# this process with `--engine local`. `--dry-run` lists the units with their estimated cost and does nothing else;
+# `--merge` only merges a complete run. Every option is checked before the first unit starts: the preset against the
+# experiment's, a shard and a list of units against the size of its grid, and the output folder must exist or be
+# creatable.
+
+# %%
+#| exporti
+def _shard(text:str)->str:
+    "argparse type: 'i/n' with 0 <= i < n."
+    m = re.fullmatch(r'(0|[1-9][0-9]*)/([1-9][0-9]*)', text)
+    if not m or int(m[1]) >= int(m[2]): raise argparse.ArgumentTypeError(f"expected 'i/n' with 0 <= i < n, got {text!r}")
+    return text
+
+def _unit_list(text:str)->str:
+    "argparse type: unit indices and ranges such as '0,3,5-9'."
+    if not re.fullmatch(r'(0|[1-9][0-9]*)(-(0|[1-9][0-9]*))?(,(0|[1-9][0-9]*)(-(0|[1-9][0-9]*))?)*', text):
+        raise argparse.ArgumentTypeError(f"expected indices and ranges such as '0,3,5-9', got {text!r}")
+    for part in text.split(','):
+        lo, _, hi = part.partition('-')
+        if hi and int(hi) < int(lo): raise argparse.ArgumentTypeError(f'{part}: a range must not run backwards')
+    return text
+
+def _run_folder(text:str)->str:
+    "argparse type: a folder for the run's files, existing or creatable (its nearest existing parent writable)."
+    if not text or '\0' in text: raise argparse.ArgumentTypeError(f'expected a folder name, got {text!r}')
+    path = os.path.abspath(text)
+    if os.path.exists(path) and not os.path.isdir(path): raise argparse.ArgumentTypeError(f'{text} exists and is not a folder')
+    parent = path
+    while not os.path.exists(parent): parent = os.path.dirname(parent)
+    if not os.path.isdir(parent): raise argparse.ArgumentTypeError(f'cannot create {text}: {parent} is not a folder')
+    why = output_problem(os.path.join(parent, 'probe.json'))
+    if why: raise argparse.ArgumentTypeError(f'cannot write into {text}: {why}')
+    return text
+
+def _address(text:str)->str:
+    "argparse type: a Ray address ('auto', 'HOST:PORT' or 'ray://HOST:PORT')."
+    if not re.fullmatch(r'auto|local|(ray://)?[A-Za-z0-9_.\-]+:[0-9]{1,5}', text):
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'HOST:PORT' or 'ray://HOST:PORT', got {text!r}")
+    return text
+
+def _experiment_names()->list:
+    "Names of the registered experiments (importing `netmoments.experiments`, which needs no torch)."
+    import netmoments.experiments
+    from netmoments.runner import EXPERIMENTS
+    return sorted(EXPERIMENTS)
+
+def _run_parser(sub):
+    "The options of `netmoments run`."
+    r = sub.add_parser('run', help="run a registered experiment of the papers as a grid of units (Ray or in process)",
+                       description='Run a registered experiment as independent units, each saved atomically with its '
+                                   'provenance; --resume continues an interrupted run; the merged result is written '
+                                   'when the grid is complete.')
+    r.add_argument('experiment', choices=_experiment_names(), help='the experiment to run')
+    r.add_argument('--preset', type=_name, help="grid preset (default: the experiment's first, the paper's full grid)")
+    r.add_argument('--out', type=_run_folder, default='results',
+                   help='folder of runs: units in OUT/NAME-PRESET/units, the result in OUT/NAME-PRESET.json (default results)')
+    r.add_argument('--engine', choices=('ray', 'local'), default='ray',
+                   help="'ray' (default: a local Ray instance, or the cluster at --address) or 'local' (this process)")
+    r.add_argument('--address', type=_address, help="address of a running Ray cluster ('auto', HOST:PORT, ray://HOST:PORT)")
+    r.add_argument('--workers', type=_positive_int, help='CPUs of the local Ray instance (default: all)')
+    r.add_argument('--shard', type=_shard, help="run every n-th unit from the i-th: 'i/n'")
+    r.add_argument('--units', type=_unit_list, help="run these units only, e.g. '0,3,5-9'")
+    r.add_argument('--resume', action='store_true', help='skip units already on disk (continue an interrupted run)')
+    r.add_argument('--dry-run', action='store_true', help='list the units to run with their estimated cost; run nothing')
+    r.add_argument('--merge', action='store_true', help='only merge the units of a complete run into its result file')
+    r.add_argument('--no-progress', action='store_true', help='no progress bar')
+    r.set_defaults(run=_run, check=_run_check)
+
+def _name(text:str)->str:
+    "argparse type: a preset name (letters, digits, '-', '_')."
+    if not re.fullmatch(r'[A-Za-z0-9_\-]+', text): raise argparse.ArgumentTypeError(f'expected a preset name, got {text!r}')
+    return text
+
+def _run_check(args, sub):
+    "Checks of `netmoments run` that need the experiment: its preset, and the units against its grid."
+    from netmoments.runner import experiment, finished_units, run_dir, select_units
+    exp = experiment(args.experiment)
+    if args.preset is not None and args.preset not in exp.presets:
+        sub.error(f'argument --preset: {args.experiment} has no preset {args.preset!r}; choose one of {", ".join(exp.presets)}')
+    if args.address and args.engine != 'ray': sub.error('argument --address: needs --engine ray')
+    grid = exp.units(args.preset)
+    if args.units:
+        try: select_units(len(grid), units=args.units)
+        except ValueError as e: sub.error(f'argument --units: {e}')
+    try: found = finished_units(run_dir(args.out, args.experiment, exp.preset(args.preset)), grid)
+    except ValueError as e: sub.error(f'argument --out: {e}')
+    if found and not (args.resume or args.dry_run or args.merge):
+        sub.error(f'argument --resume: {args.out} already holds {len(found)} finished units of this run; '
+                  'pass --resume to continue it, or choose another --out folder')
+
+def _run(args)->int:
+    "Run `netmoments run`."
+    from netmoments.runner import experiment, merge, run, run_dir, select_units, unit_name
+    exp = experiment(args.experiment)
+    preset = exp.preset(args.preset)
+    if args.merge:
+        print(f'wrote {merge(args.experiment, preset, args.out)}')
+        return 0
+    if args.dry_run:
+        grid = exp.units(preset)
+        folder = run_dir(args.out, args.experiment, preset)
+        chosen = select_units(len(grid), args.shard, args.units)
+        todo = [i for i in chosen if not (folder / unit_name(i, grid[i])).exists()]
+        cost = sum(exp.cost(grid[i]) for i in todo)
+        for i in todo: print(f'{i:5d}  ~{exp.cost(grid[i]):8.0f} s  {json.dumps(grid[i])}')
+        print(f'{args.experiment}-{preset}: {len(todo)} of {len(chosen)} selected units to run (grid of {len(grid)}); '
+              f'~{cost / 3600:.3g} core-hours, {exp.gpus * len(todo):g} GPU units')
+        return 0
+    summary = run(args.experiment, preset, out=args.out, engine=args.engine, address=args.address,
+                  workers=args.workers, resume=args.resume, shard=args.shard, units=args.units,
+                  progress=not args.no_progress)
+    print(f'{args.experiment}-{preset}: {len(summary.done)} units run, {len(summary.skipped)} found on disk, '
+          f'{summary.pending} still missing, {summary.wall_s:.1f} s')
+    if summary.merged: print(f'wrote {summary.merged}')
+    return 0
+
+
+# %% [markdown]
 # ## The entry point
 # `main` parses the command line and runs the sub-command; `netmoments` is installed as a console script pointing at
 # it (`settings.ini`), and `python -m netmoments` runs it too ([Running the package](91_main.ipynb)). Besides the
@@ -881,7 +939,7 @@ def _parser():
     ap.add_argument('--version', action='version', version=f'%(prog)s {__version__}', help='print the version and exit')
     sub = ap.add_subparsers(dest='command', required=True, metavar='COMMAND',
                             help="the command to run; 'netmoments COMMAND --help' describes its options")
-    for add in (_check_parser, _bench_parser, _tightness_parser, _stepcost_parser): add(sub)
+    for add in (_check_parser, _bench_parser, _tightness_parser, _stepcost_parser, _run_parser): add(sub)
     return ap
 
 def _unrecognized(sub, argv:list, extra:list):
@@ -896,7 +954,7 @@ def _unrecognized(sub, argv:list, extra:list):
     sub.error(f'unrecognized arguments: {" ".join(extra)}')
 
 def main(argv:list|None=None)->int:
-    "The `netmoments` command: `check`, `bench`, `tightness` or `stepcost`."
+    "The `netmoments` command: `check`, `bench`, `tightness`, `stepcost` or `run`."
     argv = sys.argv[1:] if argv is None else list(argv)
     ap = _parser()
     args, extra = ap.parse_known_args(argv)
@@ -905,6 +963,7 @@ def main(argv:list|None=None)->int:
     json_path, figure = getattr(args, 'json', None), getattr(args, 'figure', None)
     if json_path and figure and os.path.realpath(json_path) == os.path.realpath(figure):
         sub.error(f'argument --figure: {figure} is also the --json file; give them different names')
+    if hasattr(args, 'check'): args.check(args, sub)
     return args.run(args)
 
 
@@ -914,9 +973,20 @@ def main(argv:list|None=None)->int:
 # %%
 ap = _parser()
 subparsers = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction)).choices
-test_eq(sorted(subparsers), ['bench', 'check', 'stepcost', 'tightness'])
+test_eq(sorted(subparsers), ['bench', 'check', 'run', 'stepcost', 'tightness'])
 for parser in (ap, *subparsers.values()):
     for action in parser._actions: assert action.help, (parser.prog, action.option_strings)
+
+# %% [markdown]
+# `netmoments run --dry-run` lists a grid without running anything: here the robust-training experiment in its
+# reduced preset, whose 26 units are all still to run in an empty folder:
+
+# %%
+with tempfile.TemporaryDirectory() as tmp:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf): test_eq(main(['run', 'robust-training', '--preset', 'cpu', '--out', tmp, '--dry-run']), 0)
+print('\n'.join(buf.getvalue().splitlines()[-4:]))
+assert '26 of 26 selected units to run' in buf.getvalue()
 
 # %% [markdown]
 # Neither the version nor the help imports torch, and mistakes in the options end the command with exit status 2
