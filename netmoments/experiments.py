@@ -8,7 +8,12 @@ import math
 from .runner import Experiment, register, EXPERIMENTS
 
 # %% auto #0
-__all__ = ['ROBUST_SIGMAS', 'ROBUST_ALPHAS', 'ROBUST_FOLDS', 'ROBUST_TRAINING', 'paper_lenet', 'robust_training_unit']
+__all__ = ['ROBUST_SIGMAS', 'ROBUST_ALPHAS', 'ROBUST_FOLDS', 'ROBUST_TRAINING', 'TIGHTNESS_SIGMAS', 'MNIST_TEST',
+           'TIGHTNESS_COST', 'TIGHTNESS', 'SYNTHETIC_NETS', 'SYNTHETIC_REGIMES', 'TABLE1_AMPLITUDES', 'SYNTHETIC_COST',
+           'SYNTHETIC', 'CENTERS_KS', 'CENTERS_BASELINE_KS', 'CENTERS_COST', 'CENTERS', 'PECK_MLPS', 'BOUNDS_COST',
+           'BOUNDS', 'SURVIVAL_SIGMAS', 'SURVIVAL_HEADER', 'SURVIVAL_COST', 'SURVIVAL', 'paper_lenet',
+           'robust_training_unit', 'tightness_unit', 'synthetic_unit', 'cached_kmeans', 'centers_unit', 'bounds_unit',
+           'survival_unit']
 
 # %% ../nbs/24_experiments.ipynb #176e4445
 ROBUST_SIGMAS = (0.125, 0.25, 0.325, 0.5, 1.)                       # training noise levels, Alfadly et al. 2019
@@ -86,3 +91,417 @@ ROBUST_TRAINING = register(Experiment(
              'tiny': '13 settings x 2 data sets on 600 images, 1 epoch (a test of the grid)'},
     description='Alfadly et al. 2019, Figs. 3-4: accuracy against robustness for the regularizer and augmentation',
     cost=_robust_cost, gpus=0.))
+
+# %% ../nbs/24_experiments.ipynb #0dd1533c
+TIGHTNESS_SIGMAS = (0.001, 0.01, 0.05, 0.1)     # noise levels of Alfadly et al. 2020, Table 2
+MNIST_TEST = 10_000                             # images in the MNIST test set
+
+def _blocks(total, size):
+    "Consecutive (start, stop) ranges of at most `size` covering range(total)."
+    return [(a, min(a + size, total)) for a in range(0, total, size)]
+
+def _tightness_grid(preset):
+    images, n_mc, size = {'paper': (dict.fromkeys(TIGHTNESS_SIGMAS, MNIST_TEST), 10_000, 50),
+                          'cpu': ({0.001: 300, 0.01: 1000, 0.05: 300, 0.1: 300}, 10_000, 50),
+                          'tiny': (dict.fromkeys(TIGHTNESS_SIGMAS, 2), 500, 2)}[preset]
+    return [{'sigma': s, 'start': a, 'stop': b, 'n_mc': n_mc, 'layer': 3, 'seed': 2018 + 100_000 * j + a}
+            for j, s in enumerate(TIGHTNESS_SIGMAS) for a, b in _blocks(images[s], size)]
+
+# %% ../nbs/24_experiments.ipynb #4642c3f5
+def tightness_unit(p:dict)->dict:
+    "Per-image E_r (mean; old, exact, ties-first variance), MC floor and MC/analytic ratio sums, images [start, stop)."
+    import copy, torch
+    from netmoments.data import load
+    from netmoments.linearize import AffineReluAffine, two_stage
+    from netmoments.models import pretrained
+    from netmoments.tightness import dense, random_covariance, relative_error, tightness_table
+    net = pretrained('lenet-mnist')
+    x = load('mnist', 'test', limit=p['stop']).x[p['start']:]
+    net64, x64 = copy.deepcopy(net).double(), x.double()
+    with torch.no_grad():
+        lin = two_stage(net64, x64, p['layer'])
+        t = tightness_table(net, x, p['sigma'], layer=p['layer'], n_mc=p['n_mc'], lin=lin,
+                            generator=torch.Generator().manual_seed(p['seed']))
+        gen = torch.Generator().manual_seed(p['seed'])      # tightness_table draws the covariances first
+        S = torch.stack([dense(random_covariance(x[0].numel(), p['sigma'], gen)) for _ in range(len(x))])
+        mu = x64.flatten(1)
+        again = AffineReluAffine(*(v[:1] for v in lin)).moments(mu[:1], S[:1], method='exact', full=False).var
+        if not torch.allclose(again, t.var_exact[:1], rtol=1e-12, atol=0):
+            raise RuntimeError('the redrawn covariance is not the one tightness_table used')
+        first = two_stage(net64, x64, p['layer'], ties='first').moments(mu, S, method='exact', full=False).var
+    ratios = {'mean': t.mc_mean / t.mean, 'old': t.mc_var / t.var_old, 'exact': t.mc_var / t.var_exact}
+    per_image = lambda v: v.mean(1).tolist()
+    return {'er_mean': per_image(t.er_mean), 'er_old': per_image(t.er_old), 'er_exact': per_image(t.er_exact),
+            'er_exact_first': per_image(relative_error(first, t.mc_var)),
+            'floor': per_image(0.8 * t.mc_var_se / t.mc_var),
+            'ratio_sum': {k: r.sum(0).tolist() for k, r in ratios.items()},
+            'ratio_sumsq': {k: (r * r).sum(0).tolist() for k, r in ratios.items()}}
+
+# %% ../nbs/24_experiments.ipynb #30a2c47e
+TIGHTNESS_COST = (2.4, 2.5e-4)   # seconds on one core: per image; per image and Monte Carlo sample
+
+def _mean(values):
+    return sum(values) / len(values)
+
+def _mean_sd(total, sumsq, n):
+    "Mean and sample standard deviation of n values from their sum and sum of squares."
+    mean = total / n
+    return [mean, math.sqrt(max(sumsq - n * mean * mean, 0.) / (n - 1)) if n > 1 else float('nan')]
+
+_TIGHTNESS_COLUMNS = {'er_mean': 'mean', 'er_old': 'old', 'er_exact': 'exact', 'er_exact_first': 'exact_first',
+                      'floor': 'floor'}
+
+def _tightness_merge(params, results):
+    rows, sums = {}, {}
+    for p, r in zip(params, results):
+        row = rows.setdefault(str(p['sigma']), {k: [] for k in _TIGHTNESS_COLUMNS})
+        for k in row: row[k] += r[k]
+        acc = sums.setdefault(str(p['sigma']), {k: [[0.] * 10, [0.] * 10] for k in r['ratio_sum']})
+        for k, (total, sumsq) in acc.items():
+            for i in range(10): total[i] += r['ratio_sum'][k][i]; sumsq[i] += r['ratio_sumsq'][k][i]
+    count = {s: len(row['er_mean']) for s, row in rows.items()}
+    return {'samples': params[0]['n_mc'],
+            'rows': {s: {'images': count[s], **{_TIGHTNESS_COLUMNS[k]: _mean(v) for k, v in row.items()}}
+                     for s, row in rows.items()},
+            'ratios': {s: {k: [_mean_sd(t, q, count[s]) for t, q in zip(*acc[k])] for k in acc}
+                       for s, acc in sums.items()}}
+
+TIGHTNESS = register(Experiment(
+    'tightness', _tightness_grid, tightness_unit, _tightness_merge,
+    presets={'paper': 'the 10,000 MNIST test images at 4 noise levels, 1e4 samples',
+             'cpu': '1,000 test images at sigma = 0.01 and 300 at each other level, 1e4 samples',
+             'tiny': '2 images per level, 500 samples (a test of the grid)'},
+    description='Alfadly et al. 2020, Table 2 (and Bibi et al. 2018, Table 1): E_r of the analytic moments of LeNet',
+    cost=lambda p: (p['stop'] - p['start']) * (TIGHTNESS_COST[0] + TIGHTNESS_COST[1] * p['n_mc'])))
+
+# %% ../nbs/24_experiments.ipynb #4718617d
+SYNTHETIC_NETS = {'FC-A': ((100,), 1), 'FC-B': ((100,), 2), 'FC-C': ((100,), 2),   # input shape, l: Bibi et al. 2018
+                  'Conv-A': ((1, 20, 20), 1), 'Conv-B': ((1, 20, 20), 2), 'Conv-C': ((1, 20, 20), 2)}
+SYNTHETIC_REGIMES = ('low', 'medium', 'high')
+TABLE1_AMPLITUDES = (0.5, 0.75, 1.0, 1.5, 2.0)   # noise std in [0, 255] pixel units, Alfadly et al. 2020, Table 1
+
+def _synthetic_grid(preset):
+    count, n_mc, size, images, draws, per_unit = {'paper': (200, 75_000, {'FC': 100, 'Conv': 20}, 100, 20, 5),
+                                                  'cpu': (200, 10_000, {'FC': 200, 'Conv': 50}, 100, 5, 10),
+                                                  'tiny': (2, 1000, {'FC': 2, 'Conv': 2}, 1, 2, 1)}[preset]
+    fig2 = [{'kind': 'fig2', 'network': name, 'regime': regime, 'start': a, 'stop': b, 'n_mc': n_mc, 'net_seed': 1,
+             'seed': 2018 + 10_000 * i + 1_000 * j + a}
+            for i, name in enumerate(SYNTHETIC_NETS) for j, regime in enumerate(SYNTHETIC_REGIMES)
+            for a, b in _blocks(count, size[name.split('-')[0]])]
+    table1 = [{'kind': 'table1', 'start': a, 'stop': b, 'draws': draws, 'amplitudes': list(TABLE1_AMPLITUDES),
+               'seed': 7 + a} for a, b in _blocks(images, per_unit)]
+    return fig2 + table1
+
+# %% ../nbs/24_experiments.ipynb #18b2dec6
+def _fig2_unit(p):
+    import torch
+    from netmoments.models import synthetic
+    from netmoments.synthetic import analytic_vs_mc, regime_covariances
+    shape, layer = SYNTHETIC_NETS[p['network']]
+    covs = regime_covariances(math.prod(shape), p['regime'], p['stop'] - p['start'],
+                              torch.Generator().manual_seed(p['seed']))
+    r = analytic_vs_mc(synthetic(p['network'], p['net_seed']), shape, covs, layer, n_mc=p['n_mc'],
+                       seed=p['seed'] + 1_000_000)       # Monte Carlo streams apart from the covariances' one
+    return {k: getattr(r, k).tolist() for k in r._fields}
+
+def _table1_unit(p, rows=4):
+    "Mean l2 error at the clean image of LeNet linearized at noisy copies, (images, l = 1..3, amplitudes)."
+    import torch
+    from netmoments.data import load
+    from netmoments.linearize import two_stage
+    from netmoments.models import pretrained
+    net = pretrained('lenet-mnist')
+    x = load('mnist', 'test', limit=p['stop']).x[p['start']:]
+    gen = torch.Generator().manual_seed(p['seed'])
+    err, at_point = torch.zeros(len(x), 3, len(p['amplitudes'])), 0.
+    with torch.no_grad():
+        for i, image in enumerate(x):
+            z = torch.randn(p['draws'], *image.shape, generator=gen)   # one direction per draw, for every amplitude
+            clean = image.expand_as(z)
+            for j, a in enumerate(p['amplitudes']):
+                for l in (1, 2, 3):
+                    total = 0.
+                    for zs, cs in zip(z.split(rows), clean.split(rows)):   # at l = 1, A takes 36 MB per row
+                        noisy = cs + a / 255 * zs
+                        lin = two_stage(net, noisy, l, at='relu', max_bytes=None)
+                        at_point = max(at_point, (lin(noisy.flatten(1)) - net(noisy)).abs().max().item())
+                        total += (lin(cs.flatten(1)) - net(cs)).norm(dim=-1).sum().item()
+                    err[i, l - 1, j] = total / p['draws']
+    return {'error': err.tolist(), 'at_point': at_point}
+
+def synthetic_unit(p:dict)->dict:
+    "Analytic and MC moments of a synthetic network on a block of covariances, or LeNet's linearization error, l = 1-3."
+    return _fig2_unit(p) if p['kind'] == 'fig2' else _table1_unit(p)
+
+# %% ../nbs/24_experiments.ipynb #12a076ea
+def _synthetic_merge(params, results):
+    import torch
+    from netmoments.synthetic import fit_slope
+    cells, errors, at_point = {}, [], 0.
+    for p, r in zip(params, results):
+        if p['kind'] == 'fig2':
+            cell = cells.setdefault((p['network'], p['regime']), {k: [] for k in r})
+            for k, v in r.items(): cell[k] += v
+        else: errors += r['error']; at_point = max(at_point, r['at_point'])
+    slopes = []
+    for (name, regime), c in cells.items():
+        sm, sv = (fit_slope(torch.tensor(c[a]), torch.tensor(c[b]))
+                  for a, b in (('mean', 'mc_mean'), ('var', 'mc_var')))
+        slopes.append([name, regime, len(c['mean']), sm.slope, sm.se, sv.slope, sv.se])
+    t1 = [p for p in params if p['kind'] == 'table1']
+    return {'slopes': slopes, 'n_mc': next((p['n_mc'] for p in params if p['kind'] == 'fig2'), None),
+            'table1': torch.tensor(errors).mean(0).tolist() if errors else None, 'table1_images': len(errors),
+            'table1_draws': t1[0]['draws'] if t1 else None, 'amplitudes': t1[0]['amplitudes'] if t1 else None,
+            'table1_at_point': at_point}
+
+SYNTHETIC_COST = {'FC': (0.01, 5.7e-6), 'Conv-A': (0.7, 7e-5), 'Conv-B': (0.5, 1.1e-4), 'Conv-C': (0.6, 1.7e-4),
+                  'table1': 3.5}   # seconds on one core per covariance (analytic, per MC sample); per image and draw
+
+def _synthetic_cost(p):
+    if p['kind'] == 'table1': return SYNTHETIC_COST['table1'] * (p['stop'] - p['start']) * p['draws']
+    a, b = SYNTHETIC_COST['FC' if p['network'].startswith('FC') else p['network']]
+    return (p['stop'] - p['start']) * (a + b * p['n_mc'])
+
+SYNTHETIC = register(Experiment(
+    'synthetic', _synthetic_grid, synthetic_unit, _synthetic_merge,
+    presets={'paper': '6 networks x 3 regimes x 200 covariances, 7.5e4 samples; Table 1 on 100 images x 20 draws',
+             'cpu': '6 x 3 x 200 covariances, 1e4 samples; Table 1 on 100 images x 5 draws',
+             'tiny': '6 x 3 x 2 covariances, 1e3 samples; Table 1 on 1 image x 2 draws (a test of the grid)'},
+    description='Bibi et al. 2018, Fig. 2: slopes of Monte Carlo on analytic moments; Alfadly et al. 2020, Table 1',
+    cost=_synthetic_cost))
+
+# %% ../nbs/24_experiments.ipynb #c51e2c25
+CENTERS_KS = (250, 500, 1000, 2500, 5000, 10_000)    # Alfadly et al. 2020, Table 4
+CENTERS_BASELINE_KS = (250, 500)                      # its farthest-member baseline
+
+def _centers_grid(preset):
+    if preset == 'tiny':
+        clustered, ks, base, evaluated, sigmas, n_mc, size = 200, (5, 10, 20, 50, 100, 200), (5, 10), 1, (0.01,), 500, 1
+    else:
+        clustered, ks, base, n_mc, size = MNIST_TEST, CENTERS_KS, CENTERS_BASELINE_KS, 10_000, 25
+        sigmas = TIGHTNESS_SIGMAS
+        evaluated = {'paper': MNIST_TEST, 'cpu': 300}[preset]
+    return [{'clustered': clustered, 'ks': list(ks), 'baseline_ks': list(base), 'kmeans_seed': 2018, 'pick_seed': 13,
+             'start': a, 'stop': b, 'sigmas': list(sigmas), 'n_mc': n_mc, 'layer': 3, 'seed': 2018 + a}
+            for a, b in _blocks(evaluated, size)]
+
+# %% ../nbs/24_experiments.ipynb #aab3684a
+def cached_kmeans(
+    x,         # points (N, *point_shape), a floating tensor
+    k:int,     # clusters
+    seed:int,  # kmeans seed
+)->dict:       # centers, assignments, inertia, iters, converged
+    "`kmeans(x, k, seed=seed)`, kept on disk in $NETMOMENTS_CACHE (default ~/.cache/netmoments), read back from there."
+    import hashlib, os, tempfile, torch
+    from pathlib import Path
+    from netmoments.centers import kmeans
+    digest = hashlib.sha256(x.contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
+    folder = Path(os.environ.get('NETMOMENTS_CACHE') or Path.home() / '.cache' / 'netmoments')
+    path = folder / f'kmeans-{digest}-{x.dtype}-{len(x)}-k{k}-seed{seed}-threads{torch.get_num_threads()}.pt'
+    if path.exists(): return torch.load(path, weights_only=True)
+    km = kmeans(x, k, seed=seed)
+    out = {'centers': km.centers, 'assignments': km.assignments, 'inertia': km.inertia.item(), 'iters': km.iters,
+           'converged': km.converged}
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.tmp')
+    os.close(fd)
+    try: torch.save(out, tmp); os.chmod(tmp, 0o644); os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp): os.unlink(tmp)
+    return out
+
+# %% ../nbs/24_experiments.ipynb #ee7ea847
+def centers_unit(p:dict)->dict:
+    "Per-image E_r of LeNet linearized at k-means centers and farthest members, for a block of evaluated test images."
+    import copy, torch
+    from netmoments.centers import LinearizationCache, centers_tightness
+    from netmoments.data import load
+    from netmoments.models import pretrained
+    net = pretrained('lenet-mnist')
+    x = load('mnist', 'test', limit=p['clustered']).x
+    x64, net64 = x.double(), copy.deepcopy(net).double()
+    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(p['pick_seed']))[p['start']:p['stop']]
+    lins, clusters = {}, {}
+    with torch.no_grad():
+        for k in p['ks']:
+            km = cached_kmeans(x64, k, p['kmeans_seed'])
+            clusters[str(k)] = {key: km[key] for key in ('inertia', 'iters', 'converged')}
+            index = km['assignments'][pick]
+            lins[str(k)] = LinearizationCache(net64, km['centers'], p['layer']).lookup(index=index)
+            if k in p['baseline_ks']:
+                far = LinearizationCache.farthest(net64, x64, km['centers'], km['assignments'], p['layer'])
+                lins[f'{k}*'] = far.lookup(index=index)
+        gen = torch.Generator().manual_seed(p['seed'])
+        tables = {s: centers_tightness(net, x[pick], s, lins, p['n_mc'], gen) for s in p['sigmas']}
+    return {'images': pick.tolist(), 'clusters': clusters,
+            'er': {str(s): {name: {c: getattr(t, 'er_' + c).mean(1).tolist() for c in ('mean', 'old', 'exact')}
+                            for name, t in rows.items()} for s, rows in tables.items()}}
+
+# %% ../nbs/24_experiments.ipynb #979c7bd2
+def _centers_merge(params, results):
+    table, images = {}, []
+    for r in results:
+        images += r['images']
+        for s, rows in r['er'].items():
+            for name, cols in rows.items():
+                acc = table.setdefault(s, {}).setdefault(name, {c: [] for c in cols})
+                for c, v in cols.items(): acc[c] += v
+    return {'images': len(images), 'n_mc': params[0]['n_mc'], 'clustered': params[0]['clustered'],
+            'clusters': results[0]['clusters'],
+            'table': {s: {name: [_mean(cols[c]) for c in ('mean', 'old', 'exact')] for name, cols in rows.items()}
+                      for s, rows in table.items()}}
+
+CENTERS_COST = (0.7, 0.55, 2.5e-4, 200.)   # seconds, one core: linearization, its moments per level, MC sample, k-means
+
+def _centers_cost(p):
+    configs, images, levels = len(p['ks']) + len(p['baseline_ks']), p['stop'] - p['start'], len(p['sigmas'])
+    once = CENTERS_COST[3] * (p['clustered'] / MNIST_TEST)**2 if p['start'] == 0 else 0.
+    per_image = configs * (CENTERS_COST[0] + levels * CENTERS_COST[1]) + levels * CENTERS_COST[2] * p['n_mc']
+    return once + images * per_image
+
+CENTERS = register(Experiment(
+    'centers', _centers_grid, centers_unit, _centers_merge,
+    presets={'paper': '10,000 test images clustered, k = 250..10,000 and the baseline; all evaluated at 4 levels, '
+                      '1e4 samples',
+             'cpu': 'the same clusterings; 300 random test images evaluated at 4 levels, 1e4 samples',
+             'tiny': '200 images clustered, k = 5..200; one image at sigma = 0.01, 500 samples (a test of the grid)'},
+    description='Alfadly et al. 2020, Table 4: E_r of LeNet linearized at k-means centers, against the number k',
+    cost=_centers_cost))
+
+# %% ../nbs/24_experiments.ipynb #b3309e3c
+PECK_MLPS = {'iris': (4, 5, 3), 'wine': (13, 5, 3, 3), 'spambase': (57, 7, 5, 3, 2)}   # Peck 2017, Table 4.3
+
+def _bounds_grid(preset):
+    images, size, sets = {'paper': (MNIST_TEST, 500, tuple(PECK_MLPS)), 'tiny': (8, 8, ('iris',))}[preset]
+    return ([{'kind': 'lenet', 'start': a, 'stop': b, 'eps_cap': 100 / 255, 'steps': 40, 'batch_size': 100, 'seed': a}
+             for a, b in _blocks(images, size)] +
+            [{'kind': 'mlp', 'dataset': d, 'sizes': list(PECK_MLPS[d]), 'epochs': 300, 'lr': 1e-2, 'steps': 60,
+              'seed': 0} for d in sets])
+
+# %% ../nbs/24_experiments.ipynb #4f628481
+def _lenet_bounds_unit(p):
+    import torch
+    from netmoments.bounds import lipschitz_margin_bound, network_bound
+    from netmoments.data import load
+    from netmoments.minimal import minimal_l2, strongest
+    from netmoments.models import pretrained
+    net = pretrained('lenet-mnist')
+    data = load('mnist', 'test', limit=p['stop'])
+    x = data.x[p['start']:]
+    out = {'peck': [], 'lipschitz': [], 'fgs': [], 'best': []}
+    for xb in x.split(p['batch_size']):
+        for k, v in zip(out, (network_bound(net, xb).bound, lipschitz_margin_bound(net, xb).bound,
+                              minimal_l2(net, xb, 'fgs', eps_max=p['eps_cap']).norm,
+                              strongest(net, xb, steps=p['steps']).norm)):
+            out[k] += v.tolist()
+    with torch.no_grad(): correct = (net(x).argmax(1) == data.y[p['start']:]).sum().item()
+    return {**out, 'pixels': x[0].numel(), 'correct': correct}
+
+def _mlp_bounds_unit(p):
+    import torch
+    from netmoments.bound_experiments import check_bounds, tanh_mlp, train_classifier, uci_split
+    xtr, ytr, xte, yte, xva, yva = uci_split(p['dataset'], p['seed'])
+    net = train_classifier(tanh_mlp(tuple(p['sizes']), p['seed']), xtr, ytr, xva, yva, epochs=p['epochs'], lr=p['lr'])
+    with torch.no_grad(): acc = (net(xte).argmax(1) == yte).double().mean().item()
+    c = check_bounds(net, xte, steps=p['steps'])
+    return {'accuracy': acc, **{k: getattr(c, k).tolist() for k in c._fields}}
+
+def bounds_unit(p:dict)->dict:
+    "Bounds and attacks per image of a block of MNIST test images (LeNet), or per test point of a UCI set (tanh MLP)."
+    return _lenet_bounds_unit(p) if p['kind'] == 'lenet' else _mlp_bounds_unit(p)
+
+# %% ../nbs/24_experiments.ipynb #d9af1f94
+def _lenet_summary(results):
+    "The quantities of cnn_table (Peck et al. 2017, Table 1) over the images of all `lenet` results."
+    import torch
+    peck, lip, fgs, best = (torch.tensor(sum((r[k] for r in results), []), dtype=torch.float64)
+                            for k in ('peck', 'lipschitz', 'fgs', 'best'))
+    ok, d = torch.isfinite(best), results[0]['pixels']
+    return dict(n=len(best), pixels=d, peck_norm=peck.mean().item() / d,
+                fgs_norm=fgs[torch.isfinite(fgs)].mean().item() / d,
+                fgs_rate=torch.isfinite(fgs).double().mean().item(),
+                best_norm=best[ok].mean().item() / d, peck_violations=int((peck[ok] > best[ok]).sum()),
+                lipschitz_violations=int((lip[ok] > best[ok]).sum()), attacked=int(ok.sum()),
+                lip_ratio=(lip / best)[ok].median().item(), peck_ratio=(peck / best)[ok].median().item(),
+                min_best=best[ok].min().item(), accuracy=sum(r['correct'] for r in results) / len(best))
+
+def _mlp_summary(r):
+    "Accuracy, FGS minus Theorem 4.2's bound, violations and median ratios of one `mlp` result (Peck 2017, Table 4.3)."
+    import torch
+    from netmoments.bound_experiments import BoundCheck
+    c = BoundCheck(*(torch.tensor(r[k], dtype=torch.float64) for k in BoundCheck._fields))
+    ok, dev = torch.isfinite(c.best), (c.fgs - c.bound)[torch.isfinite(c.fgs)]
+    return dict(accuracy=r['accuracy'], test_points=len(c.best), **c.violations(),
+                deviation={k: getattr(dev, k)().item() for k in ('mean', 'median', 'std', 'min', 'max')},
+                bound_ratio=(c.bound / c.best)[ok].median().item(),
+                lipschitz_ratio=(c.lipschitz / c.best)[ok].median().item(),
+                best=c.best[ok].median().item(), fgs=c.fgs[ok].median().item())
+
+def _bounds_merge(params, results):
+    lenet = [r for p, r in zip(params, results) if p['kind'] == 'lenet']
+    return {'lenet': _lenet_summary(lenet) if lenet else None,
+            'mlp': {p['dataset']: _mlp_summary(r) for p, r in zip(params, results) if p['kind'] == 'mlp'}}
+
+BOUNDS_COST = {'lenet': 0.09, 'iris': 1., 'wine': 1., 'spambase': 2.5}   # seconds on one core: per image; per data set
+
+BOUNDS = register(Experiment(
+    'bounds', _bounds_grid, bounds_unit, _bounds_merge,
+    presets={'paper': 'the 10,000 MNIST test images (LeNet), and the tanh MLPs on Iris, Wine and Spambase',
+             'tiny': '8 test images, and Iris (a test of the grid)'},
+    description='Peck et al. 2017, Table 1 (LeNet, MNIST), Peck 2017, Table 4.3: bounds against the strongest attack',
+    cost=lambda p: BOUNDS_COST['lenet'] * (p['stop'] - p['start']) if p['kind'] == 'lenet'
+                   else BOUNDS_COST[p['dataset']]))
+
+# %% ../nbs/24_experiments.ipynb #5df11865
+SURVIVAL_SIGMAS = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+def _survival_grid(preset):
+    images, samples, size = {'full': (MNIST_TEST, 10_000, 50), 'cpu': (MNIST_TEST, 1000, 100),
+                             'tiny': (2, 100, 2)}[preset]
+    return [{'start': a, 'stop': b, 'sigmas': list(SURVIVAL_SIGMAS), 'samples': samples, 'layer': 3, 'seed': a}
+            for a, b in _blocks(images, size)]
+
+def survival_unit(p:dict)->dict:
+    "Gaussian and Cantelli survival predictions, and Monte Carlo, per image of a block of MNIST test images, per sigma."
+    import torch
+    from netmoments.data import load
+    from netmoments.models import pretrained
+    from netmoments.survival import survival_grid
+    net = pretrained('lenet-mnist').double()
+    data = load('mnist', 'test', limit=p['stop'])
+    x, y = data.x[p['start']:].double(), data.y[p['start']:]
+    grid = survival_grid(net, x, p['sigmas'], samples=p['samples'], layer=p['layer'], seed=p['seed'])
+    out = {}
+    for s, r in grid.items():
+        out[str(s)] = {k: r[k].tolist() for k in ('gaussian', 'gaussian_se', 'cantelli', 'mc', 'mc_se')}
+        out[str(s)].update(dmean=(r['margin_mean'] - r['mc_margin_mean']).abs().mean(1).tolist(),
+                           mc_sd=r['mc_margin_sd'].mean(1).tolist(),
+                           sd_ratio=(r['margin_sd'] / r['mc_margin_sd']).mean(1).tolist())
+    with torch.no_grad(): correct = (net(x).argmax(1) == y).sum().item()
+    return {'sigmas': out, 'correct': correct}
+
+# %% ../nbs/24_experiments.ipynb #a9465994
+SURVIVAL_HEADER = ['sigma', 'MC', '+-SE', 'gauss', 'cantelli', 'max|g-MC|', '|dmean|/sd', 'sd ratio']
+
+def _survival_merge(params, results):
+    cols = {}
+    for r in results:
+        for s, v in r['sigmas'].items():
+            acc = cols.setdefault(s, {k: [] for k in v})
+            for k, vals in v.items(): acc[k] += vals
+    rows = [[float(s), _mean(c['mc']), math.sqrt(sum(e * e for e in c['mc_se'])) / len(c['mc']), _mean(c['gaussian']),
+             _mean(c['cantelli']), max(abs(g - m) for g, m in zip(c['gaussian'], c['mc'])),
+             _mean(c['dmean']) / _mean(c['mc_sd']), _mean(c['sd_ratio'])] for s, c in cols.items()]
+    n = len(next(iter(cols.values()))['mc'])
+    return {'images': n, 'samples': params[0]['samples'], 'accuracy': sum(r['correct'] for r in results) / n,
+            'header': SURVIVAL_HEADER, 'rows': rows}
+
+SURVIVAL_COST = (0.34, 6.2e-4)   # seconds on one core per image and level: analytic; per Monte Carlo sample
+
+SURVIVAL = register(Experiment(
+    'survival', _survival_grid, survival_unit, _survival_merge,
+    presets={'full': 'the 10,000 MNIST test images at 5 noise levels, 1e4 samples',
+             'cpu': 'the 10,000 test images at 5 noise levels, 1e3 samples',
+             'tiny': '2 images, 100 samples (a test of the grid)'},
+    description="Alfadly et al. 2019, eq. 6: LeNet's survival of Gaussian noise, analytic against Monte Carlo",
+    cost=lambda p: (p['stop'] - p['start']) * len(p['sigmas']) * (SURVIVAL_COST[0] + SURVIVAL_COST[1] * p['samples'])))
