@@ -17,26 +17,33 @@ __all__ = ['ara_second_moment_zero_mean', 'AraMoments', 'ara_moments']
 
 # %% ../nbs/05_ara.ipynb #00b01807
 def _ara_inputs(mu, cov, A, c1, B, c2):
-    "Validate the network and input distribution; return tensors and the covariance kind."
-    mu, cov, A, c1, B, c2 = as_tensors(mu, cov, A, c1, B, c2, names=('mu', 'cov', 'A', 'c1', 'B', 'c2'))
-    for name, x in (('mu', mu), ('A', A), ('c1', c1), ('B', B), ('c2', c2)): check_finite(x, name)
+    "Validate the network and input distribution; return tensors and the covariance kind (mu, c1 None: zero, not arguments)."
+    given = {k: x for k, x in dict(mu=mu, cov=cov, A=A, c1=c1, B=B, c2=c2).items() if x is not None}
+    t = dict(zip(given, as_tensors(*given.values(), names=tuple(given))))
+    for name, x in t.items():
+        if name != 'cov': check_finite(x, name)
+    A, B, cov = t['A'], t['B'], t['cov']
     if A.ndim < 2 or B.ndim < 2: raise ValueError(f'A and B must be matrices (..., p, n) and (..., d, p); got A {tuple(A.shape)}, B {tuple(B.shape)}')
     p, n = A.shape[-2:]
     d = B.shape[-2]
     if 0 in (p, n, d): raise ValueError(f'A and B must have at least one row and column; got A {tuple(A.shape)}, B {tuple(B.shape)}')
-    for name, x, want in (('mu', mu, n), ('c1', c1, p), ('B', B, p), ('c2', c2, d)):
+    mu, c1 = t.get('mu', A.new_zeros(n)), t.get('c1', A.new_zeros(p))
+    for name, x, want in (('mu', mu, n), ('c1', c1, p), ('B', B, p), ('c2', t['c2'], d)):
         if x.ndim == 0 or x.shape[-1] != want:
             raise ValueError(f'{name} does not fit A {tuple(A.shape)} and B {tuple(B.shape)}: its last dim must be {want}, '
                              f'got shape {tuple(x.shape)}')
-    batch = {'mu': mu.shape[:-1], 'A': A.shape[:-2], 'c1': c1.shape[:-1], 'B': B.shape[:-2], 'c2': c2.shape[:-1]}
+    if cov.ndim == 0: kind = 'scalar'
+    elif cov.ndim >= 2 and cov.shape[-2:] == (n, n) and cov.shape != mu.shape: kind = 'full'
+    elif cov.shape[-1] == n: kind = 'diag'
+    else: raise ValueError(f'cov must be a number, variances (..., {n}) or a matrix (..., {n}, {n}); got {tuple(cov.shape)}')
+    batch = {'mu': mu.shape[:-1], 'cov': cov.shape[:-2] if kind == 'full' else cov.shape[:-1], 'A': A.shape[:-2],
+             'c1': c1.shape[:-1], 'B': B.shape[:-2], 'c2': t['c2'].shape[:-1]}
     try: torch.broadcast_shapes(*batch.values())
     except RuntimeError:
-        raise ValueError('batch dimensions do not broadcast: ' + ', '.join(f'{k} {tuple(v)}' for k, v in batch.items())) from None
-    if cov.ndim == 0: kind = 'scalar'; check_var(cov, 'cov')
-    elif cov.ndim >= 2 and cov.shape[-2:] == (n, n) and cov.shape != mu.shape: kind = 'full'; check_cov(cov, 'cov')
-    elif cov.shape[-1] == n: kind = 'diag'; check_var(cov, 'cov')
-    else: raise ValueError(f'cov must be a number, variances (..., {n}) or a matrix (..., {n}, {n}); got {tuple(cov.shape)}')
-    return mu, cov, A, c1, B, c2, kind
+        raise ValueError('batch dimensions do not broadcast: ' + ', '.join(f'{k} {tuple(v)}' for k, v in batch.items()
+                                                                           if k in given)) from None
+    check_cov(cov, 'cov') if kind == 'full' else check_var(cov, 'cov')
+    return mu, cov, A, c1, B, t['c2'], kind
 
 def _hidden_mean(mu, A, c1):
     return (A @ mu[..., None])[..., 0] + c1
@@ -48,6 +55,37 @@ def _hidden_cov_rows(cov, kind, A, rows):
     if kind == 'diag': return (Ar * cov[..., None, :]) @ A.mT
     return Ar @ cov @ A.mT
 
+# %% ../nbs/05_ara.ipynb #686eda34
+def _maxexp(dtype): return int(math.log2(torch.finfo(dtype).max)) + 1   # every finite |x| < 2^maxexp: 1024, 128
+
+def _exponent(t):
+    "e with |t| < 2^e elementwise (no gradient), and a very negative e where t = 0."
+    e = torch.frexp(t.detach())[1].to(t.dtype)
+    return torch.where(t == 0, torch.full_like(e, -4 * _maxexp(t.dtype)), e)
+
+def _ldexp(x, e):
+    "x 2^e for integer-valued e (up to 6 maxexp in size), one representable power of two at a time: never 0 * inf."
+    m = _maxexp(x.dtype) - 2
+    for _ in range(6):
+        step = e.clamp(-m, m)
+        x, e = x * torch.exp2(step), e - step
+    return x
+
+def _row_scale(mu, cov, kind, A, c1):
+    "Exponents e >= 0 (..., p): the hidden units (A x + c1) / 2^e have means and deviations far from overflow."
+    top = _maxexp(A.dtype)
+    lp = math.ceil(math.log2(max(A.shape[-2:]))) + 1                  # room for sums over n inputs or p units
+    var_in = cov if kind == 'scalar' else (cov if kind == 'diag' else cov.diagonal(dim1=-2, dim2=-1)).amax(-1)
+    eA = _exponent(A.abs().amax(-1))
+    mean_e = torch.maximum(eA + _exponent(mu.abs().amax(-1))[..., None] + lp, _exponent(c1.abs()))
+    std_e = eA + _exponent(var_in.sqrt())[..., None] + lp
+    return (torch.maximum(mean_e - (top - 8 - lp), std_e - ((top - 8) // 2 - lp))).clamp(min=0)
+
+def _out_scale(B, e):
+    "(B 2^(e - o), o): the effective output weights B 2^e with each row scaled to at most 1 by 2^-o, o (..., d)."
+    o = (_exponent(B.abs()) + e[..., None, :]).amax(-1)
+    return _ldexp(B, e[..., None, :] - o[..., None]), o
+
 # %% ../nbs/05_ara.ipynb #23d086c6
 def ara_second_moment_zero_mean(
     cov:Tensor,            # input covariance: number, variances (..., n) or matrix (..., n, n); the input mean is 0
@@ -57,17 +95,20 @@ def ara_second_moment_zero_mean(
     published:bool=False,  # True: the printed `+ c2(i)` instead of `+ c2(i)^2`
 )->Tensor:                 # E[g_i^2], shape (..., d)
     "The second moment of g for zero-mean input and c1 = 0 (Bibi et al. 2018, Theorem 2)."
-    if not isinstance(A, Tensor) or A.ndim < 2: raise TypeError(f'A must be a matrix tensor (..., p, n); got {type(A).__name__}')
-    p, n = A.shape[-2:]
-    zeros_n, zeros_p = A.new_zeros(n), A.new_zeros(p)
-    mu, cov, A, c1, B, c2, kind = _ara_inputs(zeros_n, cov, A, zeros_p, B, c2)
+    mu, cov, A, c1, B, c2, kind = _ara_inputs(None, cov, A, None, B, c2)
+    e = _row_scale(mu, cov, kind, A, c1)
+    if (e > 0).any(): A = _ldexp(A, -e[..., None])                   # hidden units / 2^e (see above)
     Sbar = _hidden_cov_rows(cov, kind, A, slice(None))
     var = Sbar.diagonal(dim1=-2, dim2=-1)
     cross = _lemma3(var[..., :, None], var[..., None, :], Sbar)          # its diagonal is var / 2 (Lemma 1)
-    second = ((B @ cross) * B).sum(-1)
     s, zero = _safe_std(var)
     mean_r = torch.where(zero, torch.zeros_like(s), s) / (2 * math.pi) ** 0.5
-    return second + 2 * c2 * (B * mean_r[..., None, :]).sum(-1) + (c2 if published else c2 * c2)
+    Bs, o = _out_scale(B, e)
+    f = torch.maximum(o, _exponent(c2.abs()))                          # one scale 2^f for all three terms
+    u = _ldexp(c2, -f)
+    second = _ldexp(((Bs @ cross) * Bs).sum(-1), 2 * (o - f))
+    linear = _ldexp((Bs * mean_r[..., None, :]).sum(-1), o - f)
+    return _ldexp(second + 2 * u * linear + (_ldexp(c2, -2 * f) if published else u * u), 2 * f)
 
 # %% ../nbs/05_ara.ipynb #0dc0e778
 class AraMoments(NamedTuple):
@@ -126,25 +167,25 @@ def ara_moments(
     p = A.shape[-2]
     chunk = p if chunk is None else check_count(chunk, 'chunk', 1)
     if method == 'series': check_count(terms, 'terms', 1)
+    e = _row_scale(mu, cov, kind, A, c1)
+    if (e > 0).any(): A, c1 = _ldexp(A, -e[..., None]), _ldexp(c1, -e)   # hidden units / 2^e (see above)
     mbar = _hidden_mean(mu, A, c1)
     var = _hidden_var(cov, kind, A)
     mbar, var = torch.broadcast_tensors(mbar, var)
-    for what, x in (('A @ mu + c1 (the hidden means)', mbar), ('the hidden variances, diag(A cov A^T),', var)):
-        if not torch.isfinite(x).all():
-            raise ValueError(f'{what} overflow {str(x.dtype)[6:]}: mu, cov, A and c1 are finite but too large for it')
-    mean = (B @ _relu_mean(mbar, var)[..., None])[..., 0] + c2
+    Bs, o = _out_scale(B, e)
+    mean = _ldexp((Bs @ _relu_mean(mbar, var)[..., None])[..., 0], o) + c2
     out_cov, out_var = 0, 0
     for start in range(0, p, chunk):
         rows = slice(start, min(start + chunk, p))
         Sbar_rows = _hidden_cov_rows(cov, kind, A, rows)
         block = _hidden_cov_block(mbar, var, Sbar_rows, rows, method, terms)     # (..., c, p)
-        right = block @ B.mT                                                     # (..., c, d)
-        if full: out_cov = out_cov + B[..., :, rows] @ right
-        else: out_var = out_var + (B[..., :, rows] * right.mT).sum(-1)
+        right = block @ Bs.mT                                                    # (..., c, d)
+        if full: out_cov = out_cov + Bs[..., :, rows] @ right
+        else: out_var = out_var + (Bs[..., :, rows] * right.mT).sum(-1)
     if full:
-        out_cov = (out_cov + out_cov.mT) / 2
+        out_cov = _ldexp(_ldexp((out_cov + out_cov.mT) / 2, o[..., :, None]), o[..., None, :])
         return AraMoments(mean, out_cov, out_cov.diagonal(dim1=-2, dim2=-1).clone())
-    return AraMoments(mean, None, out_var)
+    return AraMoments(mean, None, _ldexp(out_var, 2 * o))
 
 def _hidden_var(cov, kind, A):
     "Diagonal of A cov A^T without forming it."

@@ -14,18 +14,36 @@ from .core import as_tensors, check_broadcast, check_finite
 __all__ = ['normal_pdf', 'normal_cdf', 'bvn_pdf', 'bvn_cdf']
 
 # %% ../nbs/01_gaussian.ipynb #199e41ef
-def normal_pdf(
-    x:Tensor,  # points, any shape
-)->Tensor:     # phi(x), same shape, dtype and device
-    "Standard normal density."
-    return torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+def _not_nan(
+    x:Tensor,  # any tensor
+    name:str,  # argument name used in the message
+):
+    "Raise `ValueError` if `x` holds NaN (infinities pass: they are limits here)."
+    bad = torch.isnan(x)
+    if bad.any(): raise ValueError(f'{name} must not be NaN; it holds NaN ({int(bad.sum())} of {x.numel()} entries)')
+
+def _normal_pdf(x): return torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+
+def _normal_cdf(x): return torch.special.erfc(-x / math.sqrt(2)) / 2
 
 # %% ../nbs/01_gaussian.ipynb #ee977c65
+def normal_pdf(
+    x:Tensor,  # points, any shape; +-inf allowed, NaN refused
+)->Tensor:     # phi(x), same shape, dtype and device
+    "Standard normal density."
+    x, = as_tensors(x, names=('x',))
+    _not_nan(x, 'x')
+    far = torch.isinf(x)                                    # the limit 0, with gradient 0 (not inf * 0)
+    return torch.where(far, 0., _normal_pdf(torch.where(far, 0., x)))
+
+# %% ../nbs/01_gaussian.ipynb #7dc1c4dd
 def normal_cdf(
-    x:Tensor,  # points, any shape; +-inf allowed
+    x:Tensor,  # points, any shape; +-inf allowed, NaN refused
 )->Tensor:     # Phi(x) with full relative accuracy in the lower tail
     "Standard normal cdf, as 0.5 * erfc(-x / sqrt 2)."
-    return torch.special.erfc(-x / math.sqrt(2)) / 2
+    x, = as_tensors(x, names=('x',))
+    _not_nan(x, 'x')
+    return _normal_cdf(x)
 
 # %% ../nbs/01_gaussian.ipynb #10b45f9a
 def _conditional_z(h, k, rho):
@@ -40,15 +58,32 @@ def _conditional_z(h, k, rho):
     return torch.where(singular, limit, num / r), r, singular
 
 # %% ../nbs/01_gaussian.ipynb #7d70df62
-def bvn_pdf(
-    h:Tensor,    # first coordinate, broadcastable with `k` and `rho`
-    k:Tensor,    # second coordinate
-    rho:Tensor,  # correlation in [-1, 1]
-)->Tensor:       # phi2(h, k; rho); 0 at |rho| = 1 (singular distribution)
-    "Bivariate standard normal density, stable as |rho| -> 1."
+def _bvn_pdf(h, k, rho):
+    "phi2 for broadcast, validated h, k (finite) and rho."
     z, r, singular = _conditional_z(h, k, rho)
     z = torch.where(singular, torch.zeros_like(z), z)
-    return torch.where(singular, torch.zeros_like(z), normal_pdf(h) * normal_pdf(z) / r)
+    return torch.where(singular, torch.zeros_like(z), _normal_pdf(h) * _normal_pdf(z) / r)
+
+def _check_rho(rho):
+    "Raise `ValueError` unless every entry of `rho` is finite and in [-1, 1]."
+    check_finite(rho, 'rho')
+    if (rho.abs() > 1).any():
+        raise ValueError(f'rho must be in [-1, 1]; largest |rho| is {rho.abs().max().item():.6g}')
+
+# %% ../nbs/01_gaussian.ipynb #59e00d6e
+def bvn_pdf(
+    h:Tensor,    # first coordinate, broadcastable with `k` and `rho`; +-inf allowed
+    k:Tensor,    # second coordinate; +-inf allowed
+    rho:Tensor,  # correlation in [-1, 1]
+)->Tensor:       # phi2(h, k; rho); 0 at |rho| = 1 (singular distribution) and where h or k is infinite
+    "Bivariate standard normal density, stable as |rho| -> 1."
+    h, k, rho = as_tensors(h, k, rho, names=('h', 'k', 'rho'))
+    check_broadcast(('h', 'k', 'rho'), h, k, rho)
+    h, k, rho = torch.broadcast_tensors(h, k, rho)
+    _not_nan(h, 'h'); _not_nan(k, 'k'); _check_rho(rho)
+    far = torch.isinf(h) | torch.isinf(k)                  # the density vanishes there; inf - inf must not arise
+    zero = torch.zeros_like(h)
+    return torch.where(far, zero, _bvn_pdf(torch.where(far, zero, h), torch.where(far, zero, k), rho))
 
 # %% ../nbs/01_gaussian.ipynb #8c488c64
 _GL = {m: np.polynomial.legendre.leggauss(m) for m in (6, 12, 20)}   # Genz's 3 rules: nodes and weights on (-1, 1)
@@ -64,7 +99,7 @@ def _bvn_mid(h, k, rho, m):
     sn = torch.sin(asr[:, None] * (1 + x) / 2)
     hs = (h * h + k * k) / 2
     total = (w * torch.exp((sn * (h * k)[:, None] - hs[:, None]) / (1 - sn * sn))).sum(-1)
-    return total * asr / (4 * math.pi) + normal_cdf(-h) * normal_cdf(-k)
+    return total * asr / (4 * math.pi) + _normal_cdf(-h) * _normal_cdf(-k)
 
 def _bvn_high(h, k, rho):
     "P(X > h, Y > k) for |rho| >= 0.925: the expansion of Genz 2004 around |rho| = 1 (exact at |rho| = 1)."
@@ -88,8 +123,8 @@ def _bvn_high(h, k, rho):
     sp_ = 1 + c[:, None] * xs * (1 + d[:, None] * xs)
     out = out + ((a / 2)[:, None] * w * (ep - torch.exp(asr) * sp_)).sum(-1)
     out = torch.where(rho.abs() < 1, -out / tp, torch.zeros_like(out))
-    lower = torch.where(h < 0, normal_cdf(k) - normal_cdf(h), normal_cdf(-h) - normal_cdf(-k))
-    return torch.where(~neg, out + normal_cdf(-torch.maximum(h, k)), torch.where(h >= k, -out, lower - out))
+    lower = torch.where(h < 0, _normal_cdf(k) - _normal_cdf(h), _normal_cdf(-h) - _normal_cdf(-k))
+    return torch.where(~neg, out + _normal_cdf(-torch.maximum(h, k)), torch.where(h >= k, -out, lower - out))
 
 def _bvn_upper(h, k, rho):
     "P(X > h, Y > k) by Genz's BVND, for broadcast tensors h, k, rho (|rho| <= 1); each branch on its own elements."
@@ -114,7 +149,7 @@ class _BvnCdf(torch.autograd.Function):
         h, k, rho = ctx.saved_tensors
         zk, _, _ = _conditional_z(h, k, rho)   # (k - rho h) / r
         zh, _, _ = _conditional_z(k, h, rho)   # (h - rho k) / r
-        return grad * normal_pdf(h) * normal_cdf(zk), grad * normal_pdf(k) * normal_cdf(zh), grad * bvn_pdf(h, k, rho)
+        return grad * _normal_pdf(h) * _normal_cdf(zk), grad * _normal_pdf(k) * _normal_cdf(zh), grad * _bvn_pdf(h, k, rho)
 
 # %% ../nbs/01_gaussian.ipynb #c5e05bde
 def bvn_cdf(
@@ -126,11 +161,7 @@ def bvn_cdf(
     h, k, rho = as_tensors(h, k, rho, names=('h', 'k', 'rho'))
     check_broadcast(('h', 'k', 'rho'), h, k, rho)
     h, k, rho = torch.broadcast_tensors(h, k, rho)
-    for name, x in (('h', h), ('k', k)):
-        if torch.isnan(x).any(): raise ValueError(f'{name} must not be NaN')
-    check_finite(rho, 'rho')
-    if (rho.abs() > 1).any():
-        raise ValueError(f'rho must be in [-1, 1]; largest |rho| is {rho.abs().max().item():.6g}')
+    _not_nan(h, 'h'); _not_nan(k, 'k'); _check_rho(rho)
     return _BvnCdf.apply(h.clamp(-40, 40), k.clamp(-40, 40), rho)
 
 # %% ../nbs/01_gaussian.ipynb #9b144425

@@ -34,7 +34,7 @@ def _cov_sqrt(
 def _input_sampler(mu, cov):
     "Validated `(mu, k, draw)`: `draw` maps z (b, k) standard normals to inputs (b, *mu.shape) ~ N(mu, cov)."
     if isinstance(cov, LowRankCov):
-        mu, factor, diag = as_tensors(mu, cov.factor, cov.diag, names=('mu', 'cov.factor', 'cov.diag'))
+        mu, factor, diag = as_tensors(mu, cov.factor, cov.diag, names=('mu', 'factor of cov', 'diag of cov'))
     else: mu, cov = as_tensors(mu, cov, names=('mu', 'cov'))
     check_finite(mu, 'mu')
     if mu.numel() == 0: raise ValueError(f'mu must have at least one entry; got shape {tuple(mu.shape)}')
@@ -42,10 +42,10 @@ def _input_sampler(mu, cov):
     shifted = lambda noise: (mu.reshape(-1) + noise).reshape(-1, *shape)
     if isinstance(cov, LowRankCov):
         if factor.ndim != 2 or factor.shape[0] != N:
-            raise ValueError(f'cov.factor must have shape ({N}, r) for mu with {N} entries; got {tuple(factor.shape)}')
+            raise ValueError(f'factor of cov must have shape ({N}, r) for mu with {N} entries; got {tuple(factor.shape)}')
         if diag.shape not in ((N,), shape):
-            raise ValueError(f'cov.diag must have shape ({N},) or {tuple(shape)}; got {tuple(diag.shape)}')
-        check_finite(factor, 'cov.factor'); check_var(diag, 'cov.diag')
+            raise ValueError(f'diag of cov must have shape ({N},) or {tuple(shape)}; got {tuple(diag.shape)}')
+        check_finite(factor, 'factor of cov'); check_var(diag, 'diag of cov')
         r, s = factor.shape[1], diag.reshape(-1).sqrt()
         return mu, r + N, lambda z: shifted(z[:, :r] @ factor.mT + z[:, r:] * s)
     if cov.ndim == 0 or cov.shape == shape:

@@ -4,11 +4,11 @@
 
 # %% ../nbs/04_price.ipynb #6875b603
 from __future__ import annotations
-import numbers
+import math, numbers
 from typing import Callable, NamedTuple, Sequence
 import torch
 from torch import Tensor
-from .core import as_tensors, check_broadcast, check_cov, check_finite
+from .core import as_tensors, check_broadcast, check_count, check_cov, check_finite
 from .montecarlo import mc_moments
 
 # %% auto #0
@@ -51,8 +51,7 @@ def price_derivative(
     keep = torch.is_grad_enabled() and (mu.requires_grad or cov.requires_grad)
     with torch.enable_grad():
         steps = [cov.new_zeros(batch, requires_grad=True) for _ in pairs]
-        bump = sum(step[..., None, None] * _pair_basis(i, j, cov) for step, (i, j) in zip(steps, pairs))
-        out = expectation(mu, cov + bump)
+        out = expectation(mu, cov + _bump(steps, pairs, cov, batch))
         if not isinstance(out, Tensor) or out.shape != batch:
             found = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f'expectation must return one value per batch entry, shape {tuple(batch)}; got {found}')
@@ -61,22 +60,67 @@ def price_derivative(
             out, = torch.autograd.grad(out.sum(), step, create_graph=keep or m < len(steps) - 1, materialize_grads=True)
     return out
 
-def _pair_basis(i, j, cov):
-    "The symmetric unit matrix E_ij + E_ji, in cov's dtype and device."
-    basis = torch.zeros(cov.shape[-2:], dtype=cov.dtype, device=cov.device)
-    basis[i, j] = basis[j, i] = 1
-    return basis
+def _bump(steps, pairs, cov, batch):
+    "sum of step (E_ij + E_ji) over the pairs, by index: its gradient picks entries (i, j), (j, i) and multiplies none by 0."
+    N = cov.shape[-1]
+    flat = cov.new_zeros(*batch, N * N)
+    for step, (i, j) in zip(steps, pairs):
+        flat = flat.index_add(-1, torch.tensor([i * N + j, j * N + i], device=cov.device), torch.stack([step, step], -1))
+    return flat.reshape(*batch, N, N)
 
 # %% ../nbs/04_price.ipynb #4dbc7451
-def isserlis(
-    mu:Tensor,   # means, (..., 4)
-    cov:Tensor,  # covariances, (..., 4, 4)
-)->Tensor:       # E[x1 x2 x3 x4], shape (...)
-    "E[x1 x2 x3 x4] for x ~ N(mu, cov) by Isserlis' theorem, batched: a closed-form expectation to test Price checks on."
+def _isserlis(mu, cov):
+    "E[x1 x2 x3 x4] from the means (..., 4) and covariances (..., 4, 4), upper triangle read."
     m, c = mu.unbind(-1), lambda i, j: cov[..., i, j]
     return (m[0] * m[1] * m[2] * m[3] + c(0, 1) * m[2] * m[3] + c(0, 2) * m[1] * m[3] + c(0, 3) * m[1] * m[2]
             + c(1, 2) * m[0] * m[3] + c(1, 3) * m[0] * m[2] + c(2, 3) * m[0] * m[1]
             + c(0, 1) * c(2, 3) + c(0, 2) * c(1, 3) + c(0, 3) * c(1, 2))
+
+def _third(m, c, i, j, k):
+    "E[x_i x_j x_k], the derivative of the Isserlis sum in the fourth mean."
+    return m[..., i] * m[..., j] * m[..., k] + c[..., i, j] * m[..., k] + c[..., i, k] * m[..., j] + c[..., j, k] * m[..., i]
+
+def _times_pow2(x, e, times):
+    "x * 2^(times e), one exact factor 2^e at a time: overflow gives +-inf, never 0 * inf."
+    f = torch.exp2(e)
+    for _ in range(times): x = x * f
+    return x
+
+class _Isserlis(torch.autograd.Function):
+    "The Isserlis sum at a power-of-two scale (no inf - inf when it overflows), with closed-form derivatives."
+    @staticmethod
+    def forward(ctx, m, c):
+        ctx.save_for_backward(m, c)
+        emax = int(math.log2(torch.finfo(m.dtype).max)) - 1
+        big = torch.maximum(m.abs().amax(-1), c.abs().amax((-2, -1)).sqrt())
+        e = (torch.frexp(big)[1] - 1).clamp(-emax, emax).to(m.dtype)     # 2^e near the largest scale, no gradient
+        f = torch.exp2(-e)
+        scaled = _isserlis(m * f[..., None], c * f[..., None, None] * f[..., None, None])   # O(1) terms
+        return _times_pow2(scaled, e, 4)
+
+    @staticmethod
+    def backward(ctx, g):
+        m, c = ctx.saved_tensors
+        gm = torch.stack([_third(m, c, *(j for j in range(4) if j != i)) for i in range(4)], -1) * g[..., None]
+        rows = [[torch.zeros_like(g)] * 4 for _ in range(4)]
+        for i, j in ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)):
+            k, l = (x for x in range(4) if x not in (i, j))
+            rows[i][j] = g * (m[..., k] * m[..., l] + c[..., k, l])   # d E / d c_ij = E[x_k x_l]
+        gc = torch.stack([torch.stack(r, -1) for r in rows], -2)
+        return gm.sum_to_size(m.shape), gc.sum_to_size(c.shape)
+
+# %% ../nbs/04_price.ipynb #74ecd34e
+def isserlis(
+    mu:Tensor,   # means, (..., 4)
+    cov:Tensor,  # covariances, (..., 4, 4); the upper triangle is read
+)->Tensor:       # E[x1 x2 x3 x4], shape (...): +-inf where it overflows, never NaN
+    "E[x1 x2 x3 x4] for x ~ N(mu, cov) by Isserlis' theorem, batched: a closed-form expectation to test Price checks on."
+    mu, cov = as_tensors(mu, cov, names=('mu', 'cov'))
+    if mu.ndim == 0 or mu.shape[-1] != 4: raise ValueError(f'mu must have shape (..., 4); got {tuple(mu.shape)}')
+    if cov.ndim < 2 or cov.shape[-2:] != (4, 4): raise ValueError(f'cov must have shape (..., 4, 4); got {tuple(cov.shape)}')
+    check_finite(mu, 'mu'); check_finite(cov, 'cov')
+    check_broadcast(('mu batch', 'cov batch'), mu[..., 0], cov[..., 0, 0])
+    return _Isserlis.apply(mu, cov)
 
 # %% ../nbs/04_price.ipynb #7989702c
 class PriceMC(NamedTuple):
@@ -97,13 +141,16 @@ def price_rhs_mc(
 )->PriceMC:                  # mean and mean_se of batch shape, in mu's dtype and on its device
     "Monte Carlo E[mixed_partial(x)] for x ~ N(mu, cov), batched (the right side of Price's theorem)."
     mu, cov, batch = _gaussian_inputs(mu, cov)
+    n, chunk = check_count(n, 'n', 2), check_count(chunk, 'chunk', 1)
     N = mu.shape[-1]
+    if batch.numel() == 0: return PriceMC(mu.new_zeros(batch), mu.new_zeros(batch), n)   # an empty batch: nothing to sample
     mu, L = mu.expand(*batch, N), _cov_factor(cov).expand(*batch, N, N)
     def values(z):
         y = mixed_partial(mu + (L @ z[..., None]).squeeze(-1))
         if not isinstance(y, Tensor) or y.shape != (len(z), *batch):
             found = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
             raise ValueError(f'mixed_partial must map samples {tuple(z.shape)} to shape {(len(z), *batch)}; got {found}')
+        check_finite(y, 'mixed_partial(x)')
         return y.to(mu.dtype).reshape(len(z), -1)
     est = mc_moments(values, torch.zeros_like(mu), 1., n, seed=seed, chunk=chunk, full_cov=False, generator=generator)
     return PriceMC(est.mean.reshape(batch), est.mean_se.reshape(batch), est.n)
@@ -124,6 +171,14 @@ class PriceCheck(NamedTuple):
     ok:Tensor      # bool, batch shape: |lhs - rhs| <= se * rhs_se + atol (+ 64 eps relative)
 
 # %% ../nbs/04_price.ipynb #fb4e0f43
+def _tolerance(x, name):
+    "`x` as a float, or a `TypeError`/`ValueError` naming the argument unless it is a finite number >= 0."
+    if isinstance(x, bool) or not isinstance(x, (numbers.Real, Tensor)) or (isinstance(x, Tensor) and x.numel() != 1):
+        raise TypeError(f'{name} must be a number; got {type(x).__name__}')
+    if not math.isfinite(float(x)) or float(x) < 0: raise ValueError(f'{name} must be finite and >= 0; got {float(x)}')
+    return float(x)
+
+# %% ../nbs/04_price.ipynb #72ff3b5d
 def check_price(
     expectation:Callable,    # (mu, cov) -> E[Psi(x)] of shape (...), as for `price_derivative`
     mixed_partial:Callable,  # samples (m, ..., N) -> prod over pairs of d^2 Psi / dx_i dx_j at them, (m, ...)
@@ -136,6 +191,7 @@ def check_price(
     atol:float=0.,           # absolute slack added to the tolerance, e.g. 10 / n for indicator partials
 )->PriceCheck:               # lhs, rhs, rhs_se, ok
     "Check Price's theorem for a user's Psi: autograd of E[Psi] in the covariance against sampled mixed partials."
+    se, atol = _tolerance(se, 'se'), _tolerance(atol, 'atol')
     lhs = price_derivative(expectation, mu, cov, pairs)
     est = price_rhs_mc(mixed_partial, mu, cov, n=n, seed=seed)
     rhs = est.mean.to(lhs.dtype)

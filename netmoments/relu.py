@@ -8,12 +8,46 @@ import math
 from typing import NamedTuple
 import torch
 from torch import Tensor
-from .core import as_tensors, check_broadcast, check_cov, check_finite, check_var
-from .gaussian import bvn_cdf, normal_cdf, normal_pdf, _conditional_z
+from .core import as_tensors, check_broadcast, check_count, check_cov, check_finite, check_var
+from .gaussian import bvn_cdf, _conditional_z, _normal_cdf, _normal_pdf
 
 # %% auto #0
 __all__ = ['relu_mean', 'relu_second_moment', 'relu_var', 'relu_cross_moment_zero_mean', 'relu_cross_moment',
            'relu_cross_moment_series', 'ReluMoments', 'relu_moments']
+
+# %% ../nbs/03_relu.ipynb #4e44fa89
+_TAIL, _DEPTH = 2.5, 50   # the continued fraction below h = -2.5, 50 levels deep: truncation error < 1e-14 there
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+def _ratios(x, n):
+    "J_0 .. J_n at x >= 2.5 by the continued fraction r_k = k / (x + r_{k+1}), started at its large-k fixed point."
+    r = 2 * _DEPTH / ((x * x + 4 * _DEPTH).sqrt() + x)       # (sqrt(x^2 + 4k) - x) / 2 without cancellation
+    rs = {}
+    for k in range(_DEPTH - 1, 0, -1):
+        r = k / (x + r)
+        if k <= n: rs[k] = r
+    J = [1 / (x + r)]                                       # r = r_1 after the loop
+    for k in range(1, n + 1): J.append(rs[k] * J[-1])
+    return J
+
+class _Ratio(torch.autograd.Function):
+    "J_n(x) = int_0^inf u^n exp(-x u - u^2 / 2) du for x >= 2.5, with dJ_n/dx = -J_{n+1}: derivatives of every order."
+    @staticmethod
+    def forward(ctx, x, n):
+        ctx.save_for_backward(x)
+        ctx.n = n
+        return _ratios(x, n)[n]
+
+    @staticmethod
+    def backward(ctx, g):
+        x, = ctx.saved_tensors
+        return -g * _Ratio.apply(x, ctx.n + 1), None
+
+def _tail_moment(h, c, n, tail):
+    "c F_n(h) where `tail` (h < -2.5; 0 elsewhere): exp(log c - h^2 / 2 + log J_n(-h)) / sqrt(2 pi), on those entries only."
+    x, c = -h[tail], c[tail]
+    far = torch.exp(torch.log(c) + torch.log(_Ratio.apply(x, n)) - x * x / 2 - _LOG_SQRT_2PI)
+    return torch.zeros_like(h).masked_scatter(tail, far)
 
 # %% ../nbs/03_relu.ipynb #83366691
 def _safe_std(var):
@@ -44,9 +78,12 @@ def relu_mean(
 
 def _relu_mean(mu, var):
     s, zero = _safe_std(var)
-    h = (mu / s).clamp(-50, 50)
+    h = (mu / s).clamp(-60, 50)                             # below -60 every moment underflows, whatever s
     k, K = _pow2(torch.maximum(mu.abs(), s))               # exact rescaling: mu k and s k are O(1)
-    return torch.where(zero, mu.clamp(min=0), ((mu * k) * normal_cdf(h) + (s * k) * normal_pdf(h)) * K)
+    out = ((mu * k) * _normal_cdf(h) + (s * k) * _normal_pdf(h)) * K
+    tail = (h < -_TAIL) & ~zero
+    if tail.any(): out = torch.where(tail, _tail_moment(h, s, 1, tail), out)   # the lower tail without cancellation
+    return torch.where(zero, mu.clamp(min=0), out)
 
 # %% ../nbs/03_relu.ipynb #bc6f62c8
 def relu_second_moment(
@@ -56,11 +93,13 @@ def relu_second_moment(
     "Second moment of relu(z) for z ~ N(mu, var) (Bibi et al. 2018, Lemma 1, for any mean)."
     mu, var = _unit_inputs(mu, var)
     s, zero = _safe_std(var)
-    h = (mu / s).clamp(-50, 50)
+    h = (mu / s).clamp(-60, 50)
     k, K = _pow2(torch.maximum(mu.abs(), s))
     u, t = mu * k, s * k                                    # mu and s rescaled exactly: u u cannot overflow
-    scaled = (u * u + var * k * k) * normal_cdf(h) + u * t * normal_pdf(h)
-    return torch.where(zero, mu.clamp(min=0) ** 2, scaled * K * K)
+    out = ((u * u + var * k * k) * _normal_cdf(h) + u * t * _normal_pdf(h)) * K * K
+    tail = (h < -_TAIL) & ~zero
+    if tail.any(): out = torch.where(tail, _tail_moment(h, var, 2, tail), out)   # the lower tail without cancellation
+    return torch.where(zero, mu.clamp(min=0) ** 2, out)
 
 # %% ../nbs/03_relu.ipynb #9a54ce00
 def relu_var(
@@ -72,27 +111,31 @@ def relu_var(
 
 def _relu_var(mu, var):
     s, zero = _safe_std(var)
-    h = (mu / s).clamp(-50, 50)
-    P, Q, pdf = normal_cdf(h), normal_cdf(-h), normal_pdf(h)
+    h = (mu / s).clamp(-60, 50)
+    P, Q, pdf = _normal_cdf(h), _normal_cdf(-h), _normal_pdf(h)
     lower = (h * h + 1) * P + h * pdf - (h * P + pdf) ** 2
     upper = 1 + (h * h - 1) * Q - h * pdf - (h * Q) ** 2 + 2 * h * pdf * Q - pdf * pdf
-    v = torch.where(h < 0, lower, upper).clamp(min=0)
-    return torch.where(zero, torch.zeros_like(var), var * v)
+    out = var * torch.where(h < 0, lower, upper).clamp(min=0)
+    tail = (h < -_TAIL) & ~zero
+    if tail.any():                                          # E[r^2] - E[r]^2 there: the first is much the larger
+        out = torch.where(tail, _tail_moment(h, var, 2, tail) - _tail_moment(h, s, 1, tail) ** 2, out)
+    return torch.where(zero, torch.zeros_like(var), out)
 
 # %% ../nbs/03_relu.ipynb #e06508d6
-def _pair_inputs(mu1, mu2, var1, var2, cov12):
-    "Validate and broadcast the five pair arguments."
-    names = ('mu1', 'mu2', 'var1', 'var2', 'cov12')
-    args = as_tensors(mu1, mu2, var1, var2, cov12, names=names)
+def _pair_inputs(**named):
+    "Validate and broadcast the pair arguments, given by name: (mu1, mu2,) var1, var2, cov12."
+    names = tuple(named)
+    args = as_tensors(*named.values(), names=names)
     check_broadcast(names, *args)
     for n, x in zip(names, args):
         check_var(x, n) if n.startswith('var') else check_finite(x, n)
-    mu1, mu2, var1, var2, cov12 = torch.broadcast_tensors(*args)
+    args = torch.broadcast_tensors(*args)
+    var1, var2, cov12 = args[-3:]
     bound = var1.sqrt() * var2.sqrt() * (1 + 1e3 * torch.finfo(var1.dtype).eps)   # not sqrt(var1 var2): it underflows
     if (cov12.abs() > bound).any():
         excess = (cov12.abs() - bound).max().item()
         raise ValueError(f'cov12^2 must be <= var1 * var2 (|rho| <= 1); exceeded by up to {excess:.3g}')
-    return mu1, mu2, var1, var2, cov12
+    return args
 
 def _correlation(var1, var2, cov12):
     "std devs with zero-safe stand-ins, the zero masks, and rho clamped to [-1, 1] (0 where a variance is 0)."
@@ -124,7 +167,7 @@ def relu_cross_moment_zero_mean(
     cov12:Tensor,  # covariance of x1 and x2, |cov12| <= sqrt(var1 var2)
 )->Tensor:         # E[relu(x1) relu(x2)] for zero-mean (x1, x2)
     "The product moment of two zero-mean ReLUs (Bibi et al. 2018, Lemma 3)."
-    return _lemma3(*_pair_inputs(0., 0., var1, var2, cov12)[2:])
+    return _lemma3(*_pair_inputs(var1=var1, var2=var2, cov12=cov12))
 
 # %% ../nbs/03_relu.ipynb #75c3e118
 def relu_cross_moment(
@@ -135,10 +178,23 @@ def relu_cross_moment(
     cov12:Tensor,  # covariance of z1 and z2, |cov12| <= sqrt(var1 var2)
 )->Tensor:         # E[relu(z1) relu(z2)] >= 0, exact; broadcast shape, dtype and device of the inputs
     "Exact E[relu(z1) relu(z2)] for a bivariate Gaussian with any means, elementwise with broadcasting."
-    return _relu_cross_moment(*_pair_inputs(mu1, mu2, var1, var2, cov12))
+    return _relu_cross_moment(*_pair_inputs(mu1=mu1, mu2=mu2, var1=var1, var2=var2, cov12=cov12))
 
 def _relu_cross_moment(mu1, mu2, var1, var2, cov12):
     s1, s2, rho, degenerate = _correlation(var1, var2, cov12)
+    on1, on2 = mu1 > 50 * s1, mu2 > 50 * s2                 # relu(z) = z there, to far below double precision
+    off = (mu1 < -50 * s1) | (mu2 < -50 * s2)               # a unit that is never on: the moment is 0
+    g1, g2 = (torch.where(on1 | on2 | off, torch.zeros_like(x), x) for x in (mu1, mu2))   # the rest, on safe means
+    out = _relu_cross_moment_inner(g1, g2, s1, s2, rho)
+    P1, P2 = _normal_cdf((mu1 / s1).clamp(-50, 50)), _normal_cdf((mu2 / s2).clamp(-50, 50))
+    out = torch.where(on1 & on2, mu1 * mu2 + cov12,         # E[z1 z2]; E[z1 relu(z2)] by Stein's lemma:
+                      torch.where(on1, mu1 * _relu_mean(mu2, var2) + cov12 * P2,
+                                  torch.where(on2, mu2 * _relu_mean(mu1, var1) + cov12 * P1, out)))
+    independent = _relu_mean(mu1, var1) * _relu_mean(mu2, var2)
+    return torch.where(degenerate, independent, torch.where(off, torch.zeros_like(out), out)).clamp(min=0)
+
+def _relu_cross_moment_inner(mu1, mu2, s1, s2, rho):
+    "The closed form for |h1|, |h2| <= 50 (and zero-safe s1, s2)."
     h1, h2 = (mu1 / s1).clamp(-50, 50), (mu2 / s2).clamp(-50, 50)
     z12 = _conditional_z(h2, h1, rho)[0].clamp(-50, 50)   # (h1 - rho h2) / sqrt(1 - rho^2)
     z21 = _conditional_z(h1, h2, rho)[0].clamp(-50, 50)   # (h2 - rho h1) / sqrt(1 - rho^2)
@@ -146,11 +202,10 @@ def _relu_cross_moment(mu1, mu2, var1, var2, cov12):
     (k1, K1), (k2, K2) = _pow2(torch.maximum(mu1.abs(), s1)), _pow2(torch.maximum(mu2.abs(), s2))
     u1, t1, u2, t2 = mu1 * k1, s1 * k1, mu2 * k2, s2 * k2  # exact rescaling: the products below cannot overflow
     out = ((u1 * u2 + rho * t1 * t2) * bvn_cdf(h1, h2, rho)
-           + u1 * t2 * normal_pdf(h2) * normal_cdf(z12)
-           + u2 * t1 * normal_pdf(h1) * normal_cdf(z21)
-           + t1 * t2 * r * normal_pdf(h1) * normal_pdf(z21)) * K1 * K2   # (1 - rho^2) phi2 = r phi(h1) phi(z21)
-    independent = _relu_mean(mu1, var1) * _relu_mean(mu2, var2)
-    return torch.where(degenerate, independent, out).clamp(min=0)
+           + u1 * t2 * _normal_pdf(h2) * _normal_cdf(z12)
+           + u2 * t1 * _normal_pdf(h1) * _normal_cdf(z21)
+           + t1 * t2 * r * _normal_pdf(h1) * _normal_pdf(z21)) * K1 * K2   # (1 - rho^2) phi2 = r phi(h1) phi(z21)
+    return out
 
 def _relu_cov_pair(mu1, mu2, var1, var2, cov12):
     "Cov[relu(z1), relu(z2)] without the cancellation of E[relu relu] - E[relu] E[relu] when mu >> s."
@@ -161,7 +216,7 @@ def _relu_cov_pair(mu1, mu2, var1, var2, cov12):
     c = torch.where(f1 ^ f2, -cov12, cov12)
     rest = _relu_cross_moment(g1, g2, var1, var2, c) - _relu_mean(g1, var1) * _relu_mean(g2, var2)
     s1, s2 = _safe_std(var1)[0], _safe_std(var2)[0]
-    P1, P2 = normal_cdf(-(mu1 / s1).clamp(-50, 50).abs()), normal_cdf(-(mu2 / s2).clamp(-50, 50).abs())
+    P1, P2 = _normal_cdf(-(mu1 / s1).clamp(-50, 50).abs()), _normal_cdf(-(mu2 / s2).clamp(-50, 50).abs())
     lin = torch.where(f1, torch.where(f2, 1 - P1 - P2, P2), torch.where(f2, P1, torch.zeros_like(P1)))
     return cov12 * lin + rest
 
@@ -205,8 +260,9 @@ def _erf_integral_series(
         ratio = math.exp(math.lgamma(n / 2 + 2) - math.lgamma(n / 2 + 2.5))
         g0, g1 = g1, (ab * ratio) * g1 - (aa * (n + 1) / (n + 3)) * g0
         p0, p1, d0, d1 = p1, p0 - d0, d1, d0 * y / (n / 2 + 2)
-        _, e = torch.frexp(torch.maximum(g0.abs(), g1.abs()).detach())   # a power of two: exact, no gradient path
-        g0, g1, scale = torch.ldexp(g0, -e), torch.ldexp(g1, -e), scale + e.to(scale.dtype) * math.log(2)
+        e = torch.frexp(torch.maximum(g0.abs(), g1.abs()).detach())[1].to(g0.dtype)   # a power of two, no gradient
+        f = torch.exp2(-e)                          # not torch.ldexp: its gradient is 0 for negative exponents
+        g0, g1, scale = g0 * f, g1 * f, scale + e * math.log(2)
     return math.pi / 4 * torch.where(inf, one, torch.erf(x)) * torch.erf(b) + math.sqrt(math.pi) / 2 * total
 
 # %% ../nbs/03_relu.ipynb #134366c7
@@ -234,20 +290,25 @@ def relu_cross_moment_series(
     terms:int=5,   # pairs u = 0 .. terms-1 kept in each series of eq 3 (Alfadly et al. 2020)
 )->Tensor:         # E[relu(z1) relu(z2)] by the truncated series; broadcast shape, dtype and device of the inputs
     "E[relu(z1) relu(z2)] for a bivariate Gaussian with any means by Alfadly et al. 2020, Lemma 4, its series truncated."
-    if isinstance(terms, bool) or not isinstance(terms, int):
-        raise TypeError(f'terms must be an int; got {type(terms).__name__}')
-    if terms < 1: raise ValueError(f'terms must be >= 1; got {terms}')
-    mu1, mu2, var1, var2, cov12 = _pair_inputs(mu1, mu2, var1, var2, cov12)
+    terms = check_count(terms, 'terms', 1)
+    mu1, mu2, var1, var2, cov12 = _pair_inputs(mu1=mu1, mu2=mu2, var1=var1, var2=var2, cov12=cov12)
     for name, v in (('var1', var1), ('var2', var2)):
         if (v == 0).any(): raise ValueError(f'{name} must be > 0 for Lemma 4; it holds 0 (relu_cross_moment takes that limit)')
     s1, s2 = var1.sqrt(), var2.sqrt()
     rho = cov12 / (s1 * s2)
     if (rho.abs() >= 1).any():
         raise ValueError('Lemma 4 needs |rho| < 1; |cov12| = sqrt(var1 * var2) found (relu_cross_moment takes that limit)')
+    far = (mu1.abs() > 50 * s1) | (mu2.abs() > 50 * s2)    # |h| > 50: the exact form (the series' terms overflow)
+    series = _lemma4(*(torch.where(far, torch.zeros_like(x), x) for x in (mu1, mu2)), s1, s2, cov12, rho, terms)
+    if not far.any(): return series
+    return torch.where(far, _relu_cross_moment(mu1, mu2, var1, var2, cov12), series)
+
+def _lemma4(mu1, mu2, s1, s2, cov12, rho, terms):
+    "Omega of eq 2 plus the truncated integral of eq 5 (Alfadly et al. 2020), for s1, s2 > 0 and |rho| < 1."
     h1, h2, r = mu1 / s1, mu2 / s2, (1 - rho * rho).sqrt()
     z12, z21 = (h1 - rho * h2) / r, (h2 - rho * h1) / r
-    omega = ((mu1 * mu2 + cov12) * normal_cdf(h2) / 2 + mu1 * s2 * normal_pdf(h2) * normal_cdf(z12)
-             + mu2 * s1 * normal_pdf(h1) * normal_cdf(z21) + s1 * s2 * r * normal_pdf(h1) * normal_pdf(z21))  # eq 2
+    omega = ((mu1 * mu2 + cov12) * _normal_cdf(h2) / 2 + mu1 * s2 * _normal_pdf(h2) * _normal_cdf(z12)
+             + mu2 * s1 * _normal_pdf(h1) * _normal_cdf(z21) + s1 * s2 * r * _normal_pdf(h1) * _normal_pdf(z21))  # eq 2
     return omega + (mu1 * mu2 + cov12) / math.pi * _lemma4_integral(h1, h2, rho, terms)
 
 # %% ../nbs/03_relu.ipynb #b6b03677
@@ -271,6 +332,7 @@ def relu_moments(
         raise ValueError(f'cov must have shape (..., p, p) or (..., p) with p = {mean.shape[-1]}; got {tuple(cov.shape)}')
     p = mean.shape[-1]
     full = cov.ndim >= 2 and cov.shape[-2:] == (p, p) and cov.shape != mean.shape
+    check_broadcast(('mean', 'cov batch' if full else 'cov'), mean, cov[..., 0] if full else cov)
     if not full:
         check_var(cov, 'cov')
         return ReluMoments(_relu_mean(*torch.broadcast_tensors(mean, cov)), None, _relu_var(*torch.broadcast_tensors(mean, cov)))

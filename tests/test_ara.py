@@ -378,13 +378,22 @@ def test_gradients_finite_at_zero_variance(method):
         mu.grad = None
 
 
-def test_overflow_names_the_arguments():
-    "Hidden moments that overflow name the user's arguments, not internal ones."
+def test_overflow_gives_the_limits():
+    """Hidden moments beyond the float range (A of 2^530: variances of 2^1060; means of 1e308) give the limits, +-inf
+    or the finite values they are, never NaN (they used to be refused with an error)."""
     A, c1, B, c2 = _net()
-    with pytest.raises(ValueError, match=r'diag\(A cov A\^T\), overflow float64: mu, cov, A and c1'):
-        ara_moments(torch.ones(3, dtype=torch.float64), 1., A * 1e160, c1, B, c2)
-    with pytest.raises(ValueError, match=r'A @ mu \+ c1 \(the hidden means\) overflow float64'):
-        ara_moments(torch.full((3,), 1e308, dtype=torch.float64), 0., A, c1, B, c2)
+    mu = torch.ones(3, dtype=torch.float64)
+    for method in ('exact', 'series', 'zero_mean'):
+        base = ara_moments(mu, 1., A, c1, B, c2, method=method)
+        wide = ara_moments(mu, 1., A * 2. ** 530, c1, B, c2, method=method)     # relu is positively homogeneous
+        assert_close((wide.mean - c2) / 2. ** 530, base.mean - c2, rtol=1e-14, atol=0)
+        assert torch.equal(wide.cov, base.cov.sign() * math.inf), method
+        far = ara_moments(torch.full((3,), 1e308, dtype=torch.float64), 0., A, c1, B, c2, method=method)
+        want = 1e308 * (B @ (A @ mu).clamp(min=0))                                # no noise: B relu(A mu), overflowing
+        assert_close(far.mean, want + c2, rtol=1e-13, atol=0)
+        assert torch.equal(far.cov, torch.zeros_like(far.cov))
+    second = ara_second_moment_zero_mean(1., A * 1e160, B, c2)
+    assert torch.equal(second, torch.full_like(second, math.inf))
     with pytest.raises(ValueError, match='mu must be finite; it holds infinite values'):
         ara_moments(torch.full((3,), math.inf, dtype=torch.float64), 1., A, c1, B, c2)
 
@@ -411,3 +420,18 @@ def test_non_finite_arguments_are_named(bad, name):
     args[name] = args[name].clone()
     args[name].view(-1)[0] = bad
     with pytest.raises(ValueError, match=f'{name} must be finite'): ara_moments(**args)
+
+
+def test_batch_and_dtype_messages_name_the_arguments():
+    "cov's batch is checked with the others; Theorem 2's messages name no mean or c1 (it has neither argument)."
+    A, c1, B, c2 = _net()
+    mu = torch.zeros(2, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r'batch dimensions do not broadcast: mu \(2,\), cov \(5,\)'):
+        ara_moments(mu, torch.ones(5, 3, dtype=torch.float64), A, c1, B, c2)
+    with pytest.raises(ValueError) as info:
+        ara_second_moment_zero_mean(torch.ones(5, 3, dtype=torch.float64), A.expand(2, 4, 3), B, c2)
+    assert str(info.value) == 'batch dimensions do not broadcast: cov (5,), A (2,), B (), c2 ()'
+    with pytest.raises(TypeError) as info: ara_second_moment_zero_mean(1., A, B.float(), c2)
+    assert 'found A float64, B float32, c2 float64' in str(info.value) and ' mu ' not in str(info.value)
+    assert ara_moments(mu[:0], torch.ones(3, dtype=torch.float64), A, c1, B, c2).cov.shape == (0, 2, 2)
+    assert ara_second_moment_zero_mean(torch.ones(0, 3, dtype=torch.float64), A, B, c2).shape == (0, 2)

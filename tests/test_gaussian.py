@@ -233,3 +233,33 @@ def test_device_agrees_with_cpu(device, dtype):
     leaves = [x.to(device).requires_grad_() for x in (h[:50], k[:50], r[:50])]
     grads = torch.autograd.grad(bvn_cdf(*leaves).sum(), leaves)
     assert all(torch.isfinite(g).all() and g.device.type == device for g in grads)
+
+
+def test_univariate_limits_and_nan():
+    "+-inf are the limits 0 and 1 with zero (finite) gradients; NaN is refused by name; numbers are accepted."
+    x = torch.tensor([-math.inf, math.inf, 0.], dtype=f64, requires_grad=True)
+    assert normal_pdf(x).tolist()[:2] == [0., 0.] and normal_cdf(x).tolist()[:2] == [0., 1.]
+    for f in (normal_pdf, normal_cdf):
+        g, = torch.autograd.grad(f(x).sum(), x)
+        assert torch.isfinite(g).all() and g[:2].tolist() == [0., 0.]
+        with pytest.raises(ValueError, match=r'x must not be NaN; it holds NaN \(1 of 3 entries\)'):
+            f(torch.tensor([0., math.nan, 1.]))
+        assert f(0.5).dtype == torch.get_default_dtype()
+        assert f(torch.zeros(0, 3)).shape == (0, 3)
+
+
+def test_bvn_pdf_limits_and_bad_inputs():
+    "An infinite coordinate gives 0 with finite gradients; NaN, |rho| > 1, infinite rho and two dtypes are refused."
+    h = torch.tensor([math.inf, -math.inf, 0.3, 0.2], dtype=f64, requires_grad=True)
+    k = torch.tensor([0.5, 0.1, -math.inf, math.inf], dtype=f64, requires_grad=True)
+    out = bvn_pdf(h, k, torch.tensor(0.4, dtype=f64))
+    assert out.tolist() == [0.] * 4
+    assert all(torch.isfinite(g).all() for g in torch.autograd.grad(out.sum(), (h, k)))
+    for args, exc, message in (((math.nan, 0., 0.), ValueError, 'h must not be NaN'),
+                               ((0., torch.tensor([0., math.nan]), 0.), ValueError, 'k must not be NaN'),
+                               ((0., 0., 1.5), ValueError, 'rho must be in [-1, 1]; largest |rho| is 1.5'),
+                               ((0., 0., -math.inf), ValueError, 'rho must be finite'),
+                               ((torch.zeros(2), torch.zeros(2, dtype=f64), 0.), TypeError, 'found h float32, k float64'),
+                               ((torch.ones(2), torch.ones(3), 0.), ValueError, 'shapes do not broadcast')):
+        with pytest.raises(exc) as info: bvn_pdf(*args)
+        assert message in str(info.value)

@@ -210,3 +210,70 @@ def test_bad_callables():
         price_derivative(lambda m, c: quartic(m, c).sum(), mu, cov, [(0, 1)])
     with pytest.raises(ValueError, match=r'mixed_partial must map samples \(10, 3, 2\) to shape \(10, 3\)'):
         price_rhs_mc(lambda x: x, mu, cov, n=10)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The limits: no NaN where Gaussian moments overflow, empty batches, tolerances.
+
+def test_isserlis_overflows_to_the_sign_of_the_dominant_term():
+    "Means of 1e300: E[x1 x2 x3 x4] is +-inf with the sign of mu1 mu2 mu3 mu4, not inf - inf = NaN."
+    gen = torch.Generator().manual_seed(3)
+    mu = torch.randn(6, 4, generator=gen, dtype=f64)
+    L = torch.randn(4, 4, generator=gen, dtype=f64)
+    out = isserlis(mu * 1e300, L @ L.mT)
+    assert torch.equal(out, mu.prod(-1).sign() * math.inf)
+    for k in (-250, -100, 100, 250):        # inside the range: the plain sum, scaled exactly by 2^(4k)
+        out = isserlis(mu * 2. ** k, L @ L.mT * 4. ** k)
+        assert torch.equal(out * 2. ** (-2 * k) * 2. ** (-2 * k), isserlis(mu, L @ L.mT))
+
+
+def test_isserlis_gradients_are_the_closed_forms():
+    "dE/dmu_i = E[x_j x_k x_l] and dE/dsigma_ij = E[x_k x_l] (i < j; the lower triangle is not read), to second order."
+    gen = torch.Generator().manual_seed(4)
+    mu = torch.randn(3, 4, generator=gen, dtype=f64, requires_grad=True)
+    L = torch.randn(4, 4, generator=gen, dtype=f64)
+    cov = (L @ L.mT).requires_grad_()
+    assert torch.autograd.gradcheck(isserlis, (mu, cov))
+    assert torch.autograd.gradgradcheck(isserlis, (mu, cov))
+    d = price_derivative(isserlis, mu.detach() * 1e300, cov.detach(), [(0, 1)])   # mu3 mu4 + sigma34 overflows alone
+    assert torch.equal(d, (mu[:, 2] * mu[:, 3]).detach().sign() * math.inf)
+
+
+def test_isserlis_refuses_bad_inputs_by_name():
+    mu, cov = torch.zeros(4, dtype=f64), torch.eye(4, dtype=f64)
+    for args, error, message in (((mu[:3], cov), ValueError, 'mu must have shape (..., 4)'),
+                                 ((mu, cov[:3]), ValueError, 'cov must have shape (..., 4, 4)'),
+                                 ((mu * math.nan, cov), ValueError, 'mu must be finite'),
+                                 ((mu, cov * math.inf), ValueError, 'cov must be finite'),
+                                 ((mu.float(), cov), TypeError, 'found mu float32, cov float64'),
+                                 ((mu.expand(2, 4), cov.expand(3, 4, 4)), ValueError, 'shapes do not broadcast')):
+        with pytest.raises(error) as info: isserlis(*args)
+        assert message in str(info.value)
+
+
+def test_relu_pair_derivative_at_huge_means():
+    "dE[relu relu]/dsigma12 = P(both on) (Price) stays right where E itself overflows or underflows to 0."
+    mu = torch.tensor([[-1e300, 2e299], [2e300, 8e299], [1e300, -4e299], [3e300, 0.5]], dtype=f64)
+    cov = torch.tensor([[1., 0.3], [0.3, 2.]], dtype=f64)
+    d = price_derivative(relu_pair, mu, cov, [(0, 1)])
+    assert_close(d, torch.tensor([0., 1., 0., 0.5 * math.erfc(-0.5 / 2**.5 / 2**.5)], dtype=f64), rtol=1e-14, atol=0)
+
+
+def test_empty_batches_and_tolerances():
+    "An empty batch gives empty results without sampling; se and atol must be finite numbers >= 0."
+    mu, cov = torch.zeros(0, 2, dtype=f64), torch.eye(2, dtype=f64)
+    est = price_rhs_mc(lambda x: x[..., 0] * x[..., 1], mu, cov, n=10)
+    assert est.mean.shape == est.mean_se.shape == (0,) and est.n == 10
+    res = check_price(relu_pair, lambda x: (x > 0).all(-1), mu, cov, [(0, 1)], n=10)
+    assert res.lhs.shape == res.ok.shape == (0,)
+    with pytest.raises(ValueError, match='n must be >= 2'): price_rhs_mc(lambda x: x[..., 0], mu, cov, n=1)
+    good = dict(expectation=relu_pair, mixed_partial=lambda x: (x > 0).all(-1), mu=torch.zeros(2, dtype=f64), cov=cov,
+                pairs=[(0, 1)], n=10)
+    for change, error, message in ((dict(se=math.nan), ValueError, 'se must be finite and >= 0'),
+                                   (dict(se=-1.), ValueError, 'se must be finite and >= 0'),
+                                   (dict(atol=math.inf), ValueError, 'atol must be finite and >= 0'),
+                                   (dict(atol='0'), TypeError, 'atol must be a number'),
+                                   (dict(se=True), TypeError, 'se must be a number')):
+        with pytest.raises(error, match=message): check_price(**(good | change))
+    with pytest.raises(ValueError, match=r'mixed_partial\(x\) must be finite'):
+        price_rhs_mc(lambda x: x[..., 0] / 0., torch.zeros(2, dtype=f64), cov, n=10)

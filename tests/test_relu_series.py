@@ -133,6 +133,26 @@ def test_gradcheck_at_zero_correlation_and_zero_mean():
     assert torch.autograd.gradcheck(lambda *a: relu_cross_moment_series(*a, terms=10), leaves, eps=1e-6, atol=1e-8)
 
 
+def test_gradcheck_where_the_terms_are_rescaled_down():
+    """h1 = -3.2: the Hermite terms fall below 1/2 and are rescaled by negative powers of two, where torch.ldexp's
+    gradient is 0 (the gradient in mu1 came out up to 3x off before)."""
+    leaves = _leaves([(-3.2, -0.5, 1., 1., 0.6), (-3.2, -0.5, 1., 1., 0.75), (-3.2, 0.5, 1., 1., 0.6),
+                      (-2.5, 1.0, 0.8, 1.3, -0.3)])
+    for terms in (5, 20):
+        assert torch.autograd.gradcheck(lambda *a: relu_cross_moment_series(*a, terms=terms), leaves, eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize('scale', [60., 1e6, 1e150, 1e300])
+def test_means_beyond_h_50_give_the_exact_moment(scale):
+    "|h| > 50: the exact closed form (the series' terms overflow for such means): finite, equal to relu_cross_moment."
+    from netmoments.relu import relu_cross_moment
+    mu1 = torch.tensor([-scale, scale, 0.3], dtype=f64)
+    args = (mu1, torch.tensor(0.7, dtype=f64), torch.tensor(1., dtype=f64), torch.tensor(2., dtype=f64), torch.tensor(0.5, dtype=f64))
+    out = relu_cross_moment_series(*args)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[:2], relu_cross_moment(*args)[:2])
+
+
 def test_price_theorem_holds_for_the_series():
     "dE/dcov12 = Phi2(h1, h2; rho) (Price's theorem), here through autograd of the 50-term series."
     mu1, mu2, s1, s2, rho = 0.6, -0.4, 1.3, 0.9, 0.35

@@ -36,23 +36,60 @@ from fastcore.test import test_eq, test_close, test_fail
 # torch's `special.ndtr` computes $(1 + \operatorname{erf}(x/\sqrt2))/2$, which is 0 at $x = -10$ in float64 (the true
 # value is $7.6\cdot10^{-24}$) and loses most digits of its float32 lower tail.
 
+# %% [markdown]
+# Both take $\pm\infty$ as the limits they are ($\varphi(\pm\infty) = 0$, $\Phi(-\infty) = 0$, $\Phi(\infty) = 1$)
+# and refuse NaN by name, since a NaN point has no answer. The later chapters call the unchecked kernels `_normal_pdf`
+# and `_normal_cdf` on values they have already validated.
+
+# %%
+#| exporti
+def _not_nan(
+    x:Tensor,  # any tensor
+    name:str,  # argument name used in the message
+):
+    "Raise `ValueError` if `x` holds NaN (infinities pass: they are limits here)."
+    bad = torch.isnan(x)
+    if bad.any(): raise ValueError(f'{name} must not be NaN; it holds NaN ({int(bad.sum())} of {x.numel()} entries)')
+
+def _normal_pdf(x): return torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+
+def _normal_cdf(x): return torch.special.erfc(-x / math.sqrt(2)) / 2
+
+
 # %%
 #| export
 def normal_pdf(
-    x:Tensor,  # points, any shape
+    x:Tensor,  # points, any shape; +-inf allowed, NaN refused
 )->Tensor:     # phi(x), same shape, dtype and device
     "Standard normal density."
-    return torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+    x, = as_tensors(x, names=('x',))
+    _not_nan(x, 'x')
+    far = torch.isinf(x)                                    # the limit 0, with gradient 0 (not inf * 0)
+    return torch.where(far, 0., _normal_pdf(torch.where(far, 0., x)))
 
 
 # %%
 #| export
 def normal_cdf(
-    x:Tensor,  # points, any shape; +-inf allowed
+    x:Tensor,  # points, any shape; +-inf allowed, NaN refused
 )->Tensor:     # Phi(x) with full relative accuracy in the lower tail
     "Standard normal cdf, as 0.5 * erfc(-x / sqrt 2)."
-    return torch.special.erfc(-x / math.sqrt(2)) / 2
+    x, = as_tensors(x, names=('x',))
+    _not_nan(x, 'x')
+    return _normal_cdf(x)
 
+
+# %% [markdown]
+# The limits hold exactly, and NaN is refused:
+
+# %%
+ends = torch.tensor([-math.inf, math.inf], dtype=torch.float64)
+test_eq(normal_pdf(ends).tolist(), [0., 0.])
+ends.requires_grad_()
+test_eq(torch.autograd.grad(normal_pdf(ends).sum(), ends)[0].tolist(), [0., 0.])
+test_eq(normal_cdf(ends).tolist(), [0., 1.])
+test_fail(lambda: normal_pdf(torch.tensor([0., math.nan])), contains='x must not be NaN', exc=ValueError)
+test_fail(lambda: normal_cdf(math.nan), contains='x must not be NaN', exc=ValueError)
 
 # %% [markdown]
 # Against mpmath at 30 digits, the lower tail keeps its relative accuracy where `ndtr` gives up. The relative error
@@ -93,16 +130,35 @@ def _conditional_z(h, k, rho):
 
 
 # %%
-#| export
-def bvn_pdf(
-    h:Tensor,    # first coordinate, broadcastable with `k` and `rho`
-    k:Tensor,    # second coordinate
-    rho:Tensor,  # correlation in [-1, 1]
-)->Tensor:       # phi2(h, k; rho); 0 at |rho| = 1 (singular distribution)
-    "Bivariate standard normal density, stable as |rho| -> 1."
+#| exporti
+def _bvn_pdf(h, k, rho):
+    "phi2 for broadcast, validated h, k (finite) and rho."
     z, r, singular = _conditional_z(h, k, rho)
     z = torch.where(singular, torch.zeros_like(z), z)
-    return torch.where(singular, torch.zeros_like(z), normal_pdf(h) * normal_pdf(z) / r)
+    return torch.where(singular, torch.zeros_like(z), _normal_pdf(h) * _normal_pdf(z) / r)
+
+def _check_rho(rho):
+    "Raise `ValueError` unless every entry of `rho` is finite and in [-1, 1]."
+    check_finite(rho, 'rho')
+    if (rho.abs() > 1).any():
+        raise ValueError(f'rho must be in [-1, 1]; largest |rho| is {rho.abs().max().item():.6g}')
+
+
+# %%
+#| export
+def bvn_pdf(
+    h:Tensor,    # first coordinate, broadcastable with `k` and `rho`; +-inf allowed
+    k:Tensor,    # second coordinate; +-inf allowed
+    rho:Tensor,  # correlation in [-1, 1]
+)->Tensor:       # phi2(h, k; rho); 0 at |rho| = 1 (singular distribution) and where h or k is infinite
+    "Bivariate standard normal density, stable as |rho| -> 1."
+    h, k, rho = as_tensors(h, k, rho, names=('h', 'k', 'rho'))
+    check_broadcast(('h', 'k', 'rho'), h, k, rho)
+    h, k, rho = torch.broadcast_tensors(h, k, rho)
+    _not_nan(h, 'h'); _not_nan(k, 'k'); _check_rho(rho)
+    far = torch.isinf(h) | torch.isinf(k)                  # the density vanishes there; inf - inf must not arise
+    zero = torch.zeros_like(h)
+    return torch.where(far, zero, _bvn_pdf(torch.where(far, zero, h), torch.where(far, zero, k), rho))
 
 
 # %%
@@ -111,6 +167,18 @@ mp_pdf = lambda h, k, r: mp.exp(-(h*h - 2*r*h*k + k*k) / (2 * (1 - r*r))) / (2 *
 ref = torch.tensor([float(mp_pdf(*map(mp.mpf, p))) for p in pts.tolist()], dtype=torch.float64)
 test_close(bvn_pdf(*pts.T) / ref, torch.ones_like(ref), eps=1e-9)
 test_eq(bvn_pdf(torch.tensor(1.), torch.tensor(1.), torch.tensor(1.)).item(), 0.)
+
+# %% [markdown]
+# An infinite coordinate is the limit 0, a NaN is refused, and so is a correlation outside $[-1, 1]$ (there is no such
+# distribution):
+
+# %%
+test_eq(bvn_pdf(torch.tensor([math.inf, 0.3, -math.inf]), torch.tensor([0.2, -math.inf, math.inf]), 0.).tolist(), [0.] * 3)
+test_fail(lambda: bvn_pdf(0., math.nan, 0.5), contains='k must not be NaN', exc=ValueError)
+test_fail(lambda: bvn_pdf(0., 0., 1.5), contains='rho must be in [-1, 1]', exc=ValueError)
+test_fail(lambda: bvn_pdf(0., 0., math.inf), contains='rho must be finite', exc=ValueError)
+test_fail(lambda: bvn_pdf(torch.zeros(2), torch.zeros(2, dtype=torch.float64), 0.), contains='found h float32, k float64',
+          exc=TypeError)
 
 # %% [markdown]
 # ## Bivariate CDF: the Drezner–Wesolowsky integral
@@ -172,7 +240,7 @@ def _bvn_mid(h, k, rho, m):
     sn = torch.sin(asr[:, None] * (1 + x) / 2)
     hs = (h * h + k * k) / 2
     total = (w * torch.exp((sn * (h * k)[:, None] - hs[:, None]) / (1 - sn * sn))).sum(-1)
-    return total * asr / (4 * math.pi) + normal_cdf(-h) * normal_cdf(-k)
+    return total * asr / (4 * math.pi) + _normal_cdf(-h) * _normal_cdf(-k)
 
 def _bvn_high(h, k, rho):
     "P(X > h, Y > k) for |rho| >= 0.925: the expansion of Genz 2004 around |rho| = 1 (exact at |rho| = 1)."
@@ -196,8 +264,8 @@ def _bvn_high(h, k, rho):
     sp_ = 1 + c[:, None] * xs * (1 + d[:, None] * xs)
     out = out + ((a / 2)[:, None] * w * (ep - torch.exp(asr) * sp_)).sum(-1)
     out = torch.where(rho.abs() < 1, -out / tp, torch.zeros_like(out))
-    lower = torch.where(h < 0, normal_cdf(k) - normal_cdf(h), normal_cdf(-h) - normal_cdf(-k))
-    return torch.where(~neg, out + normal_cdf(-torch.maximum(h, k)), torch.where(h >= k, -out, lower - out))
+    lower = torch.where(h < 0, _normal_cdf(k) - _normal_cdf(h), _normal_cdf(-h) - _normal_cdf(-k))
+    return torch.where(~neg, out + _normal_cdf(-torch.maximum(h, k)), torch.where(h >= k, -out, lower - out))
 
 def _bvn_upper(h, k, rho):
     "P(X > h, Y > k) by Genz's BVND, for broadcast tensors h, k, rho (|rho| <= 1); each branch on its own elements."
@@ -231,7 +299,7 @@ class _BvnCdf(torch.autograd.Function):
         h, k, rho = ctx.saved_tensors
         zk, _, _ = _conditional_z(h, k, rho)   # (k - rho h) / r
         zh, _, _ = _conditional_z(k, h, rho)   # (h - rho k) / r
-        return grad * normal_pdf(h) * normal_cdf(zk), grad * normal_pdf(k) * normal_cdf(zh), grad * bvn_pdf(h, k, rho)
+        return grad * _normal_pdf(h) * _normal_cdf(zk), grad * _normal_pdf(k) * _normal_cdf(zh), grad * _bvn_pdf(h, k, rho)
 
 
 # %% [markdown]
@@ -249,11 +317,7 @@ def bvn_cdf(
     h, k, rho = as_tensors(h, k, rho, names=('h', 'k', 'rho'))
     check_broadcast(('h', 'k', 'rho'), h, k, rho)
     h, k, rho = torch.broadcast_tensors(h, k, rho)
-    for name, x in (('h', h), ('k', k)):
-        if torch.isnan(x).any(): raise ValueError(f'{name} must not be NaN')
-    check_finite(rho, 'rho')
-    if (rho.abs() > 1).any():
-        raise ValueError(f'rho must be in [-1, 1]; largest |rho| is {rho.abs().max().item():.6g}')
+    _not_nan(h, 'h'); _not_nan(k, 'k'); _check_rho(rho)
     return _BvnCdf.apply(h.clamp(-40, 40), k.clamp(-40, 40), rho)
 
 
@@ -335,7 +399,7 @@ rr = torch.tensor([-0.95, 0.3, 0.97, 0.5], dtype=torch.float64, requires_grad=Tr
 assert torch.autograd.gradcheck(bvn_cdf, (hh, kk, rr), eps=1e-6, atol=1e-8)
 assert torch.autograd.gradgradcheck(bvn_cdf, (hh, kk, rr), eps=1e-6, atol=1e-7)
 edge = torch.tensor([1., -1.], dtype=torch.float64, requires_grad=True)
-bvn_cdf(torch.tensor([0.3, 0.3]), torch.tensor([1., 1.]), edge).sum().backward()
+bvn_cdf(torch.tensor([0.3, 0.3], dtype=torch.float64), torch.tensor([1., 1.], dtype=torch.float64), edge).sum().backward()
 assert torch.isfinite(edge.grad).all()
 
 # %% [markdown]

@@ -88,7 +88,7 @@ test_eq(_cov_sqrt(full), torch.linalg.cholesky(full))
 def _input_sampler(mu, cov):
     "Validated `(mu, k, draw)`: `draw` maps z (b, k) standard normals to inputs (b, *mu.shape) ~ N(mu, cov)."
     if isinstance(cov, LowRankCov):
-        mu, factor, diag = as_tensors(mu, cov.factor, cov.diag, names=('mu', 'cov.factor', 'cov.diag'))
+        mu, factor, diag = as_tensors(mu, cov.factor, cov.diag, names=('mu', 'factor of cov', 'diag of cov'))
     else: mu, cov = as_tensors(mu, cov, names=('mu', 'cov'))
     check_finite(mu, 'mu')
     if mu.numel() == 0: raise ValueError(f'mu must have at least one entry; got shape {tuple(mu.shape)}')
@@ -96,10 +96,10 @@ def _input_sampler(mu, cov):
     shifted = lambda noise: (mu.reshape(-1) + noise).reshape(-1, *shape)
     if isinstance(cov, LowRankCov):
         if factor.ndim != 2 or factor.shape[0] != N:
-            raise ValueError(f'cov.factor must have shape ({N}, r) for mu with {N} entries; got {tuple(factor.shape)}')
+            raise ValueError(f'factor of cov must have shape ({N}, r) for mu with {N} entries; got {tuple(factor.shape)}')
         if diag.shape not in ((N,), shape):
-            raise ValueError(f'cov.diag must have shape ({N},) or {tuple(shape)}; got {tuple(diag.shape)}')
-        check_finite(factor, 'cov.factor'); check_var(diag, 'cov.diag')
+            raise ValueError(f'diag of cov must have shape ({N},) or {tuple(shape)}; got {tuple(diag.shape)}')
+        check_finite(factor, 'factor of cov'); check_var(diag, 'diag of cov')
         r, s = factor.shape[1], diag.reshape(-1).sqrt()
         return mu, r + N, lambda z: shifted(z[:, :r] @ factor.mT + z[:, r:] * s)
     if cov.ndim == 0 or cov.shape == shape:
@@ -119,8 +119,9 @@ def _input_sampler(mu, cov):
 
 # %%
 mu_image = torch.zeros(1, 2, 2, dtype=torch.float64)
-forms = {'scalar': 0.5, 'variances': torch.ones(1, 2, 2), 'full': torch.eye(4),
-         'low rank': LowRankCov(torch.ones(4, 2), torch.ones(4))}
+f64 = torch.float64
+forms = {'scalar': 0.5, 'variances': torch.ones(1, 2, 2, dtype=f64), 'full': torch.eye(4, dtype=f64),
+         'low rank': LowRankCov(torch.ones(4, 2, dtype=f64), torch.ones(4, dtype=f64))}
 for form, cov in forms.items():
     _, k, draw = _input_sampler(mu_image + 1, cov)
     test_eq(k, 6 if form == 'low rank' else 4)
@@ -495,29 +496,32 @@ test_close(r32.cov, full.float(), eps=4 * r32.cov_se)
 # %%
 test_fail(lambda: mc_moments(torch.relu, mu, -1., 10), contains='cov must be >= 0; smallest entry is -1',
           exc=ValueError)
-test_fail(lambda: mc_moments(torch.relu, mu, torch.tensor([1., -0.5, 1.]), 10), contains='cov must be >= 0',
+test_fail(lambda: mc_moments(torch.relu, mu.float(), torch.tensor([1., -0.5, 1.]), 10), contains='cov must be >= 0',
           exc=ValueError)
-test_fail(lambda: mc_moments(torch.relu, mu[:2], torch.tensor([[1., 2.], [2., 1.]]), 10),
+test_fail(lambda: mc_moments(torch.relu, mu[:2].float(), torch.tensor([[1., 2.], [2., 1.]]), 10),
           contains='cov must be positive semi-definite', exc=ValueError)
-test_fail(lambda: mc_moments(torch.relu, mu[:2], torch.tensor([[1., .5], [0., 1.]]), 10),
+test_fail(lambda: mc_moments(torch.relu, mu[:2].float(), torch.tensor([[1., .5], [0., 1.]]), 10),
           contains='cov must be symmetric', exc=ValueError)
-test_fail(lambda: mc_moments(torch.relu, mu, torch.ones(2, 2), 10),
+test_fail(lambda: mc_moments(torch.relu, mu.float(), torch.ones(2, 2), 10),
           contains='cov must be a number, variances of shape (3,), an (3, 3) matrix or a LowRankCov; got shape (2, 2)',
           exc=ValueError)
-test_fail(lambda: mc_moments(torch.relu, mu, LowRankCov(torch.ones(2, 1), torch.ones(3)), 10),
-          contains='cov.factor must have shape (3, r)', exc=ValueError)
-test_fail(lambda: mc_moments(torch.relu, mu, LowRankCov(torch.ones(3, 1), -torch.ones(3)), 10),
-          contains='cov.diag must be >= 0', exc=ValueError)
+test_fail(lambda: mc_moments(torch.relu, mu.float(), LowRankCov(torch.ones(2, 1), torch.ones(3)), 10),
+          contains='factor of cov must have shape (3, r)', exc=ValueError)
+test_fail(lambda: mc_moments(torch.relu, mu.float(), LowRankCov(torch.ones(3, 1), -torch.ones(3)), 10),
+          contains='diag of cov must be >= 0', exc=ValueError)
 
 # %% [markdown]
-# NaN inputs, mixed devices (the `meta` device standing in for a GPU), too few samples, and an `f` with the wrong
-# output are refused too:
+# NaN inputs, mixed devices (the `meta` device standing in for a GPU), two floating dtypes, too few samples, and an
+# `f` with the wrong output are refused too:
 
 # %%
 test_fail(lambda: mc_moments(torch.relu, torch.tensor([float('nan')]), 1., 10), contains='mu must be finite',
           exc=ValueError)
 test_fail(lambda: mc_moments(torch.relu, mu, torch.ones(3, device='meta'), 10),
           contains='all tensors must be on one device; found mu on cpu, cov on meta', exc=ValueError)
+test_fail(lambda: mc_moments(torch.relu, mu, torch.ones(3), 10), contains='found mu float64, cov float32', exc=TypeError)
+test_fail(lambda: mc_moments(torch.relu, mu, LowRankCov(torch.ones(3, 1), torch.ones(3, dtype=torch.float64)), 10),
+          contains='found mu float64, factor of cov float32, diag of cov float64', exc=TypeError)
 test_fail(lambda: mc_moments(torch.relu, mu, 1., 1), contains='n must be >= 2; got 1', exc=ValueError)
 test_fail(lambda: mc_moments(torch.relu, mu, 1., 10, chunk=0), contains='chunk must be >= 1', exc=ValueError)
 test_fail(lambda: mc_moments(lambda x: x[:1], mu, 1., 10), contains='f must map a batch of 10 inputs', exc=ValueError)

@@ -12,8 +12,8 @@ import math
 from typing import NamedTuple
 import torch
 from torch import Tensor
-from netmoments.core import as_tensors, check_broadcast, check_cov, check_finite, check_var
-from netmoments.gaussian import bvn_cdf, normal_cdf, normal_pdf, _conditional_z
+from netmoments.core import as_tensors, check_broadcast, check_count, check_cov, check_finite, check_var
+from netmoments.gaussian import bvn_cdf, _conditional_z, _normal_cdf, _normal_pdf
 
 # %%
 #| hide
@@ -26,6 +26,7 @@ from scipy import integrate, stats
 from IPython.display import Markdown
 from fastcore.test import test_eq, test_close, test_fail
 from netmoments.core import Table
+from netmoments.gaussian import normal_cdf
 from netmoments.montecarlo import mc_moments
 
 # %% [markdown]
@@ -66,6 +67,82 @@ mean_ref = sp.lambdify((mu, s), mean_closed, 'mpmath')
 quad, _ = integrate.quad(lambda t: t * stats.norm.pdf(t, 0.7, 1.1), 0, np.inf, epsabs=1e-13)
 test_close(float(mean_ref(0.7, 1.1)), quad, eps=1e-12)
 
+# %% [markdown]
+# ### The far lower tail
+# Write $F_n(h) = \mathbb E[\mathrm{relu}(y)^n]$ for $y \sim \mathcal N(h, 1)$, so that the mean is $s F_1(h)$ and the
+# second moment (next section) is $s^2 F_2(h)$, with $F_1 = h\Phi(h) + \varphi(h)$ and $F_2 = (h^2 + 1)\Phi(h) +
+# h\varphi(h)$. For $h \ll 0$ both closed forms are small differences of large terms: $F_1 \approx \varphi(h)/h^2$
+# from terms of size $\varphi(h)/|h|$, and $F_2 \approx 2\varphi(h)/|h|^3$ from terms of size $|h|\varphi(h)$, so
+# the rounding error of $\Phi$ is amplified about $h^2$ and $h^4/2$ times. The tail has a form without differences.
+# With $x = -h > 0$ and $\varphi(x + u) = \varphi(x)\,e^{-xu - u^2/2}$,
+# $$F_n(-x) = \varphi(x)\,J_n(x), \qquad J_n(x) = \int_0^\infty u^n e^{-xu - u^2/2}\,du,$$
+# integrals of positive functions. Integrating the derivative of $u^n e^{-xu - u^2/2}$ over $u > 0$ gives
+# $J_1 = 1 - xJ_0$ and $J_{n+1} = nJ_{n-1} - xJ_n$ for $n \ge 1$: the forward recurrence is the cancelling closed form
+# again, but the ratios $r_n = J_n/J_{n-1}$ satisfy $r_n = n/(x + r_{n+1})$, a continued fraction (Laplace's, for the
+# Mills ratio $J_0$) that only adds and divides positive numbers. Evaluated from the bottom, 50 levels deep, it gives
+# $J_0 = 1/(x + r_1)$ and $J_n = r_n J_{n-1}$. sympy checks the substitution and the recurrence:
+
+# %%
+x_, u_ = sp.symbols('x u', positive=True)
+n_ = sp.symbols('n', integer=True, positive=True)
+test_eq(sp.simplify(phi_s(x_ + u_) / (phi_s(x_) * sp.exp(-x_ * u_ - u_**2 / 2))), 1)
+kernel = lambda m: u_**m * sp.exp(-x_ * u_ - u_**2 / 2)
+test_eq(sp.simplify(sp.diff(kernel(n_), u_) - (n_ * kernel(n_ - 1) - x_ * kernel(n_) - kernel(n_ + 1))), 0)
+test_eq(sp.simplify(sp.diff(kernel(0), u_) - (-x_ * kernel(0) - kernel(1))), 0)   # boundary term 1 at u = 0: J1 = 1 - x J0
+
+# %% [markdown]
+# Below $h = -2.5$ the moments are then $c F_n(h) = \exp\big(\log c - x^2/2 + \log J_n(x)\big)/\sqrt{2\pi}$ for the
+# scale $c = s$ or $s^2$: one exponential, so that nothing underflows before the result does (with $s = 40$ the
+# second moment at $h = -37.5$ is a normal float while $F_2$ alone is not). Above $-2.5$ the closed forms lose at
+# most a factor $2.5^4/2$ to cancellation; below, 50 levels leave a truncation error under $10^{-14}$. Differentiating
+# under the integral, $J_n' = -J_{n+1}$: the gradients come from the same continued fraction, one level further, and
+# the positive terms of $\log$-derivatives like $x + J_3/J_2$ do not cancel either.
+
+# %%
+#| exporti
+_TAIL, _DEPTH = 2.5, 50   # the continued fraction below h = -2.5, 50 levels deep: truncation error < 1e-14 there
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+def _ratios(x, n):
+    "J_0 .. J_n at x >= 2.5 by the continued fraction r_k = k / (x + r_{k+1}), started at its large-k fixed point."
+    r = 2 * _DEPTH / ((x * x + 4 * _DEPTH).sqrt() + x)       # (sqrt(x^2 + 4k) - x) / 2 without cancellation
+    rs = {}
+    for k in range(_DEPTH - 1, 0, -1):
+        r = k / (x + r)
+        if k <= n: rs[k] = r
+    J = [1 / (x + r)]                                       # r = r_1 after the loop
+    for k in range(1, n + 1): J.append(rs[k] * J[-1])
+    return J
+
+class _Ratio(torch.autograd.Function):
+    "J_n(x) = int_0^inf u^n exp(-x u - u^2 / 2) du for x >= 2.5, with dJ_n/dx = -J_{n+1}: derivatives of every order."
+    @staticmethod
+    def forward(ctx, x, n):
+        ctx.save_for_backward(x)
+        ctx.n = n
+        return _ratios(x, n)[n]
+
+    @staticmethod
+    def backward(ctx, g):
+        x, = ctx.saved_tensors
+        return -g * _Ratio.apply(x, ctx.n + 1), None
+
+def _tail_moment(h, c, n, tail):
+    "c F_n(h) where `tail` (h < -2.5; 0 elsewhere): exp(log c - h^2 / 2 + log J_n(-h)) / sqrt(2 pi), on those entries only."
+    x, c = -h[tail], c[tail]
+    far = torch.exp(torch.log(c) + torch.log(_Ratio.apply(x, n)) - x * x / 2 - _LOG_SQRT_2PI)
+    return torch.zeros_like(h).masked_scatter(tail, far)
+
+
+# %%
+tail_h = torch.cat([torch.linspace(-37, -3, 69, dtype=torch.float64), torch.tensor([-2.5000001], dtype=torch.float64)])
+with mp.workdps(40):
+    tail_ref = [(h * mp.ncdf(h) + mp.npdf(h), (h * h + 1) * mp.ncdf(h) + h * mp.npdf(h)) for h in map(mp.mpf, tail_h.tolist())]
+    tail_F = [_tail_moment(tail_h, torch.ones_like(tail_h), n, tail_h < -2.5).tolist() for n in (1, 2)]
+    tail_err = [max(abs(mp.mpf(f) / r - 1) for f, r in zip(F, refs)) for F, refs in zip(tail_F, zip(*tail_ref))]
+print(f'largest relative error over h in [-37, -2.5]: F1 {float(tail_err[0]):.1e}, F2 {float(tail_err[1]):.1e}')
+assert max(tail_err) < 1e-13
+
 
 # %%
 #| exporti
@@ -99,9 +176,12 @@ def relu_mean(
 
 def _relu_mean(mu, var):
     s, zero = _safe_std(var)
-    h = (mu / s).clamp(-50, 50)
+    h = (mu / s).clamp(-60, 50)                             # below -60 every moment underflows, whatever s
     k, K = _pow2(torch.maximum(mu.abs(), s))               # exact rescaling: mu k and s k are O(1)
-    return torch.where(zero, mu.clamp(min=0), ((mu * k) * normal_cdf(h) + (s * k) * normal_pdf(h)) * K)
+    out = ((mu * k) * _normal_cdf(h) + (s * k) * _normal_pdf(h)) * K
+    tail = (h < -_TAIL) & ~zero
+    if tail.any(): out = torch.where(tail, _tail_moment(h, s, 1, tail), out)   # the lower tail without cancellation
+    return torch.where(zero, mu.clamp(min=0), out)
 
 
 # %% [markdown]
@@ -172,11 +252,13 @@ def relu_second_moment(
     "Second moment of relu(z) for z ~ N(mu, var) (Bibi et al. 2018, Lemma 1, for any mean)."
     mu, var = _unit_inputs(mu, var)
     s, zero = _safe_std(var)
-    h = (mu / s).clamp(-50, 50)
+    h = (mu / s).clamp(-60, 50)
     k, K = _pow2(torch.maximum(mu.abs(), s))
     u, t = mu * k, s * k                                    # mu and s rescaled exactly: u u cannot overflow
-    scaled = (u * u + var * k * k) * normal_cdf(h) + u * t * normal_pdf(h)
-    return torch.where(zero, mu.clamp(min=0) ** 2, scaled * K * K)
+    out = ((u * u + var * k * k) * _normal_cdf(h) + u * t * _normal_pdf(h)) * K * K
+    tail = (h < -_TAIL) & ~zero
+    if tail.any(): out = torch.where(tail, _tail_moment(h, var, 2, tail), out)   # the lower tail without cancellation
+    return torch.where(zero, mu.clamp(min=0) ** 2, out)
 
 
 # %%
@@ -190,12 +272,15 @@ def relu_var(
 
 def _relu_var(mu, var):
     s, zero = _safe_std(var)
-    h = (mu / s).clamp(-50, 50)
-    P, Q, pdf = normal_cdf(h), normal_cdf(-h), normal_pdf(h)
+    h = (mu / s).clamp(-60, 50)
+    P, Q, pdf = _normal_cdf(h), _normal_cdf(-h), _normal_pdf(h)
     lower = (h * h + 1) * P + h * pdf - (h * P + pdf) ** 2
     upper = 1 + (h * h - 1) * Q - h * pdf - (h * Q) ** 2 + 2 * h * pdf * Q - pdf * pdf
-    v = torch.where(h < 0, lower, upper).clamp(min=0)
-    return torch.where(zero, torch.zeros_like(var), var * v)
+    out = var * torch.where(h < 0, lower, upper).clamp(min=0)
+    tail = (h < -_TAIL) & ~zero
+    if tail.any():                                          # E[r^2] - E[r]^2 there: the first is much the larger
+        out = torch.where(tail, _tail_moment(h, var, 2, tail) - _tail_moment(h, s, 1, tail) ** 2, out)
+    return torch.where(zero, torch.zeros_like(var), out)
 
 
 # %% [markdown]
@@ -244,19 +329,20 @@ lemma3
 
 # %%
 #| exporti
-def _pair_inputs(mu1, mu2, var1, var2, cov12):
-    "Validate and broadcast the five pair arguments."
-    names = ('mu1', 'mu2', 'var1', 'var2', 'cov12')
-    args = as_tensors(mu1, mu2, var1, var2, cov12, names=names)
+def _pair_inputs(**named):
+    "Validate and broadcast the pair arguments, given by name: (mu1, mu2,) var1, var2, cov12."
+    names = tuple(named)
+    args = as_tensors(*named.values(), names=names)
     check_broadcast(names, *args)
     for n, x in zip(names, args):
         check_var(x, n) if n.startswith('var') else check_finite(x, n)
-    mu1, mu2, var1, var2, cov12 = torch.broadcast_tensors(*args)
+    args = torch.broadcast_tensors(*args)
+    var1, var2, cov12 = args[-3:]
     bound = var1.sqrt() * var2.sqrt() * (1 + 1e3 * torch.finfo(var1.dtype).eps)   # not sqrt(var1 var2): it underflows
     if (cov12.abs() > bound).any():
         excess = (cov12.abs() - bound).max().item()
         raise ValueError(f'cov12^2 must be <= var1 * var2 (|rho| <= 1); exceeded by up to {excess:.3g}')
-    return mu1, mu2, var1, var2, cov12
+    return args
 
 def _correlation(var1, var2, cov12):
     "std devs with zero-safe stand-ins, the zero masks, and rho clamped to [-1, 1] (0 where a variance is 0)."
@@ -290,7 +376,7 @@ def relu_cross_moment_zero_mean(
     cov12:Tensor,  # covariance of x1 and x2, |cov12| <= sqrt(var1 var2)
 )->Tensor:         # E[relu(x1) relu(x2)] for zero-mean (x1, x2)
     "The product moment of two zero-mean ReLUs (Bibi et al. 2018, Lemma 3)."
-    return _lemma3(*_pair_inputs(0., 0., var1, var2, cov12)[2:])
+    return _lemma3(*_pair_inputs(var1=var1, var2=var2, cov12=cov12))
 
 
 # %% [markdown]
@@ -330,7 +416,10 @@ test_eq(sp.simplify(exact_at_zero - lemma3.subs(c, rho_ * s1 * s2)), 0)
 # ($\mathbb E = \mathbb E[\mathrm{relu}(z_1)]\,\mathbb E[\mathrm{relu}(z_2)]$); at $|\rho| = 1$ the conditional
 # arguments $(h_1 - \rho h_2)/\sqrt{1-\rho^2}$ become $\pm\infty$ (or 0 on the line $h_1 = \rho h_2$) and the last term
 # vanishes; $h_1 - \rho h_2$ is computed as $(h_1 - \mathrm{sign}(\rho)h_2) + (\mathrm{sign}(\rho) - \rho)h_2$.
-# The result is clamped at 0: round-off can leave a tiny negative multiple of $s_1 s_2$.
+# Beyond $|h| = 50$ a unit is on or off with probability 1 to far below double precision: an off unit gives 0, and an
+# on unit is $z$ itself, so $\mathbb E[z_1\mathrm{relu}(z_2)] = \mu_1\mathbb E[\mathrm{relu}(z_2)] + \sigma_{12}
+# \Phi(h_2)$ (Stein's lemma) or $\mu_1\mu_2 + \sigma_{12}$; these forms keep values and gradients right even where
+# $\mu_1\mu_2$ overflows. The result is clamped at 0: round-off can leave a tiny negative multiple of $s_1 s_2$.
 
 # %%
 #| export
@@ -342,10 +431,23 @@ def relu_cross_moment(
     cov12:Tensor,  # covariance of z1 and z2, |cov12| <= sqrt(var1 var2)
 )->Tensor:         # E[relu(z1) relu(z2)] >= 0, exact; broadcast shape, dtype and device of the inputs
     "Exact E[relu(z1) relu(z2)] for a bivariate Gaussian with any means, elementwise with broadcasting."
-    return _relu_cross_moment(*_pair_inputs(mu1, mu2, var1, var2, cov12))
+    return _relu_cross_moment(*_pair_inputs(mu1=mu1, mu2=mu2, var1=var1, var2=var2, cov12=cov12))
 
 def _relu_cross_moment(mu1, mu2, var1, var2, cov12):
     s1, s2, rho, degenerate = _correlation(var1, var2, cov12)
+    on1, on2 = mu1 > 50 * s1, mu2 > 50 * s2                 # relu(z) = z there, to far below double precision
+    off = (mu1 < -50 * s1) | (mu2 < -50 * s2)               # a unit that is never on: the moment is 0
+    g1, g2 = (torch.where(on1 | on2 | off, torch.zeros_like(x), x) for x in (mu1, mu2))   # the rest, on safe means
+    out = _relu_cross_moment_inner(g1, g2, s1, s2, rho)
+    P1, P2 = _normal_cdf((mu1 / s1).clamp(-50, 50)), _normal_cdf((mu2 / s2).clamp(-50, 50))
+    out = torch.where(on1 & on2, mu1 * mu2 + cov12,         # E[z1 z2]; E[z1 relu(z2)] by Stein's lemma:
+                      torch.where(on1, mu1 * _relu_mean(mu2, var2) + cov12 * P2,
+                                  torch.where(on2, mu2 * _relu_mean(mu1, var1) + cov12 * P1, out)))
+    independent = _relu_mean(mu1, var1) * _relu_mean(mu2, var2)
+    return torch.where(degenerate, independent, torch.where(off, torch.zeros_like(out), out)).clamp(min=0)
+
+def _relu_cross_moment_inner(mu1, mu2, s1, s2, rho):
+    "The closed form for |h1|, |h2| <= 50 (and zero-safe s1, s2)."
     h1, h2 = (mu1 / s1).clamp(-50, 50), (mu2 / s2).clamp(-50, 50)
     z12 = _conditional_z(h2, h1, rho)[0].clamp(-50, 50)   # (h1 - rho h2) / sqrt(1 - rho^2)
     z21 = _conditional_z(h1, h2, rho)[0].clamp(-50, 50)   # (h2 - rho h1) / sqrt(1 - rho^2)
@@ -353,11 +455,10 @@ def _relu_cross_moment(mu1, mu2, var1, var2, cov12):
     (k1, K1), (k2, K2) = _pow2(torch.maximum(mu1.abs(), s1)), _pow2(torch.maximum(mu2.abs(), s2))
     u1, t1, u2, t2 = mu1 * k1, s1 * k1, mu2 * k2, s2 * k2  # exact rescaling: the products below cannot overflow
     out = ((u1 * u2 + rho * t1 * t2) * bvn_cdf(h1, h2, rho)
-           + u1 * t2 * normal_pdf(h2) * normal_cdf(z12)
-           + u2 * t1 * normal_pdf(h1) * normal_cdf(z21)
-           + t1 * t2 * r * normal_pdf(h1) * normal_pdf(z21)) * K1 * K2   # (1 - rho^2) phi2 = r phi(h1) phi(z21)
-    independent = _relu_mean(mu1, var1) * _relu_mean(mu2, var2)
-    return torch.where(degenerate, independent, out).clamp(min=0)
+           + u1 * t2 * _normal_pdf(h2) * _normal_cdf(z12)
+           + u2 * t1 * _normal_pdf(h1) * _normal_cdf(z21)
+           + t1 * t2 * r * _normal_pdf(h1) * _normal_pdf(z21)) * K1 * K2   # (1 - rho^2) phi2 = r phi(h1) phi(z21)
+    return out
 
 def _relu_cov_pair(mu1, mu2, var1, var2, cov12):
     "Cov[relu(z1), relu(z2)] without the cancellation of E[relu relu] - E[relu] E[relu] when mu >> s."
@@ -368,7 +469,7 @@ def _relu_cov_pair(mu1, mu2, var1, var2, cov12):
     c = torch.where(f1 ^ f2, -cov12, cov12)
     rest = _relu_cross_moment(g1, g2, var1, var2, c) - _relu_mean(g1, var1) * _relu_mean(g2, var2)
     s1, s2 = _safe_std(var1)[0], _safe_std(var2)[0]
-    P1, P2 = normal_cdf(-(mu1 / s1).clamp(-50, 50).abs()), normal_cdf(-(mu2 / s2).clamp(-50, 50).abs())
+    P1, P2 = _normal_cdf(-(mu1 / s1).clamp(-50, 50).abs()), _normal_cdf(-(mu2 / s2).clamp(-50, 50).abs())
     lin = torch.where(f1, torch.where(f2, 1 - P1 - P2, P2), torch.where(f2, P1, torch.zeros_like(P1)))
     return cov12 * lin + rest
 
@@ -741,8 +842,9 @@ def _erf_integral_series(
         ratio = math.exp(math.lgamma(n / 2 + 2) - math.lgamma(n / 2 + 2.5))
         g0, g1 = g1, (ab * ratio) * g1 - (aa * (n + 1) / (n + 3)) * g0
         p0, p1, d0, d1 = p1, p0 - d0, d1, d0 * y / (n / 2 + 2)
-        _, e = torch.frexp(torch.maximum(g0.abs(), g1.abs()).detach())   # a power of two: exact, no gradient path
-        g0, g1, scale = torch.ldexp(g0, -e), torch.ldexp(g1, -e), scale + e.to(scale.dtype) * math.log(2)
+        e = torch.frexp(torch.maximum(g0.abs(), g1.abs()).detach())[1].to(g0.dtype)   # a power of two, no gradient
+        f = torch.exp2(-e)                          # not torch.ldexp: its gradient is 0 for negative exponents
+        g0, g1, scale = g0 * f, g1 * f, scale + e * math.log(2)
     return math.pi / 4 * torch.where(inf, one, torch.erf(x)) * torch.erf(b) + math.sqrt(math.pi) / 2 * total
 
 
@@ -805,6 +907,8 @@ test_close(_lemma4_integral(l4_H1, l4_H2, l4_R, 50), torch.tensor(ref, dtype=tor
 # `relu_cross_moment_series` is Lemma 4 as published: $\Omega$ plus the truncated integral, elementwise with
 # broadcasting, differentiable. The lemma needs $s_1, s_2 > 0$ and $|\rho| < 1$ (it divides by both); rather than
 # take limits the paper does not give, it raises a `ValueError` there and names `relu_cross_moment`, which handles them.
+# Where $|h_1|$ or $|h_2|$ exceeds 50 (the Gaussian tail beyond is below float64 resolution, and the series' terms
+# overflow for means far beyond) it returns the exact closed form instead.
 # `terms` counts pairs $u$ of eq 3, as the paper's Fig. 2 does; the paper uses 5.
 
 # %%
@@ -818,20 +922,25 @@ def relu_cross_moment_series(
     terms:int=5,   # pairs u = 0 .. terms-1 kept in each series of eq 3 (Alfadly et al. 2020)
 )->Tensor:         # E[relu(z1) relu(z2)] by the truncated series; broadcast shape, dtype and device of the inputs
     "E[relu(z1) relu(z2)] for a bivariate Gaussian with any means by Alfadly et al. 2020, Lemma 4, its series truncated."
-    if isinstance(terms, bool) or not isinstance(terms, int):
-        raise TypeError(f'terms must be an int; got {type(terms).__name__}')
-    if terms < 1: raise ValueError(f'terms must be >= 1; got {terms}')
-    mu1, mu2, var1, var2, cov12 = _pair_inputs(mu1, mu2, var1, var2, cov12)
+    terms = check_count(terms, 'terms', 1)
+    mu1, mu2, var1, var2, cov12 = _pair_inputs(mu1=mu1, mu2=mu2, var1=var1, var2=var2, cov12=cov12)
     for name, v in (('var1', var1), ('var2', var2)):
         if (v == 0).any(): raise ValueError(f'{name} must be > 0 for Lemma 4; it holds 0 (relu_cross_moment takes that limit)')
     s1, s2 = var1.sqrt(), var2.sqrt()
     rho = cov12 / (s1 * s2)
     if (rho.abs() >= 1).any():
         raise ValueError('Lemma 4 needs |rho| < 1; |cov12| = sqrt(var1 * var2) found (relu_cross_moment takes that limit)')
+    far = (mu1.abs() > 50 * s1) | (mu2.abs() > 50 * s2)    # |h| > 50: the exact form (the series' terms overflow)
+    series = _lemma4(*(torch.where(far, torch.zeros_like(x), x) for x in (mu1, mu2)), s1, s2, cov12, rho, terms)
+    if not far.any(): return series
+    return torch.where(far, _relu_cross_moment(mu1, mu2, var1, var2, cov12), series)
+
+def _lemma4(mu1, mu2, s1, s2, cov12, rho, terms):
+    "Omega of eq 2 plus the truncated integral of eq 5 (Alfadly et al. 2020), for s1, s2 > 0 and |rho| < 1."
     h1, h2, r = mu1 / s1, mu2 / s2, (1 - rho * rho).sqrt()
     z12, z21 = (h1 - rho * h2) / r, (h2 - rho * h1) / r
-    omega = ((mu1 * mu2 + cov12) * normal_cdf(h2) / 2 + mu1 * s2 * normal_pdf(h2) * normal_cdf(z12)
-             + mu2 * s1 * normal_pdf(h1) * normal_cdf(z21) + s1 * s2 * r * normal_pdf(h1) * normal_pdf(z21))  # eq 2
+    omega = ((mu1 * mu2 + cov12) * _normal_cdf(h2) / 2 + mu1 * s2 * _normal_pdf(h2) * _normal_cdf(z12)
+             + mu2 * s1 * _normal_pdf(h1) * _normal_cdf(z21) + s1 * s2 * r * _normal_pdf(h1) * _normal_pdf(z21))  # eq 2
     return omega + (mu1 * mu2 + cov12) / math.pi * _lemma4_integral(h1, h2, rho, terms)
 
 
@@ -858,11 +967,14 @@ test_close(relu_cross_moment_series(*(x.float() for x in l4_args), terms=50).dou
 
 # %% [markdown]
 # Gradients agree with finite differences (`gradcheck`, float64) in both cases of eq 1, including $\rho = 0$ and
-# $\mu_2 = 0$ (where $\kappa = 0$):
+# $\mu_2 = 0$ (where $\kappa = 0$), and where the recurrence rescales its terms down by powers of two (there by
+# multiplying with `exp2`: `torch.ldexp` has a zero gradient for negative exponents):
 
 # %%
 l4_leaves = [x.clone().requires_grad_() for x in l4_args]
 assert torch.autograd.gradcheck(lambda *a: relu_cross_moment_series(*a, terms=10), l4_leaves, eps=1e-6, atol=1e-8)
+rescaled = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in ([-3.2, -3.2], [-0.5, 0.5], [1., 1.], [1., 1.], [0.6, 0.75])]
+assert torch.autograd.gradcheck(lambda *a: relu_cross_moment_series(*a, terms=5), rescaled, eps=1e-6, atol=1e-8)   # terms rescaled by 2^-e
 
 # %% [markdown]
 # The excluded points and bad input are refused, by name:
@@ -875,6 +987,15 @@ test_fail(lambda: relu_cross_moment_series(0., 0., -1., 1., 0.), contains='var1 
 test_fail(lambda: relu_cross_moment_series(torch.tensor([float('nan')]), 0., 1., 1., 0.), contains='mu1 must be finite')
 test_fail(lambda: relu_cross_moment_series(torch.ones(2), torch.ones(3), 1., 1., 0.), contains='shapes do not broadcast')
 test_fail(lambda: relu_cross_moment_series(0., 0., 1., 1., 0., terms=0), contains='terms must be >= 1')
+test_fail(lambda: relu_cross_moment_series(0., 0., 1., 1., 0., terms=2.5), contains='terms must be an int', exc=TypeError)
+
+# %% [markdown]
+# Beyond $|h| = 50$ the value is the exact one, with no NaN even at means near the float64 limit:
+
+# %%
+huge = torch.tensor([-1e300, -60., 60., 1e300], dtype=torch.float64)
+test_eq(relu_cross_moment_series(huge, 0.7, 1., 2., 0.5), relu_cross_moment(huge, 0.7, 1., 2., 0.5))
+assert torch.isfinite(relu_cross_moment_series(huge, 0.7, 1., 2., 0.5)).all()
 
 
 # %% [markdown]
@@ -1039,6 +1160,7 @@ def relu_moments(
         raise ValueError(f'cov must have shape (..., p, p) or (..., p) with p = {mean.shape[-1]}; got {tuple(cov.shape)}')
     p = mean.shape[-1]
     full = cov.ndim >= 2 and cov.shape[-2:] == (p, p) and cov.shape != mean.shape
+    check_broadcast(('mean', 'cov batch' if full else 'cov'), mean, cov[..., 0] if full else cov)
     if not full:
         check_var(cov, 'cov')
         return ReluMoments(_relu_mean(*torch.broadcast_tensors(mean, cov)), None, _relu_var(*torch.broadcast_tensors(mean, cov)))
@@ -1085,6 +1207,8 @@ assert ((res.cov[0] - mc.cov).abs() <= 4 * mc.cov_se).all()
 test_fail(lambda: relu_moments(mean_z, cov_z[..., :5]), contains='cov must have shape (..., p, p) or (..., p)')
 test_fail(lambda: relu_moments(mean_z[0], -cov_z[0]), contains='cov must have a non-negative diagonal')
 test_fail(lambda: relu_moments(mean_z[0], cov_z[0] + torch.triu(torch.ones(6, 6), 1)), contains='cov must be symmetric')
+test_fail(lambda: relu_moments(mean_z, cov_z[:3]), contains='shapes do not broadcast: mean (4, 6), cov batch (3, 6)')
+test_fail(lambda: relu_moments(mean_z, cov_z[:3, 0]), contains='shapes do not broadcast: mean (4, 6), cov (3, 6)')
 
 # %% [markdown]
 # ## Export -

@@ -8,15 +8,16 @@
 # %%
 #| export
 from __future__ import annotations
-import numbers
+import math, numbers
 from typing import Callable, NamedTuple, Sequence
 import torch
 from torch import Tensor
-from netmoments.core import as_tensors, check_broadcast, check_cov, check_finite
+from netmoments.core import as_tensors, check_broadcast, check_count, check_cov, check_finite
 from netmoments.montecarlo import mc_moments
 
 # %%
 #| hide
+import math
 import sympy as sp
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_close, test_fail
@@ -299,8 +300,7 @@ def price_derivative(
     keep = torch.is_grad_enabled() and (mu.requires_grad or cov.requires_grad)
     with torch.enable_grad():
         steps = [cov.new_zeros(batch, requires_grad=True) for _ in pairs]
-        bump = sum(step[..., None, None] * _pair_basis(i, j, cov) for step, (i, j) in zip(steps, pairs))
-        out = expectation(mu, cov + bump)
+        out = expectation(mu, cov + _bump(steps, pairs, cov, batch))
         if not isinstance(out, Tensor) or out.shape != batch:
             found = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f'expectation must return one value per batch entry, shape {tuple(batch)}; got {found}')
@@ -309,11 +309,13 @@ def price_derivative(
             out, = torch.autograd.grad(out.sum(), step, create_graph=keep or m < len(steps) - 1, materialize_grads=True)
     return out
 
-def _pair_basis(i, j, cov):
-    "The symmetric unit matrix E_ij + E_ji, in cov's dtype and device."
-    basis = torch.zeros(cov.shape[-2:], dtype=cov.dtype, device=cov.device)
-    basis[i, j] = basis[j, i] = 1
-    return basis
+def _bump(steps, pairs, cov, batch):
+    "sum of step (E_ij + E_ji) over the pairs, by index: its gradient picks entries (i, j), (j, i) and multiplies none by 0."
+    N = cov.shape[-1]
+    flat = cov.new_zeros(*batch, N * N)
+    for step, (i, j) in zip(steps, pairs):
+        flat = flat.index_add(-1, torch.tensor([i * N + j, j * N + i], device=cov.device), torch.stack([step, step], -1))
+    return flat.reshape(*batch, N, N)
 
 
 # %% [markdown]
@@ -353,19 +355,69 @@ test_close(price_derivative(quartic_expectation, b_mu, b_cov, [(1, 0), (0, 1)]),
 # Four variables, $p = 4$: for $\Psi = x_1x_2x_3x_4$ (Isserlis' theorem with means),
 # $\partial^2\mathbb E/\partial\sigma_{12}\partial\sigma_{34} = 1$, and $\partial^2\mathbb E/\partial\sigma_{13}\partial\sigma_{24} = 1$
 # too; one covariance is shared by a batch of means; and when `mu` or `cov` requires grad the result keeps its graph,
-# for derivatives in them (here $\partial/\partial\mu_3$ of $\partial\mathbb E/\partial\sigma_{12} = \mu_3\mu_4 + \sigma_{34}$):
+# for derivatives in them (here $\partial/\partial\mu_3$ of $\partial\mathbb E/\partial\sigma_{12} = \mu_3\mu_4 + \sigma_{34}$).
+# `isserlis` sums the ten terms at a power-of-two scale $2^e$ near the largest $|\mu_i|$ or $\sqrt{|\sigma_{ij}|}$, so
+# that terms of opposite sign cannot overflow to $\infty - \infty$: the sum is scaled back by $2^{4e}$, exactly, and
+# overflows to the $\pm\infty$ it is. Its derivatives are the closed forms $\partial\mathbb E/\partial\mu_i =
+# \mathbb E[x_jx_kx_l]$ and $\partial\mathbb E/\partial\sigma_{ij} = \mathbb E[x_kx_l]$ (Price's theorem again),
+# which stay finite where they are.
+
+# %%
+#| exporti
+def _isserlis(mu, cov):
+    "E[x1 x2 x3 x4] from the means (..., 4) and covariances (..., 4, 4), upper triangle read."
+    m, c = mu.unbind(-1), lambda i, j: cov[..., i, j]
+    return (m[0] * m[1] * m[2] * m[3] + c(0, 1) * m[2] * m[3] + c(0, 2) * m[1] * m[3] + c(0, 3) * m[1] * m[2]
+            + c(1, 2) * m[0] * m[3] + c(1, 3) * m[0] * m[2] + c(2, 3) * m[0] * m[1]
+            + c(0, 1) * c(2, 3) + c(0, 2) * c(1, 3) + c(0, 3) * c(1, 2))
+
+def _third(m, c, i, j, k):
+    "E[x_i x_j x_k], the derivative of the Isserlis sum in the fourth mean."
+    return m[..., i] * m[..., j] * m[..., k] + c[..., i, j] * m[..., k] + c[..., i, k] * m[..., j] + c[..., j, k] * m[..., i]
+
+def _times_pow2(x, e, times):
+    "x * 2^(times e), one exact factor 2^e at a time: overflow gives +-inf, never 0 * inf."
+    f = torch.exp2(e)
+    for _ in range(times): x = x * f
+    return x
+
+class _Isserlis(torch.autograd.Function):
+    "The Isserlis sum at a power-of-two scale (no inf - inf when it overflows), with closed-form derivatives."
+    @staticmethod
+    def forward(ctx, m, c):
+        ctx.save_for_backward(m, c)
+        emax = int(math.log2(torch.finfo(m.dtype).max)) - 1
+        big = torch.maximum(m.abs().amax(-1), c.abs().amax((-2, -1)).sqrt())
+        e = (torch.frexp(big)[1] - 1).clamp(-emax, emax).to(m.dtype)     # 2^e near the largest scale, no gradient
+        f = torch.exp2(-e)
+        scaled = _isserlis(m * f[..., None], c * f[..., None, None] * f[..., None, None])   # O(1) terms
+        return _times_pow2(scaled, e, 4)
+
+    @staticmethod
+    def backward(ctx, g):
+        m, c = ctx.saved_tensors
+        gm = torch.stack([_third(m, c, *(j for j in range(4) if j != i)) for i in range(4)], -1) * g[..., None]
+        rows = [[torch.zeros_like(g)] * 4 for _ in range(4)]
+        for i, j in ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)):
+            k, l = (x for x in range(4) if x not in (i, j))
+            rows[i][j] = g * (m[..., k] * m[..., l] + c[..., k, l])   # d E / d c_ij = E[x_k x_l]
+        gc = torch.stack([torch.stack(r, -1) for r in rows], -2)
+        return gm.sum_to_size(m.shape), gc.sum_to_size(c.shape)
+
 
 # %%
 #| export
 def isserlis(
     mu:Tensor,   # means, (..., 4)
-    cov:Tensor,  # covariances, (..., 4, 4)
-)->Tensor:       # E[x1 x2 x3 x4], shape (...)
+    cov:Tensor,  # covariances, (..., 4, 4); the upper triangle is read
+)->Tensor:       # E[x1 x2 x3 x4], shape (...): +-inf where it overflows, never NaN
     "E[x1 x2 x3 x4] for x ~ N(mu, cov) by Isserlis' theorem, batched: a closed-form expectation to test Price checks on."
-    m, c = mu.unbind(-1), lambda i, j: cov[..., i, j]
-    return (m[0] * m[1] * m[2] * m[3] + c(0, 1) * m[2] * m[3] + c(0, 2) * m[1] * m[3] + c(0, 3) * m[1] * m[2]
-            + c(1, 2) * m[0] * m[3] + c(1, 3) * m[0] * m[2] + c(2, 3) * m[0] * m[1]
-            + c(0, 1) * c(2, 3) + c(0, 2) * c(1, 3) + c(0, 3) * c(1, 2))
+    mu, cov = as_tensors(mu, cov, names=('mu', 'cov'))
+    if mu.ndim == 0 or mu.shape[-1] != 4: raise ValueError(f'mu must have shape (..., 4); got {tuple(mu.shape)}')
+    if cov.ndim < 2 or cov.shape[-2:] != (4, 4): raise ValueError(f'cov must have shape (..., 4, 4); got {tuple(cov.shape)}')
+    check_finite(mu, 'mu'); check_finite(cov, 'cov')
+    check_broadcast(('mu batch', 'cov batch'), mu[..., 0], cov[..., 0, 0])
+    return _Isserlis.apply(mu, cov)
 
 
 # %%
@@ -378,6 +430,25 @@ test_close(price_derivative(isserlis, mu4_, cov4, [(0, 1)]), mu4_[:, 2] * mu4_[:
 mu_req = mu4_.clone().requires_grad_()
 grad_mu, = torch.autograd.grad(price_derivative(isserlis, mu_req, cov4, [(0, 1)]).sum(), mu_req)
 test_close(grad_mu[:, 2], mu4_[:, 3], eps=1e-14)
+
+# %% [markdown]
+# The scaled sum is the plain one, its closed-form gradients are autograd's of the plain one (to second order), and at
+# means of $10^{300}$ the value overflows to the sign of $\mu_1\mu_2\mu_3\mu_4$ instead of $\infty - \infty$, while
+# the derivative in $\sigma_{12}$, $\mu_3\mu_4 + \sigma_{34}$, stays finite at covariances of $10^{300}$:
+
+# %%
+cov_req = cov4.clone().requires_grad_()
+test_close(isserlis(mu_req, cov_req), _isserlis(mu_req, cov_req), eps=1e-13)
+for got, ref in zip(torch.autograd.grad(isserlis(mu_req, cov_req).sum(), (mu_req, cov_req), create_graph=True),
+                    torch.autograd.grad(_isserlis(mu_req, cov_req).sum(), (mu_req, cov_req), create_graph=True)):
+    test_close(got, ref, eps=1e-13)
+    test_close(*(torch.autograd.grad(g.sum(), mu_req, retain_graph=True)[0] for g in (got, ref)), eps=1e-13)
+huge = mu4_ * 1e300
+test_eq(isserlis(huge, cov4), huge.prod(-1).sign() * math.inf)
+test_close(price_derivative(isserlis, mu4_, cov4 * 1e300, [(0, 1)]) / 1e300, cov4[2, 3].expand(3), eps=1e-12)
+test_fail(lambda: isserlis(mu4_[:, :3], cov4), contains='mu must have shape (..., 4)')
+test_fail(lambda: isserlis(mu4_, cov4.float()), contains='found mu float64, cov float32', exc=TypeError)
+test_fail(lambda: isserlis(mu4_ * math.nan, cov4), contains='mu must be finite')
 
 # %% [markdown]
 # A derivative in a covariance the expectation does not depend on is 0; float32 stays float32; bad inputs are named:
@@ -430,13 +501,16 @@ def price_rhs_mc(
 )->PriceMC:                  # mean and mean_se of batch shape, in mu's dtype and on its device
     "Monte Carlo E[mixed_partial(x)] for x ~ N(mu, cov), batched (the right side of Price's theorem)."
     mu, cov, batch = _gaussian_inputs(mu, cov)
+    n, chunk = check_count(n, 'n', 2), check_count(chunk, 'chunk', 1)
     N = mu.shape[-1]
+    if batch.numel() == 0: return PriceMC(mu.new_zeros(batch), mu.new_zeros(batch), n)   # an empty batch: nothing to sample
     mu, L = mu.expand(*batch, N), _cov_factor(cov).expand(*batch, N, N)
     def values(z):
         y = mixed_partial(mu + (L @ z[..., None]).squeeze(-1))
         if not isinstance(y, Tensor) or y.shape != (len(z), *batch):
             found = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
             raise ValueError(f'mixed_partial must map samples {tuple(z.shape)} to shape {(len(z), *batch)}; got {found}')
+        check_finite(y, 'mixed_partial(x)')
         return y.to(mu.dtype).reshape(len(z), -1)
     est = mc_moments(values, torch.zeros_like(mu), 1., n, seed=seed, chunk=chunk, full_cov=False, generator=generator)
     return PriceMC(est.mean.reshape(batch), est.mean_se.reshape(batch), est.n)
@@ -473,6 +547,14 @@ assert ((est.mean - 4 * torch.tensor([1.25, 0.25, 2.25], dtype=f64)).abs() <= 4 
 test_fail(lambda: price_rhs_mc(lambda x: x, b_mu, b_cov, n=10),
           contains='mixed_partial must map samples (10, 5, 2) to shape (10, 5)')
 test_fail(lambda: price_rhs_mc(quartic_partial, b_mu, b_cov, n=1), contains='n must be >= 2')
+test_fail(lambda: price_rhs_mc(lambda x: x[..., 0] / 0 * 0, b_mu, b_cov, n=10), contains='mixed_partial(x) must be finite')
+
+# %% [markdown]
+# An empty batch gives empty estimates, without sampling:
+
+# %%
+empty = price_rhs_mc(quartic_partial, b_mu[:0], b_cov[0], n=10)
+test_eq((empty.mean.shape, empty.mean_se.shape, empty.n), ((0,), (0,), 10))
 
 
 # %% [markdown]
@@ -495,6 +577,16 @@ class PriceCheck(NamedTuple):
 
 
 # %%
+#| exporti
+def _tolerance(x, name):
+    "`x` as a float, or a `TypeError`/`ValueError` naming the argument unless it is a finite number >= 0."
+    if isinstance(x, bool) or not isinstance(x, (numbers.Real, Tensor)) or (isinstance(x, Tensor) and x.numel() != 1):
+        raise TypeError(f'{name} must be a number; got {type(x).__name__}')
+    if not math.isfinite(float(x)) or float(x) < 0: raise ValueError(f'{name} must be finite and >= 0; got {float(x)}')
+    return float(x)
+
+
+# %%
 #| export
 def check_price(
     expectation:Callable,    # (mu, cov) -> E[Psi(x)] of shape (...), as for `price_derivative`
@@ -508,6 +600,7 @@ def check_price(
     atol:float=0.,           # absolute slack added to the tolerance, e.g. 10 / n for indicator partials
 )->PriceCheck:               # lhs, rhs, rhs_se, ok
     "Check Price's theorem for a user's Psi: autograd of E[Psi] in the covariance against sampled mixed partials."
+    se, atol = _tolerance(se, 'se'), _tolerance(atol, 'atol')
     lhs = price_derivative(expectation, mu, cov, pairs)
     est = price_rhs_mc(mixed_partial, mu, cov, n=n, seed=seed)
     rhs = est.mean.to(lhs.dtype)
@@ -527,6 +620,10 @@ assert check_price(quartic_expectation, fourth, b_mu, b_cov, [(0, 1), (0, 1)], n
 assert not check_price(quartic_expectation, lambda x: x[..., 0] * x[..., 1], b_mu, b_cov, [(0, 1)], n=20_000).ok.any()
 test_fail(lambda: check_price(quartic_expectation, quartic_partial, b_mu, b_cov, [(0, 0)]),
           contains='pairs must be off-diagonal')
+test_fail(lambda: check_price(quartic_expectation, quartic_partial, b_mu, b_cov, [(0, 1)], se=math.nan),
+          contains='se must be finite and >= 0', exc=ValueError)
+test_fail(lambda: check_price(quartic_expectation, quartic_partial, b_mu, b_cov, [(0, 1)], atol='0'),
+          contains='atol must be a number', exc=TypeError)
 
 
 # %% [markdown]

@@ -25,7 +25,7 @@ def _table(rows, header=('a', 'b')): return str(Table(rows, list(header)))
 CASES = [
     Case(normal_pdf, _x, floats=('x',), inf_ok=('x',), empty={'x': 'ok'}, grads=('x',), extreme=('x',)),
     Case(normal_cdf, _x, floats=('x',), inf_ok=('x',), empty={'x': 'ok'}, grads=('x',), extreme=('x',)),
-    Case(bvn_pdf, _hkr, floats=('h', 'k', 'rho'), inf_ok=('h', 'k'), empty={'h': 'ok'}, grads=('h', 'k'),
+    Case(bvn_pdf, _hkr, floats=('h', 'k', 'rho'), inf_ok=('h', 'k'), empty={'h': 'ok'}, grads=('h', 'k', 'rho'),
          extreme=('h', 'k')),
     Case(bvn_cdf, _hkr, floats=('h', 'k', 'rho'), inf_ok=('h', 'k'), empty={'h': 'ok'}, grads=('h', 'k', 'rho'),
          extreme=('h', 'k')),
