@@ -9,9 +9,9 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_finite, eval_mode
+from .core import as_tensors, check_broadcast, check_count, check_finite, check_model, eval_mode
 from .linearize import AffineReluAffine, model_layers, two_stage
-from .propagate import propagate_moments
+from .propagate import _input_ndim, _input_state, _layers, _propagate, _relu_factor, _truncate
 from .relu import relu_mean
 
 # %% auto #0
@@ -20,45 +20,99 @@ __all__ = ['from_paper_units', 'ExpectedLogits', 'expected_logits', 'class_margi
            'lp_perturbation', 'gradient_perturbation', 'noise_survival', 'minimal_l2']
 
 # %% ../nbs/14_attacks.ipynb #bae85347
+def _real(v, name, low=-math.inf, high=math.inf, low_open=False, high_open=False, what='')->float:
+    "v as a float: a finite real number in the interval from low to high, or a ValueError naming the argument."
+    if isinstance(v, Tensor) and v.numel() == 1 and v.is_floating_point(): v = v.item()
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f'{name} must be a real number; got {type(v).__name__}')
+    if not (math.isfinite(v) and (v > low if low_open else v >= low) and (v < high if high_open else v <= high)):
+        where = (f'in {"(" if low_open else "["}{low:g}, {high:g}{")" if high_open else "]"}' if math.isfinite(high)
+                 else f'{">" if low_open else ">="} {low:g} and finite')
+        raise ValueError(f'{name} must be {where}{what}; got {v!r}')
+    return float(v)
+
 def from_paper_units(
     value:float|Tensor,  # a pixel-scale number from the papers: a mean or bound (power 1), a variance (power 2)
     power:int=1,         # 1 for beta, mu, sigma; 2 for sigma^2
     span:float=255.,     # width of the paper's pixel range: 255 for [-127.5, 127.5] (Bibi et al. 2018) and [0, 255] (Alfadly et al. 2020)
 )->float|Tensor:         # the same quantity for inputs in [0, 1]
     "Convert a paper's pixel-scale beta, sigma (power=1) or sigma^2 (power=2) to the [0, 1] scale of the package's images."
+    if isinstance(power, bool) or power not in (1, 2): raise ValueError(f'power must be 1 or 2; got {power!r}')
+    span = _real(span, 'span', 0, low_open=True)
+    if isinstance(value, Tensor):
+        if not value.is_floating_point(): raise TypeError(f'value must be a number or a floating tensor; got {value.dtype}')
+        if torch.isnan(value).any(): raise ValueError('value must not be NaN (an infinite bound stays infinite)')
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f'value must be a number or a floating tensor; got {type(value).__name__}')
+    elif math.isnan(value): raise ValueError('value must not be NaN (an infinite bound stays infinite)')
     return value / span**power
 
 # %% ../nbs/14_attacks.ipynb #9756b8e1
 def _relu_count(model):
-    n = sum(isinstance(m, nn.ReLU) for m in model_layers(model))
+    "The number of ReLU modules of `model` (read in eval mode, its flags restored); ValueError if none."
+    with eval_mode(model): n = sum(isinstance(m, nn.ReLU) for m in model_layers(model))
     if n == 0: raise ValueError('model has no ReLU module: Gaussian attacks linearize around a ReLU (two_stage)')
     return n
 
-def _check_batch(M, name='M'):
+def _check_layer(layer, model):
+    "The ReLU to split at: `layer` in [1, number of ReLUs], or the last one when None."
+    n = _relu_count(model)
+    if layer is None: return n
+    layer = check_count(layer, 'layer', 1)
+    if layer > n: raise ValueError(f'layer must be in [1, {n}] (the model has {n} ReLU modules); got {layer}')
+    return layer
+
+def _check_batch(M, name='M', empty=True):
+    "M must be a finite floating batch (N, *input_shape); N = 0 only when `empty`."
     if not isinstance(M, Tensor) or not M.is_floating_point():
         raise TypeError(f'{name} must be a floating tensor; got {type(M).__name__ if not isinstance(M, Tensor) else M.dtype}')
-    if M.ndim < 2 or M.shape[0] == 0: raise ValueError(f'{name} must be a batch (N, *input_shape); got shape {tuple(M.shape)}')
+    if M.ndim < 2 or (M.shape[0] == 0 and not empty):
+        raise ValueError(f'{name} must be a {"" if empty else "non-empty "}batch (N, *input_shape); got shape {tuple(M.shape)}')
     check_finite(M, name)
+
+def _check_net(model, M, name='M'):
+    "check_model (a module with finite weights), and M in the dtype of its parameters (a TypeError naming both)."
+    check_model(model, 'model')
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if dtypes and M.dtype not in dtypes:
+        found = ', '.join(sorted(str(d).removeprefix('torch.') for d in dtypes))
+        raise TypeError(f'{name} is {str(M.dtype).removeprefix("torch.")} but model has {found} parameters; convert '
+                        f'one (e.g. model.double() or {name}.float())')
 
 def _check_classes(c, N, d, name):
     "Raise `ValueError` unless c is N integer classes in [0, d) (one sync)."
-    if not isinstance(c, Tensor) or c.is_floating_point() or c.dtype == torch.bool or c.shape != (N,):
+    if not isinstance(c, Tensor) or c.is_floating_point() or c.is_complex() or c.dtype == torch.bool or c.shape != (N,):
         raise ValueError(f'{name} must be ({N},) integer class indices; got '
                          f'{(c.dtype, tuple(c.shape)) if isinstance(c, Tensor) else type(c).__name__}')
+    if N == 0: return
     lo, hi = torch.stack([c.min(), c.max()]).tolist()
     if lo < 0 or hi >= d: raise ValueError(f'{name} must be classes in [0, {d}); got values {lo}..{hi}')
 
-def _pixel_var(sigma, M, name='sigma'):
-    "sigma -> variances: (N, 1) for a number or (N,), (N, n) per pixel."
-    N, n = M.shape[0], M[0].numel()
-    s = torch.as_tensor(sigma, dtype=M.dtype, device=M.device)
+def _pixel_std(sigma, M, name='sigma'):
+    "sigma (already a tensor of M's dtype) -> standard deviations: (N, 1) for a number or (N,), (N, n) per pixel."
+    N, n = M.shape[0], math.prod(M.shape[1:])
+    s = sigma
     check_finite(s, name)
     if (s < 0).any(): raise ValueError(f'{name} must be >= 0; smallest entry is {s.min().item():.3g}')
-    if s.ndim == 0: return (s * s).expand(N, 1)
-    if s.shape == M.shape or (s.ndim >= 2 and s.shape == M.shape[1:]): return (s * s).expand(M.shape).reshape(N, n)
-    if s.shape == (N,): return (s * s)[:, None]
+    if s.ndim == 0: return s.expand(N, 1)
+    if s.shape == M.shape or (s.ndim >= 2 and s.shape == M.shape[1:]): return s.expand(M.shape).reshape(N, n)
+    if s.shape == (N,): return s[:, None]
     raise ValueError(f'{name} must be a number, (N,) = ({N},) per point, or per pixel {tuple(M.shape[1:])} or '
                      f'{tuple(M.shape)}; got {tuple(s.shape)}')
+
+def _std_scale(std, dtype=None)->float:
+    "A power of two k with (std / k)^2 far from overflow: 1 unless std is beyond 2^(emax/4) (1.2e77 in float64, 4.3e9 in float32)."
+    emax = math.frexp(torch.finfo(dtype or std.dtype).max)[1]      # 128 in float32, 1024 in float64
+    top = std if isinstance(std, float) else float(std.detach().amax()) if std.numel() else 0.
+    return 1. if top <= 2. ** (emax // 4) else 2. ** math.frexp(top)[1]
+
+def _mu_sigma(M, mu, sigma):
+    "mu and sigma as tensors of M's dtype and device (TypeError on another floating dtype), mu finite and of M's shape."
+    M, mu, sigma = as_tensors(M, mu, sigma, names=('M', 'mu', 'sigma'))
+    if check_broadcast(('M', 'mu'), M, mu) != M.shape:
+        raise ValueError(f'mu must broadcast to the shape of M {tuple(M.shape)}; got {tuple(mu.shape)}')
+    check_finite(mu, 'mu')
+    return mu, sigma
 
 # %% ../nbs/14_attacks.ipynb #ed420284
 class ExpectedLogits:
@@ -74,11 +128,22 @@ class ExpectedLogits:
         if method not in ('linearize', 'propagate'):
             raise ValueError(f"method must be 'linearize' or 'propagate'; got {method!r}")
         _check_batch(M)
+        _check_net(model, M)
         self.model, self.M, self.method = model, M, method
-        self.layer = _relu_count(model) if layer is None else layer
-        self.lin = None
+        self.layer = _check_layer(layer, model)
+        self.lin = self.A2 = self.A2_rows = None
+        if len(M) == 0:                             # nothing to linearize: the logits' width is all that is needed
+            with torch.no_grad(), eval_mode(model): self.width = model(M).shape[-1]
+            return
         if method == 'linearize':
-            self.lin = lin if lin is not None else two_stage(model, M if at is None else at.detach(), self.layer)
+            if lin is None:
+                if at is not None:
+                    if not isinstance(at, Tensor) or at.shape != M.shape or at.dtype != M.dtype:
+                        raise ValueError(f'at must be a tensor of the shape and dtype of M; got '
+                                         f'{(at.dtype, tuple(at.shape)) if isinstance(at, Tensor) else type(at).__name__}')
+                    check_finite(at, 'at')
+                lin = two_stage(model, M if at is None else at.detach(), self.layer)
+            self.lin = AffineReluAffine(*(t.detach() for t in lin))   # differentiable in mu and sigma, not in the weights
             self.A2 = self.lin.A * self.lin.A
             self.A2_rows = self.A2.sum(-1)
 
@@ -87,16 +152,28 @@ class ExpectedLogits:
                  sigma:float|Tensor,  # std: number, (N,), or per pixel (M.shape[1:] or M.shape); >= 0
                 )->Tensor:          # expected logits (N, d)
         "Expected logits at M + mu under per-pixel std sigma; differentiable in mu and sigma."
+        mu, sigma = _mu_sigma(self.M, mu, sigma)
+        std = _pixel_std(sigma, self.M)
+        if len(self.M) == 0: return self.M.new_zeros(0, self.width)
+        return self._logits(mu, std)
+
+    def _logits(self, mu, std, k=None):
+        "The expected logits for a checked shift mu, std (N, 1) or (N, n), and scale k (the solvers' inner loop: no checks)."
         M, N = self.M, self.M.shape[0]
-        var = _pixel_var(sigma, M)
         x = (M + mu).reshape(N, -1)
         if self.method == 'propagate':
-            return propagate_moments(self.model, x.view(M.shape), var.expand(N, x.shape[1]).reshape(M.shape),
-                                     mode='diag').mean
+            var = std * std
+            if not torch.isfinite(var).all():
+                raise ValueError(f'sigma is too large for {str(M.dtype)[6:]}: its square overflows')
+            with eval_mode(self.model): return _propagated_mean(self.model, x.view(M.shape), var.expand(N, x.shape[1]).reshape(M.shape))
         A, c1, B, c2 = self.lin
-        mbar = torch.einsum('nk,nqk->nq', x, A) + c1
+        k = _std_scale(std) if k is None else k   # 1, or a power of two keeping sigma^2 finite: E = k B E[relu(z / k)] + c2
+        var = (std / k) ** 2
+        mbar = (torch.einsum('nk,nqk->nq', x, A) + c1) / k
         hvar = var * self.A2_rows if var.shape[1] == 1 else torch.einsum('nk,nqk->nq', var, self.A2)
-        return torch.einsum('nq,ndq->nd', relu_mean(mbar, hvar), B) + c2
+        far = mbar.detach().abs() > 50 * hvar.detach().sqrt()   # relu_mean is relu(mbar) exactly there: the same
+        hvar = torch.where(far, 0., hvar)                         # value, and the gradient's limit instead of 0 * inf
+        return k * torch.einsum('nq,ndq->nd', relu_mean(mbar, hvar), B) + c2
 
     def take(self, index:Tensor)->'ExpectedLogits':
         "The same object for the points M[index] (repeats allowed), reusing the linearization."
@@ -118,7 +195,25 @@ def expected_logits(
     method:str='linearize',  # 'linearize' (two-stage + Theorem 1, exact mean of the linearized net) or 'propagate'
 )->Tensor:                   # (N, d) expected logits, differentiable in mu and sigma
     "E[model(M + x)], x ~ N(mu, diag(sigma^2)), via the two-stage linearization at M (or layer-wise propagation)."
+    if method not in ('linearize', 'propagate'):
+        raise ValueError(f"method must be 'linearize' or 'propagate'; got {method!r}")
+    _check_batch(M)
+    _mu_sigma(M, mu, sigma)                    # refuse a bad mu or sigma before linearizing
     return ExpectedLogits(model, M, layer, method)(mu, sigma)
+
+def _saturated_zero_var(mean, Ut, d, rank):
+    "`_relu_factor` with the variance of units more than 50 sd from 0 set to 0: the same value, finite gradients."
+    Ut, d = _truncate(Ut, d, rank)
+    var = (Ut * Ut).sum(-2) + d
+    far = mean.detach().abs() > 50 * var.detach().sqrt()    # relu_mean clamps |mean / sd| at 50: relu(mean) exactly
+    return _relu_factor(mean, torch.where(far[:, None, :], 0., Ut), torch.where(far, 0., d), rank)
+
+def _propagated_mean(model, x, var):
+    "E[model(x + n)], n ~ N(0, diag(var)), by propagate_moments' diagonal mode, with finite gradients at zero variance."
+    layers = _layers(model)
+    mean, _, state = _input_state(x, var, _input_ndim(layers, x), False)
+    mean, _ = _propagate(layers, mean, state, 0, relu_factor=_saturated_zero_var)
+    return mean.reshape(len(x), -1)
 
 # %% ../nbs/14_attacks.ipynb #6fe050c9
 def class_margin(
@@ -126,6 +221,15 @@ def class_margin(
     c:Tensor,       # (N,) class indices
 )->Tensor:          # (N,) logits[c] - max_{k != c} logits[k]
     "Margin of class c over the best other class."
+    if not isinstance(logits, Tensor) or not logits.is_floating_point() or logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(f'logits must be a floating (N, d) tensor with d >= 2; got '
+                         f'{(logits.dtype, tuple(logits.shape)) if isinstance(logits, Tensor) else type(logits).__name__}')
+    check_finite(logits, 'logits')
+    _check_classes(c, *logits.shape, 'c')
+    return _class_margin(logits, c)
+
+def _class_margin(logits, c):
+    "class_margin without argument checks (inside the solvers)."
     own = logits.gather(-1, c[:, None])[:, 0]
     return own - logits.scatter(-1, c[:, None], float('-inf')).amax(-1)
 
@@ -143,20 +247,18 @@ def sample_success(
     chunk:int=1000,         # draws per forward pass (all points at once)
 )->Tensor:                  # (N,) fraction of the draws that succeed
     "Re-check an attack by sampling N(M + mu, sigma^2) through the real model (in eval mode; its modes are restored)."
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f'samples must be a positive int; got {samples!r}')
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f'chunk must be a positive int; got {chunk!r}')
+    samples, chunk, seed = check_count(samples, 'samples', 1), check_count(chunk, 'chunk', 1), check_count(seed, 'seed', 0)
     _check_batch(M)
+    _check_net(model, M)
     N = M.shape[0]
-    mu = torch.as_tensor(mu, dtype=M.dtype, device=M.device)
-    check_finite(mu, 'mu')
-    std = _pixel_var(sigma, M).sqrt().reshape(N, *([1] * (M.ndim - 1))) if not (torch.is_tensor(sigma) and sigma.ndim > 1) \
-        else torch.as_tensor(sigma, dtype=M.dtype, device=M.device).expand(M.shape)
+    mu, sigma = _mu_sigma(M, mu, sigma)
+    std = _pixel_std(sigma, M)
+    std = std.reshape(N, *([1] * (M.ndim - 1))) if std.shape[1] == 1 else std.reshape(M.shape)
     with eval_mode(model):
         d = model(M[:1]).shape[-1]
         _check_classes(source, N, d, 'source')
         if target is not None: _check_classes(target, N, d, 'target')
+        if N == 0: return M.new_zeros(0)
         gen = torch.Generator(device=M.device).manual_seed(seed)
         hits = torch.zeros(N, dtype=M.dtype, device=M.device)
         for start in range(0, samples, max(1, chunk // N)):
@@ -200,22 +302,38 @@ def _projected_solve(objective, u, v, steps, lr):
     return best_u, best_v, best
 
 # %% ../nbs/14_attacks.ipynb #7720250d
-def _targets(target, N, device):
+def _targets(target, N, d, source, device):
+    "target as N classes in [0, d), each differing from source (the class predicted at M)."
     t = torch.as_tensor(target, device=device)
-    if t.is_floating_point(): raise TypeError(f'target must be integer class indices; got {t.dtype}')
-    return t.long().expand(N).clone() if t.ndim == 0 else t.long()
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f'target must be integer class indices; got {t.dtype}')
+    if t.ndim == 0: t = t.expand(N)
+    if t.shape != (N,): raise ValueError(f'target must be a class or ({N},) classes; got shape {tuple(t.shape)}')
+    t = t.long().clone()
+    _check_classes(t, N, d, 'target')
+    same = (t == source).nonzero()[:, 0]
+    if len(same):
+        raise ValueError(f'target equals the class the model predicts at point(s) {same.tolist()} '
+                         f'(class {t[same[0]].item()}); a targeted attack needs another class')
+    return t
 
-def _attack_inputs(model, M, beta, var_max):
+def _attack_inputs(model, M, layer, expected, samples, seed, relinearize):
+    "Check what every attack takes; the ReLU to split at, and the class predicted at each point."
     _check_batch(M)
-    _relu_count(model)
-    if not beta > 0: raise ValueError(f'beta must be > 0 (the bound on |mu|, input units); got {beta}')
-    if not var_max > 0: raise ValueError(f'var_max must be > 0; got {var_max}')
-    with torch.no_grad(): return model(M).argmax(-1)
+    _check_net(model, M)
+    layer = _check_layer(layer, model)
+    check_count(samples, 'samples', 1); check_count(seed, 'seed', 0); check_count(relinearize, 'relinearize', 0)
+    if expected is not None and (not isinstance(expected, ExpectedLogits) or expected.M.shape != M.shape):
+        raise ValueError(f'expected must be an ExpectedLogits at points of the shape of M {tuple(M.shape)}')
+    with torch.no_grad(): return layer, model(M).argmax(-1)
+
+def _no_attack(M, source, target, samples, solver):
+    "The GaussianAttack of an empty batch."
+    z = M.new_zeros(0)
+    return GaussianAttack(M.clone(), z, z, z.bool(), z, samples, source, target, z, 0, 0., solver)
 
 def _rounds(model, M, layer, expected, margin, to_mu, steps, lr, relinearize):
     "Projected solves, the first linearized at M, each further one at M + mu of the previous; time excludes Jacobians."
-    if isinstance(relinearize, bool) or not isinstance(relinearize, int) or relinearize < 0:
-        raise ValueError(f'relinearize must be an int >= 0; got {relinearize!r}')
     N = M.shape[0]
     u, v = torch.zeros_like(M).flatten(1), torch.full((N,), 0.5, dtype=M.dtype, device=M.device)
     E, t = expected or ExpectedLogits(model, M, layer), 0.
@@ -247,18 +365,21 @@ def gaussian_targeted(
     relinearize:int=0,          # extra rounds, each re-linearizing at M + mu found and re-solving from there
 )->GaussianAttack:
     "Targeted Gaussian attack (Bibi et al. 2018, eq. 3; Alfadly et al. 2020, eq. 7): min max_{k!=j} E_k - E_j s.t. 0 < sigma^2 <= var_max, |mu| <= beta."
-    source = _attack_inputs(model, M, beta, var_max)
-    N = M.shape[0]
-    target = _targets(target, N, M.device)
-    same = (target == source).nonzero()[:, 0]
-    if len(same):
-        raise ValueError(f'target equals the class the model predicts at point(s) {same.tolist()} '
-                         f'(class {target[same[0]].item()}); a targeted attack needs another class')
-    to_mu = lambda u: beta * u.view(M.shape)
-    margin = lambda E, u, v: -class_margin(E(to_mu(u), (var_max * v).sqrt()), target)
-    u, v, best, E, t = _rounds(model, M, layer, expected, margin, to_mu, steps, lr, relinearize)
-    return _finish(model, M, to_mu(u), (var_max * v).sqrt(), source, target, best, best, 0., samples, seed,
-                   steps * (relinearize + 1), t, 'projected Adam' + (f', {relinearize} re-linearizations' if relinearize else ''))
+    beta = _real(beta, 'beta', 0, low_open=True); var_max = _real(var_max, 'var_max', 0, low_open=True)
+    steps, lr = check_count(steps, 'steps', 0), _real(lr, 'lr', 0, low_open=True)
+    with eval_mode(model):
+        layer, source = _attack_inputs(model, M, layer, expected, samples, seed, relinearize)
+        N = M.shape[0]
+        with torch.no_grad(): d = model(M[:1]).shape[-1]
+        target = _targets(target, N, d, source, M.device)
+        solver = 'projected Adam' + (f', {relinearize} re-linearizations' if relinearize else '')
+        if N == 0: return _no_attack(M, source, target, samples, solver)
+        to_mu = lambda u: beta * u.view(M.shape)
+        scale = _std_scale(var_max ** 0.5, M.dtype)
+        margin = lambda E, u, v: -_class_margin(E._logits(to_mu(u), (var_max * v).sqrt()[:, None], scale), target)
+        u, v, best, E, t = _rounds(model, M, layer, expected, margin, to_mu, steps, lr, relinearize)
+        return _finish(model, M, to_mu(u), (var_max * v).sqrt(), source, target, best, best, 0., samples, seed,
+                       steps * (relinearize + 1), t, solver)
 
 # %% ../nbs/14_attacks.ipynb #e6dda305
 def gaussian_sparse_pixels(
@@ -276,18 +397,24 @@ def gaussian_sparse_pixels(
     relinearize:int=0,          # extra rounds, each re-linearizing at M + mu found and re-solving from there
 )->GaussianAttack:
     "Non-targeted Gaussian attack on a random alpha% pixel support (Bibi et al. 2018, eq. 4; Alfadly et al. 2020, eq. 8)."
-    if not 0 < alpha <= 100: raise ValueError(f'alpha must be in (0, 100] (a percentage of pixels); got {alpha}')
-    source = _attack_inputs(model, M, beta, var_max)
-    N, n = M.shape[0], M[0].numel()
-    k = max(1, round(alpha / 100 * n))
-    gen = torch.Generator(device=M.device).manual_seed(seed)
-    order = torch.rand((N, n), generator=gen, device=M.device).argsort(-1)[:, :k]   # k distinct pixels per image
-    mask = torch.zeros((N, n), dtype=M.dtype, device=M.device).scatter(1, order, 1.).view(M.shape)
-    to_mu = lambda u: beta * mask * u.view(M.shape)
-    margin = lambda E, u, v: class_margin(E(to_mu(u), (var_max * v).sqrt()), source)
-    u, v, best, E, t = _rounds(model, M, layer, expected, margin, to_mu, steps, lr, relinearize)
-    return _finish(model, M, to_mu(u), (var_max * v).sqrt(), source, None, best, best, 0., samples, seed + 1,
-                   steps * (relinearize + 1), t, 'projected Adam' + (f', {relinearize} re-linearizations' if relinearize else ''))
+    alpha = _real(alpha, 'alpha', 0, 100, low_open=True, what=' (a percentage of pixels)')
+    beta = _real(beta, 'beta', 0, low_open=True); var_max = _real(var_max, 'var_max', 0, low_open=True)
+    steps, lr = check_count(steps, 'steps', 0), _real(lr, 'lr', 0, low_open=True)
+    with eval_mode(model):
+        layer, source = _attack_inputs(model, M, layer, expected, samples, seed, relinearize)
+        solver = 'projected Adam' + (f', {relinearize} re-linearizations' if relinearize else '')
+        if len(M) == 0: return _no_attack(M, source, None, samples, solver)
+        N, n = M.shape[0], M[0].numel()
+        k = max(1, round(alpha / 100 * n))
+        gen = torch.Generator(device=M.device).manual_seed(seed)
+        order = torch.rand((N, n), generator=gen, device=M.device).argsort(-1)[:, :k]   # k distinct pixels per image
+        mask = torch.zeros((N, n), dtype=M.dtype, device=M.device).scatter(1, order, 1.).view(M.shape)
+        to_mu = lambda u: beta * mask * u.view(M.shape)
+        scale = _std_scale(var_max ** 0.5, M.dtype)
+        margin = lambda E, u, v: _class_margin(E._logits(to_mu(u), (var_max * v).sqrt()[:, None], scale), source)
+        u, v, best, E, t = _rounds(model, M, layer, expected, margin, to_mu, steps, lr, relinearize)
+        return _finish(model, M, to_mu(u), (var_max * v).sqrt(), source, None, best, best, 0., samples, seed + 1,
+                       steps * (relinearize + 1), t, solver)
 
 # %% ../nbs/14_attacks.ipynb #c75c3756
 def total_variation(
@@ -295,28 +422,46 @@ def total_variation(
     eps:float=0.,    # smoothing of the kink at 0; 0: the exact isotropic TV
 )->Tensor:           # (N,)
     "Isotropic total variation sum sqrt((Dx mu)^2 + (Dy mu)^2 + eps^2) - eps over all but the first dim."
+    if not isinstance(mu, Tensor) or not mu.is_floating_point() or mu.ndim < 3:
+        raise ValueError(f'mu must be a floating tensor (N, ..., H, W); got '
+                         f'{(mu.dtype, tuple(mu.shape)) if isinstance(mu, Tensor) else type(mu).__name__}')
+    check_finite(mu, 'mu')
+    return _total_variation(mu, _real(eps, 'eps', 0))
+
+def _total_variation(mu, eps=0.):
+    "total_variation without argument checks: hypot for no overflow, gradient 0 (a subgradient) where Dx = Dy = 0."
     dx = F.pad(mu[..., :, 1:] - mu[..., :, :-1], (0, 1))
     dy = F.pad(mu[..., 1:, :] - mu[..., :-1, :], (0, 0, 0, 1))
-    return ((dx * dx + dy * dy + eps * eps).sqrt() - eps).flatten(1).sum(1)
+    flat = (dx == 0) & (dy == 0)
+    r = torch.where(flat, 0., torch.hypot(torch.where(flat, 1., dx), torch.where(flat, 1., dy)))
+    if eps: r = r * (r / (torch.hypot(r, torch.full_like(r, eps)) + eps))   # sqrt(r^2 + eps^2) - eps, no cancellation
+    return r.flatten(1).sum(1)
 
-def sparsity(mu:Tensor, tol:float=1e-3)->Tensor:
+def sparsity(
+    mu:Tensor,        # (N, ...)
+    tol:float=1e-3,   # largest |value| that counts as zero
+)->Tensor:            # (N,)
     "Fraction of entries of each mu (N, ...) with |value| <= tol (Alfadly et al. 2020: 1e-3 counts as zero)."
-    return (mu.abs() <= tol).flatten(1).to(mu.dtype).mean(1)
+    if not isinstance(mu, Tensor) or not mu.is_floating_point() or mu.ndim < 2:
+        raise ValueError(f'mu must be a floating tensor (N, ...); got '
+                         f'{(mu.dtype, tuple(mu.shape)) if isinstance(mu, Tensor) else type(mu).__name__}')
+    if torch.isnan(mu).any(): raise ValueError('mu must not be NaN')
+    return (mu.abs() <= _real(tol, 'tol', 0)).flatten(1).to(mu.dtype).mean(1)
 
 # %% ../nbs/14_attacks.ipynb #63847347
 def _alm_solve(constraint, mu0, steps, step, eps_tv, rho0=1., rho_growth=1.5, rho_max=100.):
     "min ||mu||_1 + TV_eps(mu) s.t. constraint(mu) <= 0 per point, from mu0, by an augmented Lagrangian + proximal gradient."
-    inner = 25
+    inner = min(25, steps)                 # 25 steps per multiplier update; fewer steps in all: one update
     outer = max(1, steps // inner)
     mu, N = mu0.detach().clone(), mu0.shape[0]
     lam, rho = mu.new_zeros(N), rho0
-    cost = lambda m: m.abs().flatten(1).sum(1) + total_variation(m)
+    cost = lambda m: m.abs().flatten(1).sum(1) + _total_variation(m)
     best_cost, best_mu = mu.new_full((N,), float('inf')), mu.clone()
     for _ in range(outer):
         for _ in range(inner):
             mu = mu.detach().requires_grad_(True)
             c = constraint(mu)
-            smooth = total_variation(mu, eps_tv) + ((lam + rho * c).clamp(min=0) ** 2 - lam * lam) / (2 * rho)
+            smooth = _total_variation(mu, eps_tv) + ((lam + rho * c).clamp(min=0) ** 2 - lam * lam) / (2 * rho)
             grad, = torch.autograd.grad(smooth.sum(), mu)
             with torch.no_grad():
                 z = mu - step * grad
@@ -347,27 +492,31 @@ def gaussian_sparse_smooth(
     relinearize:int=0,          # extra rounds, each re-linearizing at M + mu found and re-solving from there
 )->GaussianAttack:
     "Sparse + smooth Gaussian attack (Alfadly et al. 2020, eq. 9, targeted eq. 10): min ||mu||_1 + TV(mu) s.t. expected margin <= -gamma."
-    if not gamma >= 0: raise ValueError(f'gamma must be >= 0 (the margin to reach below 0); got {gamma}')
-    source = _attack_inputs(model, M, 1., 1.)
-    N = M.shape[0]
-    if target is not None:
-        target = _targets(target, N, M.device)
-        same = (target == source).nonzero()[:, 0]
-        if len(same): raise ValueError(f'target equals the class the model predicts at point(s) {same.tolist()}')
-    if isinstance(relinearize, bool) or not isinstance(relinearize, int) or relinearize < 0:
-        raise ValueError(f'relinearize must be an int >= 0; got {relinearize!r}')
-    s = torch.full((N,), sigma, dtype=M.dtype, device=M.device)
-    E, mu, t, its = expected or ExpectedLogits(model, M, layer), torch.zeros_like(M), 0., 0
-    margin = lambda mu: -class_margin(E(mu, s), target) if target is not None else class_margin(E(mu, s), source)
-    for k in range(relinearize + 1):
-        if k: E = ExpectedLogits(model, M, layer, at=M + mu)
-        t0 = time.perf_counter()
-        mu, n_its = _alm_solve(lambda m: margin(m) + gamma, mu, steps, step, eps_tv)
-        t += time.perf_counter() - t0; its += n_its
-    with torch.no_grad(): m = margin(mu); cost = mu.abs().flatten(1).sum(1) + total_variation(mu)
-    return GaussianAttack(mu, s, m, m <= -gamma, sample_success(model, M, mu, s, source, target, samples, seed),
-                          samples, source, target, cost, its, t, 'augmented Lagrangian + proximal gradient' +
-                          (f', {relinearize} re-linearizations' if relinearize else ''))
+    gamma = _real(gamma, 'gamma', 0, what=' (the margin to reach below 0)')
+    sigma, step, eps_tv = _real(sigma, 'sigma', 0), _real(step, 'step', 0, low_open=True), _real(eps_tv, 'eps_tv', 0)
+    steps = check_count(steps, 'steps', 1)
+    if isinstance(M, Tensor) and M.ndim < 3: raise ValueError(f'M must be images (N, C, H, W); got shape {tuple(M.shape)}')
+    with eval_mode(model):
+        layer, source = _attack_inputs(model, M, layer, expected, samples, seed, relinearize)
+        N = M.shape[0]
+        if target is not None:
+            with torch.no_grad(): d = model(M[:1]).shape[-1]
+            target = _targets(target, N, d, source, M.device)
+        solver = 'augmented Lagrangian + proximal gradient' + (f', {relinearize} re-linearizations' if relinearize else '')
+        if N == 0: return _no_attack(M, source, target, samples, solver)
+        s = torch.full((N,), sigma, dtype=M.dtype, device=M.device)
+        E, mu, t, its = expected or ExpectedLogits(model, M, layer), torch.zeros_like(M), 0., 0
+        scale = _std_scale(sigma, M.dtype)
+        margin = lambda mu: (-_class_margin(E._logits(mu, s[:, None], scale), target) if target is not None
+                             else _class_margin(E._logits(mu, s[:, None], scale), source))
+        for k in range(relinearize + 1):
+            if k: E = ExpectedLogits(model, M, layer, at=M + mu)
+            t0 = time.perf_counter()
+            mu, n_its = _alm_solve(lambda m: margin(m) + gamma, mu, steps, step, eps_tv)
+            t += time.perf_counter() - t0; its += n_its
+        with torch.no_grad(): m = margin(mu); cost = mu.abs().flatten(1).sum(1) + _total_variation(mu)
+        return GaussianAttack(mu, s, m, m <= -gamma, sample_success(model, M, mu, s, source, target, samples, seed),
+                              samples, source, target, cost, its, t, solver)
 
 # %% ../nbs/14_attacks.ipynb #2e096fb1
 def lp_perturbation(
@@ -378,15 +527,17 @@ def lp_perturbation(
     "Lyu et al. 2015, eq. 3: the steepest-ascent step of l_p-norm sigma, sigma sign(g) (|g| / ||g||_{p*})^(1/(p-1)), per point."
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 1 <= p <= math.inf:
         raise ValueError(f'p must be a number in [1, inf] (math.inf for FGSM); got {p!r}')
-    if not isinstance(g, Tensor) or not g.is_floating_point() or g.ndim < 1 or g.shape[0] == 0:
-        raise ValueError(f'g must be a non-empty floating batch of gradients (N, ...); got '
+    if not isinstance(g, Tensor) or not g.is_floating_point() or g.ndim < 1:
+        raise ValueError(f'g must be a floating batch of gradients (N, ...); got '
                          f'{tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__}')
     N = g.shape[0]
-    s = torch.as_tensor(sigma, dtype=g.dtype, device=g.device)
+    g, s = as_tensors(g, sigma, names=('g', 'sigma'))
+    if s.ndim and s.shape != (N,): raise ValueError(f'sigma must be a number or ({N},), one per point; got {tuple(s.shape)}')
     g_bad, s_bad, s_neg = torch.stack([~torch.isfinite(g).all(), ~torch.isfinite(s).all(), (s < 0).any()]).tolist()  # one sync
     if g_bad: check_finite(g, 'g')
     if s_bad: check_finite(s, 'sigma')
     if s_neg: raise ValueError(f'sigma must be >= 0; smallest entry is {s.min().item():.3g}')
+    if N == 0: return g * s.reshape(-1, *([1] * (g.ndim - 1))) if s.ndim else g * s
     s = s.reshape(-1, *([1] * (g.ndim - 1))) if s.ndim else s
     gf = g.reshape(N, -1)
     a = gf.abs()
@@ -416,14 +567,23 @@ def gradient_perturbation(
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 1 <= p <= math.inf:
         raise ValueError(f'p must be a number in [1, inf] (math.inf for FGSM); got {p!r}')
     _check_batch(x, 'x')
+    _check_net(model, x, 'x')
+    x, sigma = as_tensors(x, sigma, names=('x', 'sigma'))
+    if clip is not None:
+        if not isinstance(clip, (tuple, list)) or len(clip) != 2: raise ValueError(f'clip must be a pair (lo, hi); got {clip!r}')
+        lo, hi = _real(clip[0], 'clip', what=' (its lo)'), _real(clip[1], 'clip', what=' (its hi)')
+        if lo > hi: raise ValueError(f'clip must have lo <= hi; got {clip!r}')
     x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), eval_mode(model):
         out = model(x)
         if loss is None: _check_classes(y, x.shape[0], out.shape[-1], 'y')
+        if len(x) == 0: return lp_perturbation(torch.zeros_like(x.detach()), sigma, p)
         value = loss(out, y) if loss is not None else F.cross_entropy(out, y, reduction='sum')
         g, = torch.autograd.grad(value.sum(), x)
+    if not torch.isfinite(g).all():
+        raise ValueError('the gradient of the loss at x is not finite: the model or the loss overflows there')
     eps = lp_perturbation(g, sigma, p)
-    if clip is not None: eps = (x.detach() + eps).clamp(*clip) - x.detach()
+    if clip is not None: eps = (x.detach() + eps).clamp(lo, hi) - x.detach()
     return eps
 
 # %% ../nbs/14_attacks.ipynb #d8e6bee3

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from .core import check_finite
+from .core import as_tensors, check_finite, check_model, eval_mode
 
 # %% auto #0
 __all__ = ['METHODS', 'MinimalPerturbation', 'as_float64', 'predict', 'ray_search', 'minimal_l2', 'strongest', 'min_over']
@@ -28,7 +28,7 @@ def as_float64(
     model:nn.Module,  # any network
 )->nn.Module:         # a frozen float64 copy in eval mode (`model` is untouched)
     "A float64 copy of `model` for verification."
-    if not isinstance(model, nn.Module): raise TypeError(f'model must be a torch.nn.Module; got {type(model).__name__}')
+    check_model(model, 'model')
     return copy.deepcopy(model).double().eval().requires_grad_(False)
 
 def predict(
@@ -37,7 +37,15 @@ def predict(
     check_ties:bool=True,  # raise where the two largest logits of a sample are equal
 )->Tensor:              # (N,) int64 classes, computed in float64
     "The float64 class of each sample; raises ValueError where the two largest logits are tied."
-    with torch.no_grad(): logits = model64(x.double())
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
+        raise ValueError(f'x must be a floating tensor (N, ...); got '
+                         f'{(x.dtype, tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__}')
+    check_finite(x, 'x')
+    x = x.double()
+    check_model(model64, 'model64', x)
+    with torch.no_grad(), eval_mode(model64): logits = model64(x)
+    if not torch.isfinite(logits).all():
+        raise ValueError("model64's logits are not finite at x: the network overflows there, so x has no class")
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise ValueError(f'model must map (N, ...) to logits (N, C) with C >= 2; got output shape {tuple(logits.shape)}')
     if check_ties:
@@ -67,6 +75,35 @@ def ray_search(
     steps:int=25,       # bisection steps
 )->Tensor:              # (N,) float64 scales t <= hi (or just above) with x + t u adversarial in float64; inf if none
     "Bisection along rays x + t u for the smallest adversarial scale; the result is verified in float64."
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
+        raise ValueError(f'x must be a floating tensor (N, ...); got '
+                         f'{(x.dtype, tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__}')
+    if not isinstance(u, Tensor) or not isinstance(hi, Tensor): raise TypeError('u and hi must be tensors')
+    x, u, hi = as_tensors(x, u, hi, names=('x', 'u', 'hi'))
+    N = len(x)
+    if u.shape != x.shape: raise ValueError(f'u must have the shape of x {tuple(x.shape)}; got {tuple(u.shape)}')
+    if hi.shape != (N,): raise ValueError(f'hi must be ({N},), one scale per sample; got {tuple(hi.shape)}')
+    check_finite(x, 'x'); check_finite(u, 'u')
+    if torch.isnan(hi).any(): raise ValueError('hi must not be NaN (an infinite hi means no adversarial scale is known)')
+    if ((hi < 0) & torch.isfinite(hi)).any(): raise ValueError(f'hi must be >= 0; smallest entry is {hi.min().item():.3g}')
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f'steps must be an integer >= 0; got {steps!r}')
+    check_model(model, 'model', x); check_model(model64, 'model64', x.double())
+    with torch.no_grad(), eval_mode(model64): d = model64(x[:1].double()).shape[-1]
+    _check_labels(label, N, d)
+    with eval_mode(model), eval_mode(model64): return _ray_search(model, model64, x, u, hi, label, steps)
+
+def _check_labels(label, N, d):
+    "label must be N integer classes in [0, d)."
+    if not isinstance(label, Tensor) or label.is_floating_point() or label.is_complex() or label.dtype == torch.bool \
+            or label.shape != (N,):
+        raise ValueError(f'label must be ({N},) integer classes; got '
+                         f'{(label.dtype, tuple(label.shape)) if isinstance(label, Tensor) else type(label).__name__}')
+    if N and (label.min() < 0 or label.max() >= d):
+        raise ValueError(f'label must be classes in [0, {d}); got values {label.min().item()}..{label.max().item()}')
+
+def _ray_search(model, model64, x, u, hi, label, steps):
+    "ray_search without argument checks; hi in any floating dtype, an infinite one meaning none known."
     dtype = x.dtype
     hi = hi.double()
     ok = torch.isfinite(hi)
@@ -110,7 +147,7 @@ def _fgs_fgv(model, model64, x, label, sign, eps_min, eps_max, steps):
     "FGS (sign) or FGV directions u and their verified smallest adversarial scales."
     g = _loss_grad(model, x, label)
     u = g.sign() if sign else g / _bcast(g.flatten(1).norm(dim=1).clamp_min(1e-300), g)
-    return u, ray_search(model, model64, x, u, _grow(model, x, u, label, eps_min, eps_max), label, steps)
+    return u, _ray_search(model, model64, x, u, _grow(model, x, u, label, eps_min, eps_max), label, steps)
 
 # %% ../nbs/17_minimal.ipynb #d2c40e2b
 def _deepfool(model, model64, x, label, max_iter, overshoot):
@@ -211,7 +248,6 @@ def minimal_l2(
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
         raise ValueError(f'x must be a floating tensor (N, ...) with a batch dimension; got '
                          f'{getattr(x, "dtype", type(x).__name__)} {tuple(getattr(x, "shape", ()))}')
-    if len(x) == 0: raise ValueError(f'x must hold at least one sample; got shape {tuple(x.shape)}')
     check_finite(x, 'x')
     for v, name in ((steps, 'steps'), (ray_steps, 'ray_steps'), (batch_size, 'batch_size')): _check_count(v, name)
     _check_real(eps_min, 'eps_min', 0, low_open=True)
@@ -224,6 +260,10 @@ def minimal_l2(
         if not isinstance(init, Tensor) or init.shape != x.shape:
             raise ValueError(f'init must have the shape of x {tuple(x.shape)}; got {tuple(getattr(init, "shape", ()))}')
         check_finite(init, 'init')
+    check_model(model, 'model', x)
+    if len(x) == 0:                       # no samples: nothing to attack
+        z = torch.zeros(0, dtype=torch.float64, device=x.device)
+        return MinimalPerturbation(torch.zeros(x.shape, dtype=torch.float64, device=x.device), z, z.bool(), z.long())
     model64 = as_float64(model)
     model = _eval_copy(model)    # attack the eval-mode network (batch norm on running statistics), never changing it
     dtype = next((p.dtype for p in model.parameters()), x.dtype)
@@ -237,7 +277,7 @@ def minimal_l2(
             if method == 'deepfool': u = _deepfool(model, model64, xb, label, steps, overshoot)
             else: u = _ddn(model, xb, label, steps, gamma, alpha, init_norm,
                            None if init is None else init[s:s + batch_size])
-            hi = ray_search(model, model64, xb, u, torch.ones(len(xb), dtype=torch.float64, device=xb.device), label, ray_steps)
+            hi = _ray_search(model, model64, xb, u, torch.ones(len(xb), dtype=torch.float64, device=xb.device), label, ray_steps)
         parts.append(_result(model64, xb, u, hi, label))
     return MinimalPerturbation(*(torch.cat(f) for f in zip(*parts)))
 
@@ -275,6 +315,13 @@ def min_over(
     results:list,              # MinimalPerturbation results on the same inputs
 )->MinimalPerturbation:        # per sample, the one of smallest norm
     "Per-sample minimum-norm MinimalPerturbation over `results`."
+    if isinstance(results, MinimalPerturbation) or not isinstance(results, (list, tuple)) or not results \
+            or not all(isinstance(r, MinimalPerturbation) for r in results):
+        raise ValueError(f'results must be a non-empty list of MinimalPerturbation; got {type(results).__name__}'
+                         f'{" of length 0" if isinstance(results, (list, tuple)) and not results else ""}')
+    if len({(r.perturbation.shape, r.norm.shape) for r in results}) > 1:
+        raise ValueError('results must come from the same inputs: their perturbations differ in shape')
+    if any(torch.isnan(r.norm).any() for r in results): raise ValueError('results must not hold NaN norms')
     norms = torch.stack([r.norm for r in results])
     i = norms.argmin(0)
     pick = lambda f: torch.stack([getattr(r, f) for r in results])[i, torch.arange(len(i))]

@@ -138,7 +138,7 @@ def test_attack_errors():
     with pytest.raises(ValueError, match=r'alpha must be in \(0, 100\]'): gaussian_sparse_pixels(net, M, 0., 1.)
     with pytest.raises(ValueError, match=r'alpha must be in \(0, 100\]'): gaussian_sparse_pixels(net, M, 150., 1.)
     with pytest.raises(ValueError, match='gamma must be >= 0'): gaussian_sparse_smooth(net, M, -1.)
-    with pytest.raises(ValueError, match='relinearize must be an int >= 0'): gaussian_targeted(net, M, (src + 1) % 4, 0.1, relinearize=-1)
+    with pytest.raises(ValueError, match='relinearize must be >= 0'): gaussian_targeted(net, M, (src + 1) % 4, 0.1, relinearize=-1)
     linear = nn.Sequential(nn.Flatten(), nn.Linear(64, 4)).double()
     with pytest.raises(ValueError, match='no ReLU'): gaussian_targeted(linear, M, 0, 0.1)
     with pytest.raises(ValueError, match='no ReLU'): expected_logits(linear, M, 0., 0.1)
@@ -192,3 +192,95 @@ def test_sample_success_batchnorm_eval_mode_model_unchanged():
     assert m.training and all(mod.training for mod in m.modules())
     for k, v in m.state_dict().items(): assert torch.equal(v, state[k]), k
     assert torch.equal(rate, torch.zeros(6, dtype=torch.float64))    # no noise in eval mode: never fooled
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Limits: zero input variance, huge sigma, empty batches, models with trainable weights.
+
+def test_propagate_gradient_at_zero_input_variance_is_finite_and_correct():
+    "Noise in a 5 x 5 window only: max pooling leaves hidden variances near 1e-315, whose ReLU is saturated."
+    net, x, _ = lenet_and_digits()
+    net, M = net.double(), x[:2].double()
+    sig = torch.zeros(M.shape[1:], dtype=torch.float64)
+    sig[0, 10:15, 10:15] = 0.3
+    s = sig.clone().requires_grad_(True)
+    f = lambda t: expected_logits(net, M, 0., t, method='propagate').sum()
+    g, = torch.autograd.grad(f(s), s)
+    assert torch.isfinite(g).all()
+    assert (g[sig == 0] == 0).all()                       # d(sigma^2)/d sigma = 0 at sigma = 0: no path there
+    d = torch.randn(sig.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * (sig > 0)
+    h = 1e-5
+    with torch.no_grad(): fd = (f(sig + h * d) - f(sig - h * d)) / (2 * h)
+    torch.testing.assert_close((g * d).sum(), fd, rtol=1e-5, atol=1e-8)
+
+
+def test_expected_logits_huge_sigma_scales_exactly():
+    "sigma^2 overflows float64 past 1.3e154: the linearized net is evaluated at scale 1/2^k, E = k B E[relu(z/k)] + c2."
+    net, M = small_net(), points(2)
+    E = ExpectedLogits(net, M)
+    big, bigger = E(0., 1e200), E(0., 1e210)
+    assert torch.isfinite(big).all() and torch.isfinite(bigger).all()
+    torch.testing.assert_close(bigger / big, torch.full_like(big, 1e10), rtol=1e-9, atol=0)   # linear in sigma there
+    with pytest.raises(ValueError, match='sigma is too large'): expected_logits(net, M, 0., 1e200, method='propagate')
+
+
+def test_empty_batches_give_empty_results():
+    net, M = small_net(), points(2)
+    assert expected_logits(net, M[:0], 0., 0.1).shape == (0, 4)
+    assert expected_logits(net, M[:0], 0., 0.1, method='propagate').shape == (0, 4)
+    assert sample_success(net, M[:0], 0., 0.1, torch.zeros(0, dtype=torch.long)).shape == (0,)
+    a = gaussian_sparse_pixels(net, M[:0], 10., 0.5)
+    assert a.mu.shape == (0, 1, 8, 8) and a.sigma.shape == a.success.shape == (0,)
+    assert gaussian_targeted(net, M[:0], 1, 0.5).target.shape == (0,)
+    assert gradient_perturbation(net, M[:0], torch.zeros(0, dtype=torch.long), 0.1, 2).shape == (0, 1, 8, 8)
+    assert lp_perturbation(torch.zeros(0, 5), 1., 2).shape == (0, 5)
+
+
+def test_attacks_on_a_model_with_trainable_weights():
+    "The linearization is detached: an attack's many backward passes never reach the weights (nor fail on them)."
+    net = small_net().requires_grad_(True)
+    M = points(2)
+    src = net(M).argmax(1)
+    r = gaussian_targeted(net, M, (src + 1) % 4, 0.5, steps=5)
+    assert torch.isfinite(r.expected_margin).all()
+    s = gaussian_sparse_smooth(net, M, 0.1, steps=5, relinearize=1)
+    assert s.iterations == 10 and torch.isfinite(s.mu).all() and all(p.grad is None for p in net.parameters())
+    mu = torch.zeros_like(M, requires_grad=True)
+    g, = torch.autograd.grad(expected_logits(net, M, mu, 0.1).sum(), mu)
+    assert torch.isfinite(g).all()
+
+
+def test_mixed_dtypes_and_bad_layers_are_refused():
+    net, M = small_net(), points(2)
+    with pytest.raises(TypeError, match='M is float32 but model has float64'): expected_logits(net, M.float(), 0., 0.1)
+    with pytest.raises(TypeError, match='sigma float32'): expected_logits(net, M, 0., torch.tensor(0.1))
+    with pytest.raises(TypeError, match='mu float32'): sample_success(net, M, torch.zeros(M.shape), 0.1, net(M).argmax(1))
+    with pytest.raises(ValueError, match=r'layer must be in \[1, 2\]'): expected_logits(net, M, 0., 0.1, layer=3)
+    with pytest.raises(TypeError, match='layer must be an int'): expected_logits(net, M, 0., 0.1, layer=1.5)
+    with pytest.raises(ValueError, match='beta must be > 0 and finite'): gaussian_targeted(net, M, 0, float('inf'))
+    with pytest.raises(ValueError, match=r'target must be classes in \[0, 4\)'): gaussian_targeted(net, M, 4, 0.1)
+
+
+def test_refusals_name_the_argument_and_train_mode_models_come_back():
+    net, M = small_net(), points(3)
+    src = net(M).argmax(1)
+    sig = torch.full(M.shape[1:], 0.1, dtype=torch.float64)
+    sig[0, 0, 0] = float('nan')                                      # a per-pixel sigma was not checked
+    with pytest.raises(ValueError, match='sigma must be finite'): sample_success(net, M, 0., sig, src)
+    with pytest.raises(ValueError, match='logits must be finite'): class_margin(torch.tensor([[1., float('nan')]]), torch.tensor([0]))
+    with pytest.raises(ValueError, match=r'c must be classes in \[0, 2\)'): class_margin(torch.tensor([[1., 2.]]), torch.tensor([2]))
+    with pytest.raises(ValueError, match='steps must be >= 0'): gaussian_sparse_pixels(net, M, 10., 0.5, steps=-1)
+    with pytest.raises(TypeError, match='x is float32 but model has float64'): gradient_perturbation(net, M.float(), src, 0.1, 2)
+    bad = small_net()
+    with torch.no_grad(): bad[0].weight[0, 0, 0, 0] = float('nan')
+    with pytest.raises(ValueError, match='model must have finite parameters'): gradient_perturbation(bad, M, src, 0.1, 2)
+    g = torch.Generator().manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4)).double()
+    with torch.no_grad():
+        for p in m.parameters(): p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    m.train()(M)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    gaussian_sparse_pixels(m, M, 10., 0.5, steps=3); gradient_perturbation(m, M, src, 0.1, 2)
+    expected_logits(m, M, 0., 0.1, method='propagate')
+    assert m.training and all(mod.training for mod in m.modules())
+    for k, v in m.state_dict().items(): assert torch.equal(v, state[k]), k

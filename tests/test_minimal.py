@@ -6,7 +6,7 @@ from torch import nn
 from hypothesis import given, settings, strategies as st
 
 from conftest import DEVICE_PARAMS
-from netmoments.minimal import METHODS, as_float64, minimal_l2, min_over, predict, strongest
+from netmoments.minimal import METHODS, as_float64, minimal_l2, min_over, predict, ray_search, strongest
 
 
 def _linear(d, c, seed, device='cpu'):
@@ -99,8 +99,10 @@ def test_bad_parameters_raise_before_any_work(kwargs, match):
 
 def test_empty_batch_non_finite_init_and_bad_methods():
     lin, x = _linear(3, 3, 0)
-    for m in METHODS:
-        with pytest.raises(ValueError, match='x must hold at least one sample'): minimal_l2(lin, x[:0], m)
+    for m in METHODS:                                  # no samples: empty results of the right shapes, float64
+        r = minimal_l2(lin, x[:0], m)
+        assert r.perturbation.shape == (0, 3) and r.norm.shape == r.success.shape == r.label.shape == (0,)
+        assert r.perturbation.dtype == r.norm.dtype == torch.float64
     with pytest.raises(ValueError, match='init must be finite'): minimal_l2(lin, x, 'ddn', init=x * torch.inf)
     with pytest.raises(ValueError, match='methods must be'): strongest(lin, x, methods=())
     with pytest.raises(ValueError, match='methods must be'): strongest(lin, x, methods=('deepfool', 'cw'))
@@ -138,3 +140,36 @@ def test_device(device):
     lin, x = _linear(4, 3, 2, device)
     r = minimal_l2(lin, x, 'deepfool')
     assert r.perturbation.device.type == torch.device(device).type and r.success.all()
+
+
+def test_inputs_are_checked_and_models_left_unchanged():
+    lin, x = _linear(3, 3, 0)
+    with pytest.raises(TypeError, match='convert one'): minimal_l2(lin, x.float())          # no silent conversion
+    with pytest.raises(ValueError, match='x must be finite'): predict(lin, x * torch.nan)
+    with pytest.raises(TypeError, match='model64 has float32 parameters'): predict(copy.deepcopy(lin).float(), x)
+    bad = copy.deepcopy(lin)
+    with torch.no_grad(): bad.weight[0, 0] = torch.inf
+    with pytest.raises(ValueError, match='model must have finite parameters'): as_float64(bad)
+    with pytest.raises(ValueError, match='model must have finite parameters'): minimal_l2(bad, x)
+    with pytest.raises(ValueError, match='results must be a non-empty list'): min_over([])
+    r = minimal_l2(lin, x, 'deepfool')
+    with pytest.raises(ValueError, match='results must come from the same inputs'): min_over([r, minimal_l2(lin, x[:3], 'deepfool')])
+    net, xb = _bn_net()
+    net.train()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    label = predict(net, xb)                                          # eval mode for the prediction, flags restored
+    u = torch.randn(xb.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ray_search(net, as_float64(net), xb, u, torch.full((len(xb),), 4., dtype=torch.float64), label)
+    assert net.training and net[1].training
+    for k, v in net.state_dict().items(): assert torch.equal(v, state[k]), k
+
+
+def test_ray_search_checks_its_arguments():
+    lin, x = _linear(3, 3, 0)
+    lab, u, hi = predict(lin, x), torch.ones_like(x), torch.ones(len(x), dtype=torch.float64)
+    with pytest.raises(TypeError, match='hi float32'): ray_search(lin, as_float64(lin), x, u, hi.float(), lab)
+    with pytest.raises(ValueError, match='hi must not be NaN'): ray_search(lin, as_float64(lin), x, u, hi * torch.nan, lab)
+    with pytest.raises(ValueError, match='u must be finite'): ray_search(lin, as_float64(lin), x, u * torch.inf, hi, lab)
+    with pytest.raises(ValueError, match='label must be classes'): ray_search(lin, as_float64(lin), x, u, hi, lab + 3)
+    t = ray_search(lin, as_float64(lin), x, u, torch.full_like(hi, -torch.inf), lab)   # no known scale: skipped
+    assert torch.isinf(t).all()

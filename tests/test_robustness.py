@@ -68,7 +68,7 @@ def test_errors():
 def test_published_table_viii():
     for (pm, ma, sa), want in (((0.0602, 0.2744, 0.1511), (12.12, 25.47)), ((0.0629, 0.4722, 0.2531), (10.16, 17.01)),
                                ((0.0893, 1.2718, 0.6654), (11.61, 12.63))):
-        got = 100 * misclassification_rate(pm, ma, sa, torch.tensor([0.1, 0.3]))
+        got = 100 * misclassification_rate(pm, ma, sa, torch.tensor([0.1, 0.3], dtype=f64))
         assert_close(got, torch.tensor(want, dtype=f64), atol=0.01, rtol=0)
 
 
@@ -147,7 +147,7 @@ def test_counts_and_labels_checked_before_work():
     with pytest.raises(ValueError, match='steps must be'): minimum_perturbations(net, x, y, steps=0)
     with pytest.raises(ValueError, match='y must be classes'): minimum_perturbations(net, x, y + 5)
     with pytest.raises(ValueError, match='draws must be'): predicted_misclassification(net, x, y, [0.1], draws=0)
-    with pytest.raises(ValueError, match='sigmas must hold at least one'): predicted_misclassification(net, x, y, [])
+    with pytest.raises(ValueError, match='sigma must hold at least one'): predicted_misclassification(net, x, y, [])
 
 
 def bn_model():
@@ -172,3 +172,37 @@ def test_batchnorm_model_evaluated_in_eval_mode_and_left_unchanged():
     m[2].eval()                                                      # mixed modes come back as they were
     noise_robustness(m, x, [0.1])
     assert m.training and not m[2].training and m[4].training
+
+
+def test_dtypes_limits_and_refusals():
+    # one floating dtype per call: tensors decide it, numbers alone give float64 as before
+    assert misclassification_rate(0.1, 0.3, 0.2, torch.tensor([0.1, 0.2])).dtype == torch.float32
+    assert misclassification_rate(0.1, 0.3, 0.2, 0.1).dtype == f64
+    with pytest.raises(TypeError, match='sigma float32'): misclassification_rate(torch.tensor(0.1, dtype=f64), 0.3, 0.2, torch.tensor(0.1))
+    big = misclassification_rate(0.1, 0.3, 0.2, torch.tensor([1e200, 1e-200], dtype=f64))   # no overflow in sigma^2
+    assert_close(big, torch.tensor([0.1 + 0.9 * 0.5, 0.1 + 0.9 * float(torch.special.ndtr(torch.tensor(-1.5, dtype=f64)))], dtype=f64))
+    net, x = sign_model(), torch.zeros(10, 1, dtype=f64)
+    with pytest.raises(TypeError, match='sigmas float32'): noise_robustness(net, x, torch.tensor([0.1]))
+    with pytest.raises(TypeError, match='convert one'): noise_robustness(net, x.float(), [0.1])
+    r = noise_robustness(net, x, [0.2, 0.2])
+    assert r.auc == r.mean                                            # no range of sigmas: the mean, not 0 / 0
+    y = torch.zeros(10, dtype=torch.long)
+    assert minimum_perturbations(net, x[:0], y[:0]).shape == (0,)
+    with pytest.raises(ValueError, match='max_norm must be a finite number > 0'): minimum_perturbations(net, x, y, max_norm=float('inf'))
+    with pytest.raises(ValueError, match='sigma must be >= 0'): predicted_misclassification(net, x, y, [-0.1])
+    g = torch.Generator().manual_seed(0)
+    soft = nn.Linear(10, 3).double()
+    xs = torch.rand(6, 10, generator=g, dtype=f64)
+    ys = soft(xs).argmax(1).detach()
+    ys[1:] = (ys[1:] + 1) % 3                                         # one correct point: no spread to fit
+    with pytest.raises(ValueError, match='fitting mu_a and s_a needs 2'): predicted_misclassification(soft, xs, ys, [0.1])
+
+
+def test_lyu_functions_leave_a_train_mode_model_unchanged():
+    _, x, y = lenet_and_digits()
+    m = bn_model()
+    m(x)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    minimum_perturbations(m, x[:6], y[:6], steps=5, bisections=3)
+    assert m.training and all(mod.training for mod in m.modules())
+    for k, v in m.state_dict().items(): assert torch.equal(v, state[k]), k

@@ -144,12 +144,12 @@ def test_errors():
     net, x = ara_net(), inputs()
     with pytest.raises(ValueError, match='sigma must be >= 0'): noise_survival(net, x, -0.1)
     with pytest.raises(ValueError, match='sigma must be >= 0'): noise_survival_mc(net, x, torch.full((12,), -1.0, dtype=f64))
-    with pytest.raises(ValueError, match='sigma must be a number, one per sample'): noise_survival(net, x, torch.ones(5))
+    with pytest.raises(ValueError, match='sigma must be a number, one per sample'): noise_survival(net, x, torch.ones(5, dtype=f64))
     with pytest.raises(ValueError, match="method must be 'gaussian' or 'cantelli'"): noise_survival(net, x, 0.1, 'mc')
-    with pytest.raises(ValueError, match='non-empty batch'): noise_survival(net, x[0], 0.1)
+    with pytest.raises(ValueError, match='x must be a batch'): noise_survival(net, x[0], 0.1)
     with pytest.raises(ValueError, match='does not broadcast'): noise_survival(net, x, 0.1, shift=torch.ones(3, dtype=f64))
     with pytest.raises(ValueError, match='0 ReLU modules'): noise_survival(nn.Sequential(nn.Linear(6, 2)).double(), x, 0.1)
-    with pytest.raises(ValueError, match='samples must be an int >= 2'): noise_survival_mc(net, x, 0.1, samples=1)
+    with pytest.raises(ValueError, match='samples must be >= 2'): noise_survival_mc(net, x, 0.1, samples=1)
     with pytest.raises(TypeError, match='sigma must be a number or a tensor'): noise_survival(net, x, 'big')
     with pytest.raises(ValueError, match='cov must be'): orthant_probability(torch.zeros(3), torch.eye(2))
 
@@ -211,12 +211,12 @@ def test_fooling_map_matches_masked_analytic_logits_and_mc():
 
 def test_counts_checked():
     net, x = ara_net(), inputs(4)
-    with pytest.raises(ValueError, match='chunk must be an int >= 1'): noise_survival_mc(net, x, 0.1, samples=10, chunk=0)
-    with pytest.raises(ValueError, match='samples must be an int >= 2'): noise_survival_mc(net, x, 0.1, samples=-3)
+    with pytest.raises(ValueError, match='chunk must be >= 1'): noise_survival_mc(net, x, 0.1, samples=10, chunk=0)
+    with pytest.raises(ValueError, match='samples must be >= 2'): noise_survival_mc(net, x, 0.1, samples=-3)
     with pytest.raises(ValueError, match='sigmas must hold at least one'): survival_grid(net, x, [])
-    with pytest.raises(ValueError, match='samples must be an int >= 2'): survival_grid(net, x, [0.1], samples=0)
-    with pytest.raises(ValueError, match='sigma must be >= 0'): survival_grid(net, x, [0.1, -0.1])
-    with pytest.raises(ValueError, match='shift must be finite'): noise_survival_mc(net, x, 0.1, shift=torch.tensor(float('nan')))
+    with pytest.raises(ValueError, match='samples must be >= 2'): survival_grid(net, x, [0.1], samples=0)
+    with pytest.raises(ValueError, match='sigmas must be >= 0'): survival_grid(net, x, [0.1, -0.1])
+    with pytest.raises(ValueError, match='shift must be finite'): noise_survival_mc(net, x, 0.1, shift=torch.tensor(float('nan'), dtype=f64))
 
 
 def test_mc_batchnorm_eval_mode_model_unchanged():
@@ -233,3 +233,80 @@ def test_mc_batchnorm_eval_mode_model_unchanged():
     assert torch.equal(mc.probability, torch.ones(5, dtype=f64))     # no noise in eval mode: the prediction survives
     m.eval(); expected = noise_survival_mc(m, x, 0.2, samples=50, seed=3); m.train()
     assert torch.equal(noise_survival_mc(m, x, 0.2, samples=50, seed=3).probability, expected.probability)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Limits and refusals: a huge sigma, empty batches, variances that cannot go negative, models in train mode.
+
+def bn_net(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    m = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4)).double()
+    with torch.no_grad():
+        for p in m.parameters(): p.copy_(torch.randn(p.shape, generator=g, dtype=f64))
+        m[1].running_var.uniform_(0.5, 2., generator=g)
+    return m
+
+
+def test_huge_sigma_is_the_scale_free_limit():
+    "Past sigma = 2^256 the linearized net is scaled by a power of two: sigma^2 never overflows, the answer is exact."
+    net, x = ara_net(), inputs(4)
+    for s in (1e100, 1e200):
+        r = noise_survival(net, x, s)
+        assert torch.isfinite(r.probability).all() and torch.isfinite(r.margin_mean).all()
+        z = analytic_logits(net, x, s)
+        assert torch.isfinite(z).all()
+    a, b = analytic_logits(net, x, 1e100), analytic_logits(net, x, 1e110)
+    assert_close(b / a, torch.full_like(a, 1e10), rtol=1e-9, atol=0)       # linear in sigma: E relu(sigma z) = sigma E relu(z)
+    assert_close(noise_survival(net, x, 1e100, method='cantelli').probability,
+                 noise_survival(net, x, 1e120, method='cantelli').probability, rtol=0, atol=1e-12)
+
+
+def test_empty_batches_give_empty_results():
+    net, x = ara_net(), inputs(4)
+    r = noise_survival(net, x[:0], 0.2)
+    assert r.probability.shape == (0,) and r.margin_cov.shape == (0, 3, 3)
+    assert noise_survival_mc(net, x[:0], 0.2, samples=5).margin_var.shape == (0, 3)
+    assert analytic_logits(net, x[:0], 0.2).shape == (0, 4)
+    assert survival_grid(net, x[:0], [0.1], samples=5)[0.1]['mc'].shape == (0,)
+    img = torch.zeros(0, 1, 10, 10, dtype=f64)
+    assert fooling_map(conv_net(), img, 0.5, window=3, layer=1).expected_margin.shape == (0, 8, 8)
+    with pytest.raises(ValueError, match='x must be a non-empty batch'): universal_perturbation(conv_net(), img, xi=1.)
+
+
+def test_mc_margin_variance_is_never_negative():
+    "The block-wise merge of means and squared deviations has no cancellation: no noise, exactly zero variance."
+    net, x = ara_net(), inputs(6)
+    r = noise_survival_mc(net, x, 0., samples=50, chunk=7)
+    assert (r.margin_var == 0).all() and torch.isfinite(r.margin_var).all()
+    lin = ara_net(bias=40.)                          # ReLUs always on: margins linear in the noise, variances known
+    s = noise_survival_mc(lin, x, 0.3, samples=2000, chunk=64, seed=1)
+    J = lin[2].weight @ lin[0].weight
+    others = torch.stack([torch.tensor([k for k in range(4) if k != c]) for c in s.prediction.tolist()])
+    exact = 0.09 * ((J[s.prediction][:, None, :] - J[others]) ** 2).sum(-1)
+    assert ((s.margin_var / exact - 1).abs() < 0.16).all()            # 5 standard errors of a 2000-sample variance
+
+
+def test_models_in_train_mode_are_left_unchanged():
+    net, x = bn_net(), inputs(5)
+    net.train()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    noise_survival(net, x, 0.2); analytic_logits(net, x, 0.2); survival_grid(net, x, [0.2], samples=5)
+    universal_perturbation(net, x, xi=1., passes=1, steps=2)
+    assert net.training and all(m.training for m in net.modules())
+    for k, v in net.state_dict().items(): assert torch.equal(v, state[k]), k
+
+
+def test_bad_arguments_name_themselves():
+    net, x = ara_net(), inputs(4)
+    with pytest.raises(TypeError, match='sigma float32'): noise_survival(net, x, torch.ones(()))
+    with pytest.raises(TypeError, match='shift float32'): analytic_logits(net, x, 0.1, shift=torch.ones(6))
+    with pytest.raises(TypeError, match='convert one'): noise_survival_mc(net, x.float(), 0.1)
+    with pytest.raises(ValueError, match='layer must be between 1 and 1'): noise_survival(net, x, 0.1, layer=2)
+    with pytest.raises(ValueError, match='chunk must be >= 1'): analytic_logits(net, x, 0.1, chunk=0)
+    with pytest.raises(ValueError, match='passes must be >= 1'): universal_perturbation(net, x, xi=1., passes=0)
+    with pytest.raises(ValueError, match='window must be >= 1'): fooling_map(conv_net(), x.reshape(4, 1, 2, 3), 0.1, window=0)
+    with pytest.raises(ValueError, match='sigmas must be finite'): survival_grid(net, x, [float('nan')])
+    with pytest.raises(ValueError, match='randomizations must be >= 2'): orthant_probability(x[:, :3], torch.eye(3, dtype=f64), randomizations=1)
+    nan_net = ara_net()
+    with torch.no_grad(): nan_net[0].weight[0, 0] = float('nan')
+    with pytest.raises(ValueError, match='model must have finite parameters'): noise_survival(nan_net, x, 0.1)

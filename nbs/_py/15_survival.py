@@ -8,13 +8,14 @@
 # %%
 #| export
 from __future__ import annotations
+import math
 from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import jacrev
 from tqdm.auto import tqdm
-from netmoments.core import check_finite, eval_mode
+from netmoments.core import as_tensors, check_broadcast, check_count, check_finite, check_model, check_var, eval_mode
 from netmoments.gaussian import normal_cdf
 from netmoments.relu import relu_mean
 from netmoments.linearize import AffineReluAffine, _relu_positions, model_layers, two_stage
@@ -107,10 +108,15 @@ def margin_moments(
     c:Tensor,     # class of each row (...,), int64 in [0, d)
 )->tuple:         # (mean (..., d-1), cov (..., d-1, d-1)) of D_k = z_c - z_k, k != c increasing
     "Mean and covariance of the margins z_c - z_k (k != c) of Gaussian-moment logits."
-    d = mean.shape[-1]
-    if d < 2: raise ValueError(f'need at least 2 logits; got {d}')
+    mean, cov = as_tensors(mean, cov, names=('mean', 'cov'))
+    d = mean.shape[-1] if mean.ndim else 0
+    if d < 2: raise ValueError(f'mean must hold at least 2 logits (..., d); got shape {tuple(mean.shape)}')
     if cov.shape[-2:] != (d, d): raise ValueError(f'cov must be (..., {d}, {d}); got {tuple(cov.shape)}')
-    if ((c < 0) | (c >= d)).any(): raise ValueError(f'c must be in [0, {d}); got values {c.min().item()}..{c.max().item()}')
+    check_finite(mean, 'mean'); check_finite(cov, 'cov')
+    if not isinstance(c, Tensor) or c.is_floating_point() or c.is_complex() or c.dtype == torch.bool:
+        raise ValueError(f'c must be integer class indices; got {c.dtype if isinstance(c, Tensor) else type(c).__name__}')
+    if c.numel() and ((c < 0) | (c >= d)).any():
+        raise ValueError(f'c must be in [0, {d}); got values {c.min().item()}..{c.max().item()}')
     eye = torch.eye(d, dtype=mean.dtype, device=mean.device)
     M = eye[c][..., None, :] - eye[_others(c, d)]                       # (..., d-1, d)
     return (M @ mean[..., None])[..., 0], M @ cov @ M.mT
@@ -128,6 +134,9 @@ test_eq(dm.shape, (3, 3)); test_eq(dc.shape, (3, 3, 3))
 # the second margin of row 1 (c = 2) is z_2 - z_1; the first of row 2 (c = 3) is z_3 - z_0
 test_close(dm[1, 1], mu4[1, 2] - mu4[1, 1], eps=1e-14)
 test_close(dc[2, 0, 0], cov4[2, 3, 3] + cov4[2, 0, 0] - 2 * cov4[2, 3, 0], eps=1e-12)
+test_fail(lambda: margin_moments(mu4 * float('nan'), cov4, c4), contains='mean must be finite')
+test_fail(lambda: margin_moments(mu4, cov4.float(), c4), contains='cov float32')          # one floating dtype
+test_fail(lambda: margin_moments(mu4, cov4, c4 + 2), contains='c must be in [0, 4)')
 
 
 # %% [markdown]
@@ -164,8 +173,16 @@ def orthant_probability(
     seed:int=0,           # seeds the scramblings
 )->Orthant:
     "P(D > 0 in every coordinate) for D ~ N(mean, cov): Genz's separation of variables by randomized QMC."
-    K = mean.shape[-1]
+    mean, cov = as_tensors(mean, cov, names=('mean', 'cov'))
+    samples, randomizations = check_count(samples, 'samples', 1), check_count(randomizations, 'randomizations', 2)
+    seed = check_count(seed, 'seed', 0)
+    K = mean.shape[-1] if mean.ndim else 0
+    if K < 1: raise ValueError(f'mean must be (..., K) with K >= 1; got shape {tuple(mean.shape)}')
     if cov.shape[-2:] != (K, K): raise ValueError(f'cov must be (..., {K}, {K}) to fit mean {tuple(mean.shape)}; got {tuple(cov.shape)}')
+    if torch.isnan(mean).any(): raise ValueError('mean must not be NaN (an infinite mean is a sure or an impossible margin)')
+    check_finite(cov, 'cov')
+    if (cov.diagonal(dim1=-2, dim2=-1) < 0).any(): raise ValueError('cov must have a non-negative diagonal (variances)')
+    cov = (cov + cov.mT) / 2                  # the symmetric part: what a covariance is, and a symmetric gradient
     var = cov.diagonal(dim1=-2, dim2=-1)
     finfo = torch.finfo(mean.dtype)
     scale = var.amax(-1, keepdim=True).clamp(min=finfo.tiny**0.5)   # floor: zero covariance stays factorizable
@@ -203,6 +220,11 @@ for K in (3, 5, 9):
     C = torch.full((K, K), 0.5, dtype=torch.float64) + 0.5 * torch.eye(K, dtype=torch.float64)
     res = orthant_probability(torch.zeros(K, dtype=torch.float64), C, samples=4096)
     test_close(res.probability, 1 / (K + 1), eps=4 * res.se + 1e-5)
+inf_mean = torch.tensor([0.3, math.inf, -0.2], dtype=torch.float64)    # a sure margin drops out; an impossible one gives 0
+test_close(orthant_probability(inf_mean, torch.diag(si**2)).probability, normal_cdf(inf_mean[[0, 2]] / si[[0, 2]]).prod(), eps=1e-6)
+test_eq(orthant_probability(-inf_mean, torch.diag(si**2)).probability.item(), 0.)
+test_fail(lambda: orthant_probability(mi * float('nan'), torch.diag(si**2)), contains='mean must not be NaN')
+test_fail(lambda: orthant_probability(mi, torch.diag(si**2), randomizations=1), contains='randomizations must be >= 2')
 
 # %%
 g = torch.Generator().manual_seed(3)
@@ -225,9 +247,15 @@ def cantelli_survival(
     margin_var:Tensor,   # (..., K) their variances v_k >= 0
 )->Tensor:               # (...,) the lower bound 1 - sum_k P_k, P_k = v_k / (v_k + m_k^2) if m_k > 0 else 1, in [0, 1]
     "Distribution-free lower bound on P(all D_k > 0) from Cantelli's inequality and the union bound."
+    margin_mean, margin_var = as_tensors(margin_mean, margin_var, names=('margin_mean', 'margin_var'))
+    check_broadcast(('margin_mean', 'margin_var'), margin_mean, margin_var)
+    if margin_mean.ndim == 0: raise ValueError('margin_mean must be (..., K), one mean per margin; got a number')
+    if torch.isnan(margin_mean).any(): raise ValueError('margin_mean must not be NaN (+-inf are sure or impossible margins)')
+    check_var(margin_var, 'margin_var')
     pos = margin_mean > 0
-    den = torch.where(pos, margin_var + margin_mean**2, torch.ones_like(margin_var))
-    fail = torch.where(pos, margin_var / den, torch.ones_like(margin_var))
+    den = margin_var + margin_mean**2                  # inf when the mean is: then P_k = 0, the limit
+    safe = torch.where(pos & (den > 0), den, torch.ones_like(den))
+    fail = torch.where(pos, torch.where(margin_var > 0, margin_var / safe, torch.zeros_like(den)), torch.ones_like(den))
     return (1 - fail.sum(-1)).clamp(0, 1)
 
 
@@ -243,6 +271,9 @@ lower = cantelli_survival(mm, Cm.diagonal(dim1=-2, dim2=-1))
 assert (lower <= res.probability + 4 * res.se).all()
 test_eq(cantelli_survival(torch.tensor([1.0, -1e-3]), torch.tensor([0.0, 0.0])), torch.tensor(0.))
 test_eq(cantelli_survival(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0])), torch.tensor(1.))
+test_eq(cantelli_survival(torch.tensor([1e-30, math.inf]), torch.tensor([0.0, 1.0])), torch.tensor(1.))  # limits, no 0/0
+test_fail(lambda: cantelli_survival(torch.tensor([1.0, float('nan')]), torch.ones(2)), contains='margin_mean must not be NaN')
+test_fail(lambda: cantelli_survival(torch.ones(2), -torch.ones(2)), contains='margin_var must be >= 0')
 
 
 # %% [markdown]
@@ -267,36 +298,52 @@ class NoiseSurvival(NamedTuple):
     margin_var:Tensor   # (N, d-1) Var[z_c - z_k]
     margin_cov:Tensor   # (N, d-1, d-1) their covariance
 
-def _check_input(x):
+def _check_input(x, model=None, empty=True):
+    "x must be a finite floating batch (N, *input_shape), N = 0 only when `empty`; `model` a module of x's dtype."
     if not isinstance(x, Tensor): raise TypeError(f'x must be a tensor; got {type(x).__name__}')
     if not x.is_floating_point(): raise TypeError(f'x must be a floating tensor; got {x.dtype}')
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(f'x must be a non-empty batch of inputs (N, *input_shape); got shape {tuple(x.shape)}')
+    if x.ndim < 2 or (x.shape[0] == 0 and not empty):
+        raise ValueError(f'x must be a {"" if empty else "non-empty "}batch of inputs (N, *input_shape); got shape {tuple(x.shape)}')
     check_finite(x, 'x')
+    if model is not None: check_model(model, 'model', x)
 
-def _noise_std(sigma, x):
+def _layer(model, layer):
+    "The ReLU to split at: `layer`, checked against the model's ReLU modules, or the last one when None."
+    with eval_mode(model): relus = _relu_positions(model_layers(model), layer)
+    return len(relus) if layer is None else layer
+
+def _std_scale(std)->float:
+    "A power of two k with (std / k)^2 far from overflow: 1 unless std is beyond 2^(emax/4) (1.2e77 in float64, 4.3e9 in float32)."
+    emax = math.frexp(torch.finfo(std.dtype).max)[1]
+    top = float(std.detach().amax()) if std.numel() else 0.
+    return 1. if top <= 2. ** (emax // 4) else 2. ** math.frexp(top)[1]
+
+def _noise_std(sigma, x, name='sigma'):
     "sigma as a tensor broadcastable to x: () or (N, *input_shape)."
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float, Tensor)):
-        raise TypeError(f'sigma must be a number or a tensor; got {type(sigma).__name__}')
-    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-    check_finite(s, 'sigma')
-    if (s < 0).any(): raise ValueError(f'sigma must be >= 0; smallest entry is {s.min().item():.3g}')
+        raise TypeError(f'{name} must be a number or a tensor; got {type(sigma).__name__}')
+    s = as_tensors(x, sigma, names=('x', name))[1]
+    check_finite(s, name)
+    if (s < 0).any(): raise ValueError(f'{name} must be >= 0; smallest entry is {s.min().item():.3g}')
     N, shape = x.shape[0], x.shape[1:]
     if s.ndim == 0 or s.shape == x.shape: return s
     if s.shape == (N,): return s.reshape(N, *[1] * len(shape)).expand(x.shape)
     if s.shape == shape: return s.expand(x.shape)
-    raise ValueError(f'sigma must be a number, one per sample ({N},), one per pixel {tuple(shape)} or both '
+    raise ValueError(f'{name} must be a number, one per sample ({N},), one per pixel {tuple(shape)} or both '
                      f'{tuple(x.shape)}; got shape {tuple(s.shape)}')
 
 def _shifted(x, shift):
+    "x + shift: shift finite, of x's dtype, broadcast to x."
     if shift is None: return x
-    shift = torch.as_tensor(shift, dtype=x.dtype, device=x.device)
+    shift = as_tensors(x, shift, names=('x', 'shift'))[1]
+    check_finite(shift, 'shift')
     try: return x + shift.expand(x.shape)
     except RuntimeError: raise ValueError(f'shift of shape {tuple(shift.shape)} does not broadcast to x {tuple(x.shape)}') from None
 
-def _last_relu(model):
-    "The count of ReLU modules, i.e. the last l two_stage accepts; linearize's check raises when there is none."
-    return len(_relu_positions(model_layers(model)))
+def _classes(model, x):
+    "The width d of the logits and the clean class of each input (the model in eval mode)."
+    with torch.no_grad(), eval_mode(model): z = model(x)
+    return z.shape[-1], z.argmax(-1)
 
 
 # %%
@@ -318,14 +365,20 @@ def noise_survival(
 )->NoiseSurvival:
     "Predicted P(argmax model(x + n) = argmax model(x)), n ~ N(shift, sigma^2 I), from the analytic output moments."
     if method not in _METHODS: raise ValueError(f"method must be 'gaussian' or 'cantelli'; got {method!r}")
-    _check_input(x)
+    _check_input(x, model)
     std = _noise_std(sigma, x)
-    layer = _last_relu(model) if layer is None else layer
+    samples, seed, chunk = check_count(samples, 'samples', 1), check_count(seed, 'seed', 0), check_count(chunk, 'chunk', 1)
+    layer = _layer(model, layer)
     point, N = _shifted(x, shift), x.shape[0]
-    with torch.no_grad(): c = model(x).argmax(-1)
-    var = (std * std).expand(x.shape).reshape(N, -1) if std.ndim else std * std
+    d, c = _classes(model, x)
+    if N == 0: return _no_survival(x, d, c)
     lins = _linearize(model, point, layer, at, chunk, progress)
-    return _survival(lins, point, var, c, method, samples, seed)
+    return _survival(lins, point, std, c, method, samples, seed)
+
+def _no_survival(x, d, c):
+    "The NoiseSurvival of an empty batch."
+    z = x.new_zeros(0, d - 1)
+    return NoiseSurvival(x.new_zeros(0), x.new_zeros(0), c, z, z, x.new_zeros(0, d - 1, d - 1))
 
 def _linearize(model, point, layer, at, chunk, progress):
     "Two-stage linearizations of `model` at the rows of `point`, `chunk` at a time: [(slice, AffineReluAffine)]."
@@ -333,17 +386,22 @@ def _linearize(model, point, layer, at, chunk, progress):
     return [(slice(s, s + chunk), two_stage(model, point[s:s + chunk], layer, at=at))
             for s in tqdm(range(0, N, chunk), disable=not progress, unit='chunk')]
 
-def _survival(lins, point, var, c, method, samples, seed):
-    "NoiseSurvival from linearizations at `point`, input variance `var` (scalar or (N, n)), classes c."
+def _survival(lins, point, std, c, method, samples, seed, cantelli=False):
+    "NoiseSurvival from linearizations at `point`, input std `std` (scalar or x's shape), classes c (and the Cantelli bound)."
+    N = point.shape[0]
+    k = _std_scale(std)      # 1, or a power of two: the network scaled by 1/k (biases and inputs) keeps sigma^2 finite
+    var = ((std / k) ** 2).expand(point.shape).reshape(N, -1) if std.ndim else (std / k) ** 2
     means, covs = [], []
     for sl, lin in lins:
-        mom = lin.moments(point[sl].reshape(lin.A.shape[0], -1), var[sl] if var.ndim else var, full=True)
+        if k != 1: lin = AffineReluAffine(lin.A, lin.c1 / k, lin.B, lin.c2 / k)   # relu(z / k) = relu(z) / k
+        mom = lin.moments(point[sl].reshape(lin.A.shape[0], -1) / k, var[sl] if var.ndim else var, full=True)
         means.append(mom.mean); covs.append(mom.cov)
     mm, mc = margin_moments(torch.cat(means), torch.cat(covs), c)
     mv = mc.diagonal(dim1=-2, dim2=-1)
     if method == 'cantelli': prob, se = cantelli_survival(mm, mv), torch.zeros_like(mm[..., 0])
-    else: prob, se = orthant_probability(mm, mc, samples=samples, seed=seed)
-    return NoiseSurvival(prob, se, c, mm, mv, mc)
+    else: prob, se = orthant_probability(mm, mc, samples=samples, seed=seed)     # both unchanged by the scale k
+    out = NoiseSurvival(prob, se, c, mm * k, mv * k * k, mc * k * k)
+    return (out, cantelli_survival(mm, mv)) if cantelli else out
 
 
 # %% [markdown]
@@ -375,20 +433,18 @@ def noise_survival_mc(
     progress:bool=False,
 )->NoiseSurvivalMC:
     "Monte Carlo estimate of P(argmax model(x + n) = argmax model(x)), n ~ N(shift, sigma^2 I), with its SE (model run in eval mode, its modes restored)."
-    _check_input(x)
+    _check_input(x, model)
     std = _noise_std(sigma, x)
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise ValueError(f'samples must be an int >= 2; got {samples!r}')
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f'chunk must be an int >= 1; got {chunk!r}')
+    samples, chunk, seed = check_count(samples, 'samples', 2), check_count(chunk, 'chunk', 1), check_count(seed, 'seed', 0)
     point, N = _shifted(x, shift), x.shape[0]
-    check_finite(point, 'shift')
+    d, c = _classes(model, x)
+    if N == 0:
+        z = x.new_zeros(0, d - 1)
+        return NoiseSurvivalMC(x.new_zeros(0), x.new_zeros(0), c, z, z, samples)
     gen = torch.Generator(device=x.device).manual_seed(seed)
     with torch.no_grad(), eval_mode(model):
-        c = model(x).argmax(-1)
-        d = model(x[:1]).shape[-1]
         others = _others(c, d)
-        hits, s1, s2 = torch.zeros(N, dtype=x.dtype, device=x.device), 0, 0
+        hits, n, mean, m2 = torch.zeros(N, dtype=x.dtype, device=x.device), 0, 0., 0.
         block = max(1, chunk // N)
         for start in tqdm(range(0, samples, block), disable=not progress, unit='block'):
             b = min(block, samples - start)
@@ -396,10 +452,13 @@ def noise_survival_mc(
             z = model((point + std * noise).reshape(b * N, *x.shape[1:])).reshape(b, N, d)
             hits = hits + (z.argmax(-1) == c).sum(0)
             D = z.gather(-1, c[None, :, None].expand(b, N, 1)) - z.gather(-1, others[None].expand(b, N, d - 1))
-            s1, s2 = s1 + D.sum(0), s2 + (D * D).sum(0)
+            bm = D.mean(0)                    # merge the block's mean and sum of squared deviations into the totals:
+            delta, n = bm - mean, n + b       # no cancellation, and the variance is never negative
+            mean, m2 = mean + delta * (b / n), m2 + ((D - bm) ** 2).sum(0) + delta * (delta * ((n - b) * b / n))
+    if torch.isnan(mean).any():
+        raise ValueError("the model's logits are not finite at x + noise: it overflows there, no margin to measure")
     p = hits / samples
-    mean = s1 / samples
-    return NoiseSurvivalMC(p, (p * (1 - p) / samples).sqrt(), c, mean, (s2 - samples * mean**2) / (samples - 1), samples)
+    return NoiseSurvivalMC(p, (p * (1 - p) / samples).sqrt(), c, mean, m2 / (samples - 1), samples)
 
 
 # %% [markdown]
@@ -448,11 +507,19 @@ test_close(two.probability, normal_cdf(two.margin_mean[:, 0] / two.margin_var[:,
 r32 = noise_survival(gaussian_logit_net(dtype=torch.float32), xg.float(), 0.3)
 test_eq((r32.probability.dtype, r32.probability.shape, r32.margin_cov.shape), (torch.float32, (20,), (20, 3, 3)))
 test_fail(lambda: noise_survival(net_g, xg, -0.1), contains='sigma must be >= 0')
-test_fail(lambda: noise_survival(net_g, xg, torch.ones(7)), contains='sigma must be a number, one per sample')
+test_fail(lambda: noise_survival(net_g, xg, torch.ones(7, dtype=torch.float64)), contains='sigma must be a number, one per sample')
 test_fail(lambda: noise_survival(net_g, xg, 0.1, method='bonferroni'), contains="method must be 'gaussian' or 'cantelli'")
-test_fail(lambda: noise_survival(net_g, xg[0], 0.1), contains='non-empty batch')
+test_fail(lambda: noise_survival(net_g, xg[0], 0.1), contains='x must be a batch')
 test_fail(lambda: noise_survival(nn.Sequential(nn.Linear(6, 3)).double(), xg, 0.1), contains='0 ReLU modules')
-test_fail(lambda: noise_survival_mc(net_g, xg, 0.1, samples=1), contains='samples must be an int >= 2')
+test_fail(lambda: noise_survival_mc(net_g, xg, 0.1, samples=1), contains='samples must be >= 2')
+test_fail(lambda: noise_survival(net_g, xg, 0.1, shift=torch.full((6,), float('nan'), dtype=torch.float64)),
+          contains='shift must be finite')
+test_fail(lambda: noise_survival(net_g, xg, torch.tensor(0.1)), contains='sigma float32')    # one floating dtype
+test_fail(lambda: noise_survival(net_g, xg.float(), 0.1), contains='convert one')
+test_eq(noise_survival(net_g, xg[:0], 0.3).margin_cov.shape, (0, 3, 3))                     # no inputs, no results
+big = [noise_survival(net_g, xg[:4], s, method='cantelli') for s in (1e90, 1e100)]  # past 2^256: scaled by a power of 2
+test_close(big[1].margin_var / big[0].margin_var, torch.full((4, 3), 1e20, dtype=torch.float64), eps=1e8)   # sigma^2
+test_close(big[1].probability, big[0].probability, eps=1e-9)                                 # the scale-free limit
 
 # %% [markdown]
 # ## LeNet: predicted survival against Monte Carlo over a sigma grid
@@ -480,21 +547,20 @@ def survival_grid(
     progress:bool=False,
 )->dict:                   # per sigma: gaussian, cantelli, mc (N,), their SEs, analytic and MC margin means and sds (N, d-1)
     "Gaussian and Cantelli survival predictions and Monte Carlo, per input, for each scalar sigma (one linearization)."
-    _check_input(x)
+    _check_input(x, model)
+    if isinstance(sigmas, Tensor): sigmas = list(as_tensors(x, sigmas, names=('x', 'sigmas'))[1].reshape(-1))
     if len(sigmas) == 0: raise ValueError('sigmas must hold at least one noise level; got none')
-    for sigma in sigmas: _noise_std(sigma, x)
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise ValueError(f'samples must be an int >= 2; got {samples!r}')
-    layer = _last_relu(model) if layer is None else layer
-    with torch.no_grad(): c = model(x).argmax(-1)
-    lins = _linearize(model, x, layer, 'relu', 16, False)     # one linearization serves every sigma
+    stds = [_noise_std(sigma, x, 'sigmas') for sigma in sigmas]
+    if any(s.ndim for s in stds): raise ValueError('sigmas must be numbers, one noise level each')
+    samples, seed = check_count(samples, 'samples', 2), check_count(seed, 'seed', 0)
+    layer = _layer(model, layer)
+    d, c = _classes(model, x)
+    lins = _linearize(model, x, layer, 'relu', 16, False) if len(x) else None   # one linearization serves every sigma
     out = {}
-    for sigma in tqdm(sigmas, disable=not progress):
-        std = _noise_std(sigma, x)
-        ga = _survival(lins, x, std * std, c, 'gaussian', 1024, seed)
+    for sigma, std in tqdm(list(zip(sigmas, stds)), disable=not progress):
+        ga, ca = _survival(lins, x, std, c, 'gaussian', 1024, seed, True) if len(x) else (_no_survival(x, d, c), x.new_zeros(0))
         mc = noise_survival_mc(model, x, sigma, samples=samples, seed=seed)
-        out[float(sigma)] = dict(gaussian=ga.probability, gaussian_se=ga.se,
-                                 cantelli=cantelli_survival(ga.margin_mean, ga.margin_var),
+        out[float(sigma)] = dict(gaussian=ga.probability, gaussian_se=ga.se, cantelli=ca,
                                  mc=mc.probability, mc_se=mc.se,
                                  margin_mean=ga.margin_mean, mc_margin_mean=mc.margin_mean,
                                  margin_sd=ga.margin_var.sqrt(), mc_margin_sd=mc.margin_var.sqrt())
@@ -597,9 +663,11 @@ def _deepfool(model, x0, c, steps, overshoot):
         if z.argmax() != c: break
         keep = torch.arange(z.shape[0], device=z.device) != c
         w, fk = (J - J[c])[keep], (z - z[c])[keep]
-        norm = w.norm(dim=-1).clamp(min=torch.finfo(z.dtype).tiny)
-        l = (fk.abs() / norm).argmin()
-        r = r + ((fk[l].abs() + 1e-4) / norm[l]**2 * w[l]).reshape(x0.shape)
+        norm = w.norm(dim=-1)
+        dist = torch.where(norm > 0, fk.abs() / torch.where(norm > 0, norm, 1.), torch.inf)
+        l = dist.argmin()
+        if not torch.isfinite(dist[l]): break          # no class boundary in reach of the linearization: stay
+        r = r + ((fk[l].abs() + 1e-4) / norm[l] * (w[l] / norm[l])).reshape(x0.shape)   # no norm^2: no underflow
     return (1 + overshoot) * r
 
 def _project(v, xi, p):
@@ -630,20 +698,32 @@ def universal_perturbation(
     progress:bool=False,
 )->UniversalPerturbation:
     "The universal perturbation of Moosavi-Dezfooli et al. 2017 (Algorithm 1, DeepFool inner step), norm-bounded, seeded."
-    _check_input(x)
+    _check_input(x, model, empty=False)
     if p not in (2, float('inf')): raise ValueError(f"p must be 2 or float('inf'); got {p}")
-    if not xi > 0: raise ValueError(f'xi must be > 0; got {xi}')
+    xi, target = _real(xi, 'xi', 0, low_open=True), _real(target, 'target', 0, 1)
+    overshoot = _real(overshoot, 'overshoot', 0)
+    passes, steps, seed = check_count(passes, 'passes', 1), check_count(steps, 'steps', 1), check_count(seed, 'seed', 0)
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad(): c = model(x).argmax(-1)
-    v, rate, k = torch.zeros_like(x[0]), 0.0, 0
-    for k in tqdm(range(1, passes + 1), disable=not progress, unit='pass'):
-        for i in torch.randperm(x.shape[0], generator=gen).tolist():
-            xv = (x[i] + v)[None]
-            with torch.no_grad(): same = model(xv).argmax(-1).item() == c[i].item()
-            if same: v = _project(v + _deepfool(model, xv, c[i], steps, overshoot)[0], xi, p)
-        with torch.no_grad(): rate = (model(x + v).argmax(-1) != c).double().mean().item()
-        if rate >= target: break
-    return UniversalPerturbation(v, float(xi), float(p), rate, k)
+    with eval_mode(model):                 # DeepFool and the fooling rate see the eval-mode network; modes restored
+        with torch.no_grad(): c = model(x).argmax(-1)
+        v, rate, k = torch.zeros_like(x[0]), 0.0, 0
+        for k in tqdm(range(1, passes + 1), disable=not progress, unit='pass'):
+            for i in torch.randperm(x.shape[0], generator=gen).tolist():
+                xv = (x[i] + v)[None]
+                with torch.no_grad(): same = model(xv).argmax(-1).item() == c[i].item()
+                if same: v = _project(v + _deepfool(model, xv, c[i], steps, overshoot)[0], xi, p)
+            with torch.no_grad(): rate = (model(x + v).argmax(-1) != c).double().mean().item()
+            if rate >= target: break
+    return UniversalPerturbation(v.detach(), float(xi), float(p), rate, k)
+
+def _real(v, name, low=-math.inf, high=math.inf, low_open=False)->float:
+    "v as a float: a finite real number >= low (> low if low_open) and <= high, or an error naming the argument."
+    if isinstance(v, Tensor) and v.numel() == 1 and v.is_floating_point(): v = v.item()
+    if isinstance(v, bool) or not isinstance(v, (int, float)): raise TypeError(f'{name} must be a real number; got {type(v).__name__}')
+    if not (math.isfinite(v) and (v > low if low_open else v >= low) and v <= high):
+        where = f'{">" if low_open else ">="} {low:g}' + (f' and <= {high:g}' if math.isfinite(high) else ' and finite')
+        raise ValueError(f'{name} must be {where}; got {v!r}')
+    return float(v)
 
 
 # %% [markdown]
@@ -665,18 +745,20 @@ def analytic_logits(
     chunk:int=16,
 )->Tensor:                   # (N, d): E[model(x + n)], n ~ N(shift, sigma^2 I), through the two-stage linearization
     "Analytic expected logits (Bibi et al. 2018, Theorem 1, on the two-stage linearization); needs hidden variances only."
-    _check_input(x)
+    _check_input(x, model)
     std = _noise_std(sigma, x)
-    layer = _last_relu(model) if layer is None else layer
+    chunk, layer = check_count(chunk, 'chunk', 1), _layer(model, layer)
     mu, N = _shifted(x, shift), x.shape[0]
+    if N == 0: return x.new_zeros(0, _classes(model, x)[0])
     point = mu if at_shift else x
-    var = (std * std).expand(x.shape).reshape(N, -1)
+    k = _std_scale(std)       # 1, or a power of two that keeps sigma^2 finite: E = k B E[relu(z / k)] + c2, exactly
+    var = ((std / k) ** 2).expand(x.shape).reshape(N, -1)
     out = []
     for s in range(0, N, chunk):
         A, c1, B, c2 = two_stage(model, point[s:s + chunk], layer, max_bytes=None)   # no hidden covariance is formed
-        mbar = (A @ mu[s:s + chunk].reshape(A.shape[0], -1, 1))[..., 0] + c1
+        mbar = ((A @ mu[s:s + chunk].reshape(A.shape[0], -1, 1))[..., 0] + c1) / k
         hidden_var = ((A * A) @ var[s:s + chunk, :, None])[..., 0]
-        out.append((B @ relu_mean(mbar, hidden_var)[..., None])[..., 0] + c2)
+        out.append(k * (B @ relu_mean(mbar, hidden_var)[..., None])[..., 0] + c2)
     return torch.cat(out)
 
 def topk_agreement(
@@ -685,6 +767,15 @@ def topk_agreement(
     k:int,        # how many of the top classes must agree, in order
 )->Tensor:        # fraction of rows whose top-k classes are identical and identically ordered
     "The ordering accuracy of Bibi et al. 2018, Table 2: share of rows with the same ordered top-k indices in a and b."
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor)): raise TypeError('a and b must be tensors of scores (N, d)')
+    a, b = as_tensors(a, b, names=('a', 'b'))
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f'a and b must be scores (N, d) of one shape; got a {tuple(a.shape)}, b {tuple(b.shape)}')
+    if len(a) == 0: raise ValueError('a must hold at least one row: the share of an empty set is undefined')
+    for t, name in ((a, 'a'), (b, 'b')):
+        if torch.isnan(t).any(): raise ValueError(f'{name} must not be NaN')
+    k = check_count(k, 'k', 1)
+    if k > a.shape[1]: raise ValueError(f'k must be <= {a.shape[1]}, the number of classes; got {k}')
     return (a.topk(k, -1).indices == b.topk(k, -1).indices).all(-1).to(a.dtype).mean()
 
 
@@ -695,6 +786,9 @@ def topk_agreement(
 sa = torch.tensor([[3., 2., 1., 0.], [0., 1., 2., 3.]])
 sb = torch.tensor([[3., 1., 2., 0.], [0., 1., 2., 3.]])
 test_eq([topk_agreement(sa, sb, k).item() for k in (1, 2, 3)], [1.0, 0.5, 0.5])
+test_fail(lambda: topk_agreement(sa, sb, 5), contains='k must be <= 4')
+test_fail(lambda: topk_agreement(sa[:0], sb[:0], 1), contains='a must hold at least one row')
+test_fail(lambda: topk_agreement(sa, sb.double(), 1), contains='b float64')
 
 # %% [markdown]
 # The perturbation: computed from `N_UNI` images (the slice's images 100 on), $\ell_2$ bound $\xi$, evaluated on
@@ -775,11 +869,16 @@ def fooling_map(
     progress:bool=False,
 )->FoolingMap:
     "Spatial fooling maps from the analytic mean under zero-mean window noise (Bibi et al. 2018, §4.4, Fig. 3), all positions at once."
-    _check_input(x)
+    _check_input(x, model)
     if x.ndim != 4: raise ValueError(f'x must be images (N, C, H, W); got shape {tuple(x.shape)}')
-    if not 1 <= window <= min(x.shape[-2:]): raise ValueError(f'window must be in [1, {min(x.shape[-2:])}]; got {window}')
-    if not sigma >= 0: raise ValueError(f'sigma must be >= 0; got {sigma}')
-    layer = _last_relu(model) if layer is None else layer
+    window, chunk = check_count(window, 'window', 1), check_count(chunk, 'chunk', 1)
+    if window > min(x.shape[-2:]): raise ValueError(f'window must be in [1, {min(x.shape[-2:])}]; got {window}')
+    sigma = _real(sigma, 'sigma', 0)
+    layer = _layer(model, layer)
+    side = (x.shape[-2] - window + 1, x.shape[-1] - window + 1)
+    if len(x) == 0:
+        z, c = x.new_zeros(0, *side), _classes(model, x)[1]
+        return FoolingMap(z, z, z.bool(), c)
     out = []
     for s in tqdm(range(0, x.shape[0], chunk), disable=not progress, unit='chunk'):
         xs = x[s:s + chunk]
@@ -797,7 +896,6 @@ def fooling_map(
         out.append((z, clean))
     z, clean = torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
     c = clean[:, 0].argmax(-1)
-    side = (x.shape[-2] - window + 1, x.shape[-1] - window + 1)
     def margin(t):
         tc = t.gather(-1, c[:, None, None].expand(*t.shape[:2], 1))[..., 0]
         return tc - t.scatter(-1, c[:, None, None].expand(*t.shape[:2], 1), float('-inf')).amax(-1)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from netmoments.core import check_finite, check_var, eval_mode
+from netmoments.core import as_tensors, check_broadcast, check_finite, check_var, eval_mode
 from netmoments.gaussian import normal_cdf
 
 # %%
@@ -71,23 +71,32 @@ def _check_labels(model, x, y):
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= d: raise ValueError(f'y must be classes in [0, {d}); got values {lo}..{hi}')
 
-def _check_inputs(model, x, sigmas, samples, y=None):
-    "Check the arguments; the sigmas (30 evenly spaced in [0, 0.5] when None) in x's dtype."
+def _check_inputs(model, x, sigmas, samples, y=None, name='sigmas', empty=False):
+    "Check the arguments; the sigmas (30 evenly spaced in [0, 0.5] when None) in x's dtype. `name`: the sigmas' argument."
     if not isinstance(model, nn.Module): raise TypeError(f'model must be an nn.Module; got {type(model).__name__}')
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2 or len(x) == 0:
-        raise ValueError(f'x must be a non-empty floating batch (N, ...) of inputs; got '
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2 or (len(x) == 0 and not empty):
+        raise ValueError(f'x must be a {"" if empty else "non-empty "}floating batch (N, ...) of inputs; got '
                          f'{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}')
     if y is not None and (not isinstance(y, Tensor) or y.shape != x.shape[:1]):
         raise ValueError(f'y must be labels of shape ({len(x)},) matching x; got '
                          f'{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}')
-    sigmas = torch.linspace(0, 0.5, 30) if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64).flatten()
-    if sigmas.numel() == 0: raise ValueError('sigmas must hold at least one noise level; got none')
-    check_var(sigmas.double(), 'sigmas')
+    if sigmas is None: sigmas = torch.linspace(0, 0.5, 30)
+    elif isinstance(sigmas, Tensor): sigmas = as_tensors(x, sigmas, names=('x', name))[1].flatten()   # x's dtype or none
+    else: sigmas = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    if sigmas.numel() == 0: raise ValueError(f'{name} must hold at least one noise level; got none')
+    check_var(sigmas.double(), name)
     _check_count(samples, 'samples')
     check_finite(x, 'x')
     _check_params(model)
-    if y is not None: _check_labels(model, x, y)
-    return sigmas.to(x.dtype)
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if dtypes and x.dtype not in dtypes:
+        found = ', '.join(sorted(str(d).removeprefix('torch.') for d in dtypes))
+        raise TypeError(f'x is {str(x.dtype).removeprefix("torch.")} but model has {found} parameters; convert one '
+                        f'(e.g. model.double() or x.float())')
+    if y is not None and len(y): _check_labels(model, x, y)
+    sigmas = sigmas.to(x.dtype)
+    check_finite(sigmas, name)                           # in x's dtype: a level past its range is refused
+    return sigmas
 
 
 # %%
@@ -97,7 +106,7 @@ class NoiseRobustness(NamedTuple):
     sigmas:Tensor      # (S,) noise standard deviations
     robustness:Tensor  # (S,) fraction of points whose prediction survives all `samples` noisy copies
     mean:Tensor        # the score of Alfadly et al. 2019: robustness averaged over the sigmas
-    auc:Tensor         # trapezoidal area under robustness(sigma) divided by the sigma range
+    auc:Tensor         # trapezoidal area under robustness(sigma), sigmas in increasing order, divided by their range (mean if 0)
 
 
 # %%
@@ -132,8 +141,9 @@ def noise_robustness(
                 pred = model(noisy.flatten(0, 1)).argmax(-1).reshape(samples, len(xb))
                 counts[k] += (pred == ref).all(0).sum()
     rob = counts.to(x.dtype) / len(x)
-    s = sigmas.to(rob)                                  # the sigmas are checked on the CPU, rob is on x's device
-    auc = torch.trapezoid(rob, s) / (s[-1] - s[0]) if len(s) > 1 else rob[0]
+    s, order = sigmas.to(rob).sort()                    # the sigmas are checked on the CPU, rob is on x's device
+    span = s[-1] - s[0]
+    auc = torch.trapezoid(rob[order], s) / span if len(s) > 1 and span > 0 else rob.mean()   # one level: the mean
     return NoiseRobustness(sigmas, rob, rob.mean(), auc)
 
 
@@ -188,6 +198,12 @@ test_fail(lambda: noise_robustness(net, xs, mode='label'), contains='needs the l
 test_fail(lambda: noise_robustness(net, xs, mode='label', y=ys[:5]), contains='y must be labels')
 test_fail(lambda: noise_robustness(net, xs, mode='x'), contains="mode must be")
 test_fail(lambda: noise_robustness(net, xs, samples=0), contains='samples must be')
+test_fail(lambda: noise_robustness(net, xs, torch.tensor([0.1], dtype=torch.float64)), contains='sigmas float64')
+test_fail(lambda: noise_robustness(net, xs.double()), contains='convert one')
+rs = noise_robustness(net, xs[:50], [0.3, 0.1, 0.2])                    # unsorted levels: the area is over sorted ones
+test_close(rs.auc, torch.trapezoid(rs.robustness[[1, 2, 0]], rs.sigmas[[1, 2, 0]]) / 0.2, eps=1e-6)
+r22 = noise_robustness(net, xs[:50], [0.2, 0.2])
+test_eq(r22.auc, r22.mean)                                              # no range: the mean, not 0 / 0
 
 
 # %% [markdown]
@@ -209,17 +225,20 @@ def misclassification_rate(
     sigma:float|Tensor,   # noise std (any shape)
 )->Tensor:                # predicted error rate under N(0, sigma^2 I), eq 33
     "The predicted misclassification rate under Gaussian noise of Lyu et al. 2015, eq. 33."
-    sigma = torch.as_tensor(sigma, dtype=torch.float64)
-    p_miss, mu_a, s_a = (torch.as_tensor(v, dtype=sigma.dtype) for v in (p_miss, mu_a, s_a))
+    names = ('p_miss', 'mu_a', 's_a', 'sigma')
+    tensor = any(isinstance(v, Tensor) and v.is_floating_point() for v in (p_miss, mu_a, s_a, sigma))
+    p_miss, mu_a, s_a, sigma = (v if tensor else v.double()           # numbers only: float64, as before
+                                for v in as_tensors(p_miss, mu_a, s_a, sigma, names=names))
+    check_broadcast(names, p_miss, mu_a, s_a, sigma)
     check_finite(p_miss, 'p_miss')
     if ((p_miss < 0) | (p_miss > 1)).any(): raise ValueError(f'p_miss must be a probability in [0, 1]; got {p_miss.min().item():.4g}..{p_miss.max().item():.4g}')
     check_var(mu_a, 'mu_a'); check_var(sigma, 'sigma'); check_var(s_a, 's_a')
-    if (sigma ** 2 + s_a ** 2 == 0).any(): raise ValueError('sigma and s_a must not both be 0 (the spread of delta would be 0)')
+    if ((sigma == 0) & (s_a == 0)).any(): raise ValueError('sigma and s_a must not both be 0 (the spread of delta would be 0)')
     return _eq33(p_miss, mu_a, s_a, sigma)
 
 def _eq33(p_miss, mu_a, s_a, sigma):
-    "Eq. 33 without argument checks (NaN propagates), clamped to [0, 1] against rounding."
-    return (p_miss + (1 - p_miss) * normal_cdf(-mu_a / (sigma ** 2 + s_a ** 2).sqrt())).clamp(0, 1)
+    "Eq. 33 without argument checks (NaN propagates), clamped to [0, 1] against rounding; hypot: no overflow."
+    return (p_miss + (1 - p_miss) * normal_cdf(-mu_a / torch.hypot(sigma, s_a))).clamp(0, 1)
 
 
 # %% [markdown]
@@ -253,12 +272,24 @@ def minimum_perturbations(
 )->Tensor:               # (N,) ||a||: NaN where misclassified, inf where not found
     "Minimum l2 perturbations along grad_x L that change a correct prediction, by line search (Lyu et al. 2015, §V-A)."
     _check_count(steps, 'steps'); _check_count(bisections, 'bisections', 0)
-    if not max_norm > 0: raise ValueError(f'max_norm must be > 0; got {max_norm!r}')
-    _check_inputs(model, x, None, 1, y)
+    _check_max_norm(max_norm)
+    if not callable(loss): raise TypeError(f'loss must be callable; got {type(loss).__name__}')
+    _check_inputs(model, x, None, 1, y, empty=True)
+    if len(x) == 0: return x.new_zeros(0)
+    with eval_mode(model): return _minimum_perturbations(model, x, y, max_norm, steps, bisections, loss)
+
+def _check_max_norm(max_norm):
+    "max_norm must be a finite number > 0 (an infinite range has no grid)."
+    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not 0 < max_norm < math.inf:
+        raise ValueError(f'max_norm must be a finite number > 0; got {max_norm!r}')
+
+def _minimum_perturbations(model, x, y, max_norm, steps, bisections, loss):
+    "minimum_perturbations for checked arguments and a model in eval mode."
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         out = model(x)
         g, = torch.autograd.grad(loss(out, y, reduction='sum'), x)
+    if not torch.isfinite(g).all(): raise ValueError('the gradient of the loss at x is not finite: the model overflows there')
     x = x.detach()
     d = g / g.flatten(1).norm(dim=1).clamp(min=torch.finfo(g.dtype).tiny).reshape(-1, *[1] * (x.ndim - 1))
     wrong = lambda t: model(x + t.reshape(-1, *[1] * (x.ndim - 1)) * d).argmax(-1) != y
@@ -333,10 +364,13 @@ def predicted_misclassification(
 )->Misclassification:
     "The predicted misclassification rate of Lyu et al. 2015 under Gaussian noise (eqs. 26-33) beside the measured one."
     _check_count(draws, 'draws'); _check_count(steps, 'steps')
-    if not max_norm > 0: raise ValueError(f'max_norm must be > 0; got {max_norm!r}')
-    sigmas = _check_inputs(model, x, torch.as_tensor(sigma, dtype=torch.float64).reshape(-1), 1, y)
+    _check_max_norm(max_norm)
+    sigmas = _check_inputs(model, x, sigma, 1, y, name='sigma')
     a = minimum_perturbations(model, x, y, max_norm, steps)
     fit = a[a.isfinite()]
+    if len(fit) < 2:
+        raise ValueError(f'x has {len(fit)} correctly classified point(s) whose minimum perturbation was found within '
+                         f'max_norm = {max_norm}; fitting mu_a and s_a needs 2: use more points or a larger max_norm')
     p_miss = a.isnan().to(x.dtype).mean()
     mu_a, s_a = fit.mean(), fit.std()
     measured = torch.stack([1 - noise_robustness(model, x, sigmas, mode='label', y=y, seed=seed + r).robustness
