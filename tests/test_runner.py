@@ -107,13 +107,14 @@ def test_changed_grid_is_reported_not_merged(tmp_path):
 
 @pytest.mark.parametrize('kw,message', [
     (dict(engine='dask'), "engine must be 'ray' or 'local'"),
-    (dict(workers=0), 'workers must be an int >= 1'),
+    (dict(workers=0), 'workers must be >= 1'),
     (dict(preset='huge'), "has no preset 'huge'"),
     (dict(shard='2/2'), "shard must be 'i/n'"),
     (dict(units='5-99'), 'is not a range inside'),
+    (dict(workers=2.5), 'workers must be an int'),
 ])
 def test_bad_arguments_are_refused_before_any_work(tmp_path, kw, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, TypeError), match=message):
         run('relu-mean', **{'out': tmp_path, 'engine': 'local', 'progress': False, **kw})
     assert not any(tmp_path.iterdir())
 

@@ -243,11 +243,18 @@ test_fail(lambda: experiment('nope'), contains="unknown experiment 'nope'")
 
 # %%
 #| export
+def _count(k, name:str, least:int)->int:
+    "`k` as an int >= `least`, or a TypeError/ValueError naming `name` (this module does without torch and core)."
+    if isinstance(k, bool) or not isinstance(k, int): raise TypeError(f'{name} must be an int; got {type(k).__name__}')
+    if k < least: raise ValueError(f'{name} must be >= {least}; got {k}')
+    return k
+
 def unit_name(
     index:int,   # position in the grid
     params:dict, # the unit's parameters
 )->str:          # file name of the unit's result
     "`{index:05d}-{digest}.json`, the digest a SHA-256 prefix of the parameters' canonical JSON."
+    _count(index, 'index', 0)
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     return f'{index:05d}-{digest}.json'
 
@@ -351,7 +358,7 @@ def select_units(
     units:str|None=None,     # indices and ranges, e.g. '0,3,5-9'
 )->list:                     # the selected indices, increasing
     "Indices of the units to run: all, a shard `i/n`, or a list of indices and ranges (both: their intersection)."
-    chosen = set(range(total))
+    chosen = set(range(_count(total, 'total', 1)))
     if shard is not None:
         m = re.fullmatch(r'\s*(\d+)\s*/\s*(\d+)\s*', str(shard))
         if not m or int(m[2]) < 1 or int(m[1]) >= int(m[2]):
@@ -469,8 +476,7 @@ def run(
 )->RunSummary:
     "Run the units of experiment `name` not yet on disk, saving each atomically; merge when the grid is complete."
     if engine not in ('ray', 'local'): raise ValueError(f"engine must be 'ray' or 'local'; got {engine!r}")
-    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
-        raise ValueError(f'workers must be an int >= 1; got {workers!r}')
+    if workers is not None: _count(workers, 'workers', 1)
     start = time.perf_counter()
     exp = experiment(name)
     preset = exp.preset(preset)
