@@ -50,7 +50,7 @@ def linear_bound(
     if len(W) < 2: raise ValueError(f'W must have at least 2 classes; got {len(W)}')
     if len(x) == 0: raise ValueError(f'x must hold at least one sample; got shape {tuple(x.shape)}')
     for t, name in ((W, 'W'), (b, 'b'), (x, 'x')): check_finite(t, name)
-    W, b, x = as_tensors(W, b, x, names=('W', 'b', 'x'))      # mixed float dtypes promote, as everywhere in netmoments
+    W, b, x = as_tensors(W, b, x, names=('W', 'b', 'x'))      # one floating dtype, as everywhere in netmoments
     # the bound is invariant to a common positive scale of (W, b): divide by the power of two at or above their
     # largest magnitude (exact in floating point), so that no norm or score under- or overflows for tiny or huge weights
     top = torch.maximum(W.abs().max(), b.abs().max())
