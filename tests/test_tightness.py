@@ -83,7 +83,7 @@ def test_cli_tightness_ties(tmp_path):
     reports = {}
     for ties in ('split', 'first'):
         out = tmp_path / f'{ties}.json'
-        assert main(['tightness', '--images', '1', '--samples', '200', '--ties', ties, '--json', str(out), '--figure', '']) == 0
+        assert main(['tightness', '--images', '1', '--samples', '200', '--ties', ties, '--json', str(out)]) == 0
         reports[ties] = json.loads(out.read_text())
     split, first = ([row for img in reports[k]['images'] for row in img['logits']] for k in ('split', 'first'))
     assert reports['first']['ties'] == 'first'
