@@ -58,8 +58,9 @@ def predict(
 
 # %% ../nbs/17_minimal.ipynb #e19b51a4
 def _is_adv(model, x, label):
-    "Does the class of x (in the dtype of x) differ from `label`?"
-    with torch.no_grad(): return model(x).argmax(1) != label
+    "Does the class of x (in the dtype of x) differ from `label`? Never where a logit is not finite (no class there)."
+    with torch.no_grad(): logits = model(x)
+    return (logits.argmax(1) != label) & torch.isfinite(logits).all(1)
 
 def _bcast(t, x):
     "Reshape per-sample scalars (N,) to broadcast against x (N, ...)."
@@ -146,7 +147,11 @@ def _grow(model, x, u, label, eps_min, eps_max):
 def _fgs_fgv(model, model64, x, label, sign, eps_min, eps_max, steps):
     "FGS (sign) or FGV directions u and their verified smallest adversarial scales."
     g = _loss_grad(model, x, label)
-    u = g.sign() if sign else g / _bcast(g.flatten(1).norm(dim=1).clamp_min(1e-300), g)
+    if sign: u = g.sign()
+    else:                                                   # g / |g|, scaled first so no square overflows or underflows;
+        g = g / _bcast(g.flatten(1).abs().amax(1).clamp_min(torch.finfo(g.dtype).tiny), g)
+        n = g.flatten(1).norm(dim=1)                        # a zero gradient (every ReLU dead) gives no direction
+        u = g / _bcast(torch.where(n > 0, n, torch.ones_like(n)), g)
     return u, _ray_search(model, model64, x, u, _grow(model, x, u, label, eps_min, eps_max), label, steps)
 
 # %% ../nbs/17_minimal.ipynb #d2c40e2b

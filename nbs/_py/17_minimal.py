@@ -115,8 +115,9 @@ test_fail(lambda: predict(copy.deepcopy(toy).float(), torch.tensor([[1., 0.]])),
 # %%
 #| export
 def _is_adv(model, x, label):
-    "Does the class of x (in the dtype of x) differ from `label`?"
-    with torch.no_grad(): return model(x).argmax(1) != label
+    "Does the class of x (in the dtype of x) differ from `label`? Never where a logit is not finite (no class there)."
+    with torch.no_grad(): logits = model(x)
+    return (logits.argmax(1) != label) & torch.isfinite(logits).all(1)
 
 def _bcast(t, x):
     "Reshape per-sample scalars (N,) to broadcast against x (N, ...)."
@@ -227,7 +228,11 @@ def _grow(model, x, u, label, eps_min, eps_max):
 def _fgs_fgv(model, model64, x, label, sign, eps_min, eps_max, steps):
     "FGS (sign) or FGV directions u and their verified smallest adversarial scales."
     g = _loss_grad(model, x, label)
-    u = g.sign() if sign else g / _bcast(g.flatten(1).norm(dim=1).clamp_min(1e-300), g)
+    if sign: u = g.sign()
+    else:                                                   # g / |g|, scaled first so no square overflows or underflows;
+        g = g / _bcast(g.flatten(1).abs().amax(1).clamp_min(torch.finfo(g.dtype).tiny), g)
+        n = g.flatten(1).norm(dim=1)                        # a zero gradient (every ReLU dead) gives no direction
+        u = g / _bcast(torch.where(n > 0, n, torch.ones_like(n)), g)
     return u, _ray_search(model, model64, x, u, _grow(model, x, u, label, eps_min, eps_max), label, steps)
 
 
@@ -525,6 +530,11 @@ test_eq(minimal_l2(net, images[:0]).perturbation.shape, (0, 1, 28, 28))        #
 test_fail(lambda: minimal_l2(net, images.double()), exc=TypeError, contains='convert one')   # one floating dtype
 test_fail(lambda: minimal_l2(toy, torch.tensor([[1., 0.]]), 'fgs', eps_min=0.), exc=ValueError, contains='eps_min')
 test_fail(lambda: minimal_l2(toy, torch.tensor([[1., 0.]]), 'fgv', eps_max=torch.inf), exc=ValueError, contains='eps_max')
+dead = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2))    # every ReLU dead: a zero gradient, no direction
+with torch.no_grad(): dead[0].bias.fill_(-10.); dead[2].bias.copy_(torch.tensor([1., 0.]))
+for m in ('fgs', 'fgv'):
+    r = minimal_l2(dead, torch.tensor([[0.1, 0.2]]), m)
+    test_eq((r.success.item(), r.norm.item(), r.perturbation.abs().sum().item()), (False, math.inf, 0.))
 test_fail(lambda: minimal_l2(toy, torch.tensor([[1., 0.]]), steps=-3), exc=ValueError, contains='steps must be a positive integer')
 test_fail(lambda: minimal_l2(toy, torch.tensor([[1., 0.]]), gamma=1.), exc=ValueError, contains='gamma')
 test_fail(lambda: strongest(toy, torch.tensor([[1., 0.]]), methods=()), exc=ValueError, contains='methods must be')
