@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from .core import as_tensors, check_broadcast, check_count, check_finite, check_model, eval_mode
 from .linearize import AffineReluAffine, model_layers, two_stage
-from .propagate import _input_ndim, _input_state, _layers, _propagate, _relu_factor, _truncate
+from .propagate import propagate_moments
 from .relu import relu_mean
 
 # %% auto #0
@@ -165,14 +165,13 @@ class ExpectedLogits:
             var = std * std
             if not torch.isfinite(var).all():
                 raise ValueError(f'sigma is too large for {str(M.dtype)[6:]}: its square overflows')
-            with eval_mode(self.model): return _propagated_mean(self.model, x.view(M.shape), var.expand(N, x.shape[1]).reshape(M.shape))
+            with eval_mode(self.model):
+                return propagate_moments(self.model, x.view(M.shape), var.expand(N, x.shape[1]).reshape(M.shape), mode='diag').mean
         A, c1, B, c2 = self.lin
         k = _std_scale(std) if k is None else k   # 1, or a power of two keeping sigma^2 finite: E = k B E[relu(z / k)] + c2
         var = (std / k) ** 2
         mbar = (torch.einsum('nk,nqk->nq', x, A) + c1) / k
         hvar = var * self.A2_rows if var.shape[1] == 1 else torch.einsum('nk,nqk->nq', var, self.A2)
-        far = mbar.detach().abs() > 50 * hvar.detach().sqrt()   # relu_mean is relu(mbar) exactly there: the same
-        hvar = torch.where(far, 0., hvar)                         # value, and the gradient's limit instead of 0 * inf
         return k * torch.einsum('nq,ndq->nd', relu_mean(mbar, hvar), B) + c2
 
     def take(self, index:Tensor)->'ExpectedLogits':
@@ -200,20 +199,6 @@ def expected_logits(
     _check_batch(M)
     _mu_sigma(M, mu, sigma)                    # refuse a bad mu or sigma before linearizing
     return ExpectedLogits(model, M, layer, method)(mu, sigma)
-
-def _saturated_zero_var(mean, Ut, d, rank):
-    "`_relu_factor` with the variance of units more than 50 sd from 0 set to 0: the same value, finite gradients."
-    Ut, d = _truncate(Ut, d, rank)
-    var = (Ut * Ut).sum(-2) + d
-    far = mean.detach().abs() > 50 * var.detach().sqrt()    # relu_mean clamps |mean / sd| at 50: relu(mean) exactly
-    return _relu_factor(mean, torch.where(far[:, None, :], 0., Ut), torch.where(far, 0., d), rank)
-
-def _propagated_mean(model, x, var):
-    "E[model(x + n)], n ~ N(0, diag(var)), by propagate_moments' diagonal mode, with finite gradients at zero variance."
-    layers = _layers(model)
-    mean, _, state = _input_state(x, var, _input_ndim(layers, x), False)
-    mean, _ = _propagate(layers, mean, state, 0, relu_factor=_saturated_zero_var)
-    return mean.reshape(len(x), -1)
 
 # %% ../nbs/14_attacks.ipynb #6fe050c9
 def class_margin(

@@ -9,11 +9,10 @@ from .runner import Experiment, register, EXPERIMENTS
 
 # %% auto #0
 __all__ = ['ROBUST_SIGMAS', 'ROBUST_ALPHAS', 'ROBUST_FOLDS', 'ROBUST_TRAINING', 'TIGHTNESS_SIGMAS', 'MNIST_TEST',
-           'TIGHTNESS_COST', 'TIGHTNESS', 'SYNTHETIC_NETS', 'SYNTHETIC_REGIMES', 'TABLE1_AMPLITUDES', 'SYNTHETIC_COST',
-           'SYNTHETIC', 'CENTERS_KS', 'CENTERS_BASELINE_KS', 'CENTERS_COST', 'CENTERS', 'PECK_MLPS', 'BOUNDS_COST',
-           'BOUNDS', 'SURVIVAL_SIGMAS', 'SURVIVAL_HEADER', 'SURVIVAL_COST', 'SURVIVAL', 'paper_lenet',
-           'robust_training_unit', 'tightness_unit', 'synthetic_unit', 'cached_kmeans', 'centers_unit', 'bounds_unit',
-           'survival_unit']
+           'TIGHTNESS_COST', 'TIGHTNESS', 'SYNTHETIC_NETS', 'SYNTHETIC_REGIMES', 'SYNTHETIC_COST', 'SYNTHETIC',
+           'CENTERS_KS', 'CENTERS_BASELINE_KS', 'CENTERS_COST', 'CENTERS', 'PECK_MLPS', 'BOUNDS_COST', 'BOUNDS',
+           'SURVIVAL_SIGMAS', 'SURVIVAL_HEADER', 'SURVIVAL_COST', 'SURVIVAL', 'paper_lenet', 'robust_training_unit',
+           'tightness_unit', 'synthetic_unit', 'cached_kmeans', 'centers_unit', 'bounds_unit', 'survival_unit']
 
 # %% ../nbs/24_experiments.ipynb #176e4445
 ROBUST_SIGMAS = (0.125, 0.25, 0.325, 0.5, 1.)                       # training noise levels, Alfadly et al. 2019
@@ -49,19 +48,14 @@ def robust_training_unit(p:dict)->dict:
     import time, torch
     from netmoments.data import load
     from netmoments.models import lenet
-    from netmoments.regularizers import GaussianMomentLoss, noisy_augmentation
     from netmoments.robustness import noise_robustness
-    from netmoments.train import cross_entropy_loss, fit
+    from netmoments.train import fit, training_scheme
     device = p.get('device', 'cuda' if torch.cuda.is_available() else 'cpu')
     train = load(p['dataset'], 'train', limit=p['limit'])
     test = load(p['dataset'], 'test', limit=p['limit'])
     g = torch.Generator().manual_seed(p['seed'])
     net = (paper_lenet(g) if p['arch'] == 'paper' else lenet(g)).to(device)
-    loss, augment = cross_entropy_loss, None
-    if p['kind'] == 'regularizer': loss = GaussianMomentLoss(p['sigma'], p['level'])
-    if p['kind'] == 'augment':
-        sigma, folds = p['sigma'], p['level']
-        augment = lambda x, y, gen: noisy_augmentation(x, y, sigma, folds, gen)
+    loss, augment = training_scheme(p['kind'], p['sigma'], p['level'])
     start = time.perf_counter()
     res = fit(net, (train.x, train.y), loss=loss, augment=augment, epochs=p['epochs'], lr=1e-4, batch_size=1000,
               seed=p['seed'], device=device, progress=False)
@@ -178,9 +172,9 @@ TIGHTNESS = register(Experiment(
 SYNTHETIC_NETS = {'FC-A': ((100,), 1), 'FC-B': ((100,), 2), 'FC-C': ((100,), 2),   # input shape, l: Bibi et al. 2018
                   'Conv-A': ((1, 20, 20), 1), 'Conv-B': ((1, 20, 20), 2), 'Conv-C': ((1, 20, 20), 2)}
 SYNTHETIC_REGIMES = ('low', 'medium', 'high')
-TABLE1_AMPLITUDES = (0.5, 0.75, 1.0, 1.5, 2.0)   # noise std in [0, 255] pixel units, Alfadly et al. 2020, Table 1
 
 def _synthetic_grid(preset):
+    from netmoments.synthetic import TABLE1_AMPLITUDES
     count, n_mc, size, images, draws, per_unit = {'paper': (200, 75_000, {'FC': 100, 'Conv': 20}, 100, 20, 5),
                                                   'cpu': (200, 10_000, {'FC': 200, 'Conv': 50}, 100, 5, 10),
                                                   'tiny': (2, 1000, {'FC': 2, 'Conv': 2}, 1, 2, 1)}[preset]
@@ -206,28 +200,12 @@ def _fig2_unit(p):
 
 def _table1_unit(p, rows=4):
     "Mean l2 error at the clean image of LeNet linearized at noisy copies, (images, l = 1..3, amplitudes)."
-    import torch
     from netmoments.data import load
-    from netmoments.linearize import two_stage
     from netmoments.models import pretrained
-    net = pretrained('lenet-mnist')
+    from netmoments.synthetic import linearization_error
     x = load('mnist', 'test', limit=p['stop']).x[p['start']:]
-    gen = torch.Generator().manual_seed(p['seed'])
-    err, at_point = torch.zeros(len(x), 3, len(p['amplitudes'])), 0.
-    with torch.no_grad():
-        for i, image in enumerate(x):
-            z = torch.randn(p['draws'], *image.shape, generator=gen)   # one direction per draw, for every amplitude
-            clean = image.expand_as(z)
-            for j, a in enumerate(p['amplitudes']):
-                for l in (1, 2, 3):
-                    total = 0.
-                    for zs, cs in zip(z.split(rows), clean.split(rows)):   # at l = 1, A takes 36 MB per row
-                        noisy = cs + a / 255 * zs
-                        lin = two_stage(net, noisy, l, at='relu', max_bytes=None)
-                        at_point = max(at_point, (lin(noisy.flatten(1)) - net(noisy)).abs().max().item())
-                        total += (lin(cs.flatten(1)) - net(cs)).norm(dim=-1).sum().item()
-                    err[i, l - 1, j] = total / p['draws']
-    return {'error': err.tolist(), 'at_point': at_point}
+    res = linearization_error(pretrained('lenet-mnist'), x, p['draws'], p['amplitudes'], p['seed'], rows=rows)
+    return {'error': res.error.tolist(), 'at_point': res.at_point}   # at l = 1, A takes 36 MB per row
 
 def synthetic_unit(p:dict)->dict:
     "Analytic and MC moments of a synthetic network on a block of covariances, or LeNet's linearization error, l = 1-3."

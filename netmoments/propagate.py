@@ -14,7 +14,7 @@ from .core import as_tensors, check_cov, check_finite, check_var
 from .gaussian import normal_cdf, normal_pdf
 from .linearize import model_layers, _forward
 from .montecarlo import LowRankCov, _cov_sqrt
-from .relu import _relu_cov_pair, _relu_cross_moment, _relu_mean, _relu_var
+from .relu import _relu_cov_pair, _relu_cross_moment, _relu_mean, _relu_var, _saturated_ratio
 
 # %% auto #0
 __all__ = ['PropagatedMoments', 'propagate_moments']
@@ -160,7 +160,7 @@ def _relu_factor(mean, Ut, d, rank):
     m_r, v_r = _relu_mean(mean, var), _relu_var(mean, var)
     zero = var == 0
     s = torch.where(zero, torch.ones_like(var), var).sqrt()
-    gain = torch.where(zero, (mean > 0).to(mean.dtype), normal_cdf((mean / s).clamp(-50, 50)))
+    gain = torch.where(zero, (mean > 0).to(mean.dtype), normal_cdf(_saturated_ratio(mean, s, -50, 50)))
     Ut = Ut * gain[:, None, :]
     return m_r, (Ut, (v_r - (Ut * Ut).sum(-2)).clamp(min=0))
 
@@ -171,7 +171,7 @@ def _clark_max(mu1, var1, mu2, var2, cov12):
     theta2 = (var1 + var2 - 2 * cov12).clamp(min=0)
     zero = theta2 == 0                                     # X - Y constant: the larger mean wins (P = 1/2 on a tie)
     theta = torch.where(zero, torch.ones_like(theta2), theta2).sqrt()
-    a = torch.where(zero, dm.sign() * 50, dm / theta).clamp(-50, 50)
+    a = torch.where(zero, dm.sign() * 50, _saturated_ratio(dm, theta, -50, 50))
     P, Q, pdf = normal_cdf(a), normal_cdf(-a), normal_pdf(a)
     mean = torch.where(zero, torch.maximum(mu1, mu2), mu2 + _relu_mean(dm, theta2))
     spread = torch.where(zero, torch.zeros_like(theta2), theta2 * (a * a * P * Q + a * pdf * (Q - P) - pdf * pdf))

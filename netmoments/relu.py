@@ -55,6 +55,13 @@ def _safe_std(var):
     zero = var == 0
     return torch.where(zero, torch.ones_like(var), var).sqrt(), zero
 
+def _saturated_ratio(mu, s, lo, hi):
+    "mu / s clamped to [lo, hi], with gradient 0 (not a clamp's 0 times an overflowed inf) where the clamp holds."
+    md, sd = mu.detach(), s.detach()
+    inside = (md > lo * sd) & (md < hi * sd)
+    bound = torch.where(md > 0, torch.full_like(mu, hi), torch.full_like(mu, lo))
+    return torch.where(inside, mu / torch.where(inside, s, torch.ones_like(s)), bound)
+
 def _pow2(x):
     "(2^-e, 2^e) for a power of two 2^e near |x| (elementwise, no gradient), both normal numbers in x's dtype."
     emax = int(math.log2(torch.finfo(x.dtype).max)) - 1    # 126 in float32, 1022 in float64
@@ -78,7 +85,7 @@ def relu_mean(
 
 def _relu_mean(mu, var):
     s, zero = _safe_std(var)
-    h = (mu / s).clamp(-60, 50)                             # below -60 every moment underflows, whatever s
+    h = _saturated_ratio(mu, s, -60, 50)                    # below -60 every moment underflows, whatever s
     k, K = _pow2(torch.maximum(mu.abs(), s))               # exact rescaling: mu k and s k are O(1)
     out = ((mu * k) * _normal_cdf(h) + (s * k) * _normal_pdf(h)) * K
     tail = (h < -_TAIL) & ~zero
@@ -93,7 +100,7 @@ def relu_second_moment(
     "Second moment of relu(z) for z ~ N(mu, var) (Bibi et al. 2018, Lemma 1, for any mean)."
     mu, var = _unit_inputs(mu, var)
     s, zero = _safe_std(var)
-    h = (mu / s).clamp(-60, 50)
+    h = _saturated_ratio(mu, s, -60, 50)
     k, K = _pow2(torch.maximum(mu.abs(), s))
     u, t = mu * k, s * k                                    # mu and s rescaled exactly: u u cannot overflow
     out = ((u * u + var * k * k) * _normal_cdf(h) + u * t * _normal_pdf(h)) * K * K
@@ -111,7 +118,7 @@ def relu_var(
 
 def _relu_var(mu, var):
     s, zero = _safe_std(var)
-    h = (mu / s).clamp(-60, 50)
+    h = _saturated_ratio(mu, s, -60, 50)
     P, Q, pdf = _normal_cdf(h), _normal_cdf(-h), _normal_pdf(h)
     lower = (h * h + 1) * P + h * pdf - (h * P + pdf) ** 2
     upper = 1 + (h * h - 1) * Q - h * pdf - (h * Q) ** 2 + 2 * h * pdf * Q - pdf * pdf

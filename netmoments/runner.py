@@ -130,12 +130,11 @@ def _relu_mean_grid(preset):
             enumerate((m, s) for m in mus for s in sigmas)]
 
 def _relu_mean_merge(params, results):
-    from statistics import NormalDist
-    N = NormalDist()
+    import torch
+    from netmoments.relu import relu_mean
     rows = []
     for p, r in zip(params, results):
-        h = p['mu'] / p['sigma']
-        exact = p['mu'] * N.cdf(h) + p['sigma'] * N.pdf(h)
+        exact = relu_mean(torch.tensor(p['mu'], dtype=torch.float64), p['sigma'] ** 2).item()   # the exact mean
         rows.append({**{k: p[k] for k in ('mu', 'sigma')}, 'estimate': r['mean'], 'exact': exact,
                      'z': (r['mean'] - exact) / r['se']})
     return {'rows': rows, 'max_abs_z': max(abs(r['z']) for r in rows)}

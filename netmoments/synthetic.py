@@ -11,7 +11,8 @@ from .linearize import two_stage
 from .montecarlo import mc_moments
 
 # %% auto #0
-__all__ = ['REGIMES', 'regime_covariances', 'Slope', 'fit_slope', 'AnalyticVsMC', 'analytic_vs_mc']
+__all__ = ['REGIMES', 'TABLE1_AMPLITUDES', 'regime_covariances', 'Slope', 'fit_slope', 'AnalyticVsMC', 'analytic_vs_mc',
+           'LinearizationError', 'linearization_error']
 
 # %% ../nbs/12_synthetic.ipynb #3ade34b0
 REGIMES = {'low': 1e-4, 'medium': 1.0, 'high': 200.0}   # Bibi et al. 2018, §4.1: maximum input variance of each noise regime
@@ -85,3 +86,36 @@ def analytic_vs_mc(
             rows.append(torch.stack([ana.mean.flatten()[0], mc.mean.flatten()[0], ana.var.flatten()[0],
                                      mc.var.flatten()[0], mc.var_se.flatten()[0]]))
     return AnalyticVsMC(*torch.stack(rows).T)
+
+# %% ../nbs/12_synthetic.ipynb #f4fc163e
+TABLE1_AMPLITUDES = (0.5, 0.75, 1.0, 1.5, 2.0)   # noise std in [0, 255] pixel units, Alfadly et al. 2020, Table 1
+
+class LinearizationError(NamedTuple):
+    "Distance between a network and its two-stage linearizations at noisy copies of images (`linearization_error`)."
+    error:Tensor    # (N, 3, A) per image, l = 1, 2, 3 and amplitude: mean over the draws of the l2 distance at the clean image
+    at_point:float  # largest |linearized - network| at the points of linearization (zero up to round-off)
+
+def linearization_error(
+    net:nn.Module,           # the network (LeNet in the paper)
+    images:Tensor,           # (N, ...) clean images in [0, 1]
+    draws:int,               # noise draws per image, each scaled to every amplitude
+    amplitudes=TABLE1_AMPLITUDES,  # noise std a/255 per column
+    seed:int=0,              # seeds the draws
+    rows:int|None=None,      # linearize this many noisy images at a time (None: all; bounds the memory of A)
+)->LinearizationError:
+    "Per image: l2 distance at the clean image between `net` and its two-stage linearization at a noisy copy, l = 1, 2, 3."
+    gen = torch.Generator().manual_seed(seed)
+    clean = images.repeat(draws, 1, 1, 1)                    # row k N + i: draw k of image i
+    z = torch.randn(clean.shape, generator=gen)              # one direction per draw, scaled by each amplitude
+    err, at_point = torch.zeros(len(images), 3, len(amplitudes)), 0.
+    with torch.no_grad():
+        for j, a in enumerate(amplitudes):
+            noisy = clean + a / 255 * z
+            for l in (1, 2, 3):
+                dist = []
+                for ns, cs in zip(noisy.split(rows or len(noisy)), clean.split(rows or len(clean))):
+                    lin = two_stage(net, ns, l, at='relu', max_bytes=None)     # no moments: no hidden covariance
+                    at_point = max(at_point, (lin(ns.flatten(1)) - net(ns)).abs().max().item())
+                    dist.append((lin(cs.flatten(1)) - net(cs)).norm(dim=-1))
+                err[:, l - 1, j] = torch.cat(dist).view(draws, len(images)).mean(0)
+    return LinearizationError(err, at_point)

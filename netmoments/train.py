@@ -14,7 +14,7 @@ from .bench import best_time
 from .regularizers import GaussianMomentLoss, noisy_augmentation
 
 # %% auto #0
-__all__ = ['cross_entropy_loss', 'FitResult', 'fit', 'step_costs', 'step_schemes']
+__all__ = ['cross_entropy_loss', 'FitResult', 'fit', 'step_costs', 'training_scheme', 'step_schemes']
 
 # %% ../nbs/21_train.ipynb #bee97338
 def cross_entropy_loss(model:nn.Module, x:Tensor, y:Tensor)->Tensor:
@@ -151,14 +151,25 @@ def step_costs(
     return {k: (t, t / base) for k, t in best.items()}
 
 # %% ../nbs/21_train.ipynb #c1d42897
+def training_scheme(
+    kind:str,          # 'baseline', 'regularizer' or 'augment'
+    sigma:float=0.,    # training noise std of the regularizer or the augmentation
+    level:float=0,     # the regularizer's weight alpha, or the augmentation's folds N~
+)->tuple:              # (loss, augment) for `fit`; augment is None for the first two
+    "The loss and batch augmentation of one training scheme of Alfadly et al. 2019: plain, moment regularizer (eq. 3) or N-fold noise."
+    if kind == 'baseline': return cross_entropy_loss, None
+    if kind == 'regularizer': return GaussianMomentLoss(sigma, level), None
+    if kind == 'augment': return cross_entropy_loss, lambda x, y, g: noisy_augmentation(x, y, sigma, level, g)
+    raise ValueError(f"kind must be 'baseline', 'regularizer' or 'augment'; got {kind!r}")
+
+# %% ../nbs/21_train.ipynb #d6085e61
 def step_schemes(
     sigma:float=0.5,     # training noise std of the regularizer and of the augmentation
     alpha:float=1.,      # the regularizer's weight
     folds:tuple=(2, 6),  # augmentation folds N~
 )->dict:                 # name -> scheme, for `step_costs`
     "Vanilla, vanilla on 2N, the analytic regularizer (Alfadly et al. 2019, eq. 3) and N-fold augmentation, as `step_costs` schemes."
-    augment = lambda n: lambda x, y, g: noisy_augmentation(x, y, sigma, n, g)
     return {'vanilla': cross_entropy_loss,
             'vanilla, batch 2N': (cross_entropy_loss, lambda x, y, g: (x.repeat(2, *[1] * (x.ndim - 1)), y.repeat(2))),
-            f'regularizer (eq 3), alpha {alpha:g}': GaussianMomentLoss(sigma, alpha),
-            **{f'augmentation N={n}': (cross_entropy_loss, augment(n)) for n in folds}}
+            f'regularizer (eq 3), alpha {alpha:g}': training_scheme('regularizer', sigma, alpha)[0],
+            **{f'augmentation N={n}': training_scheme('augment', sigma, n) for n in folds}}

@@ -8,6 +8,7 @@ from torch.testing import assert_close
 
 from netmoments.ara import AraMoments, ara_moments, ara_second_moment_zero_mean
 from netmoments.montecarlo import mc_moments
+from helpers import within
 
 f64, f32 = torch.float64, torch.float32
 EPS64 = torch.finfo(f64).eps
@@ -37,11 +38,6 @@ def random_net(n, p, d, seed, form='full', dtype=f64):
 
 def network(A, c1, B, c2):
     return lambda x: torch.relu(x @ A.mT + c1) @ B.mT + c2
-
-
-def within(estimate, truth, se, k=4):
-    z = ((estimate - truth) / se).abs().max()
-    assert bool(((estimate - truth).abs() <= k * se).all()), f'max |error| / SE = {float(z):.2f} > {k}'
 
 
 def hidden(mu, dense, A, c1):

@@ -9,17 +9,12 @@ from torch.testing import assert_close
 from conftest import DEVICE_PARAMS
 
 from netmoments.montecarlo import LowRankCov, MCMoments, mc_moments
+from helpers import within
 
 f64 = torch.float64
 PROFILE = settings(max_examples=25)  # on top of the derandomized profile of conftest.py
 DEVICES = DEVICE_PARAMS
 FORMS = ['scalar', 'variances', 'full', 'singular', 'low rank']
-
-
-def within(estimate, truth, se, k):
-    "Every entry of `estimate` within `k` standard errors of `truth`, with a readable failure."
-    z = ((estimate - truth) / se).abs().max()
-    assert bool(((estimate - truth).abs() <= k * se).all()), f'max |error| / SE = {float(z):.2f} > {k}'
 
 
 def gaussian(form, shape, seed, dtype=f64, device='cpu'):

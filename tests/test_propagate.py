@@ -13,6 +13,7 @@ from netmoments.linearize import seeded
 from netmoments.montecarlo import LowRankCov, mc_moments
 from netmoments.propagate import PropagatedMoments, propagate_moments
 from netmoments.propagate import _affine, _clark_max, _maxpool
+from helpers import within
 
 f64, f32 = torch.float64, torch.float32
 
@@ -134,10 +135,6 @@ def test_affine_maps_against_autograd_jacobian(layer, shape):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Against Monte Carlo: exact with one ReLU; Clark's pair; the max of a zero-variance window.
-
-def within(estimate, truth, se, k=4):
-    z = ((estimate - truth) / se).abs().max()
-    assert bool(((estimate - truth).abs() <= k * se).all()), f'max |error| / SE = {float(z):.2f} > {k}'
 
 
 @pytest.mark.parametrize('seed', [0, 1])

@@ -18,7 +18,7 @@ from netmoments.core import as_tensors, check_cov, check_finite, check_var
 from netmoments.gaussian import normal_cdf, normal_pdf
 from netmoments.linearize import model_layers, _forward
 from netmoments.montecarlo import LowRankCov, _cov_sqrt
-from netmoments.relu import _relu_cov_pair, _relu_cross_moment, _relu_mean, _relu_var
+from netmoments.relu import _relu_cov_pair, _relu_cross_moment, _relu_mean, _relu_var, _saturated_ratio
 
 # %%
 #| hide
@@ -413,7 +413,7 @@ def _relu_factor(mean, Ut, d, rank):
     m_r, v_r = _relu_mean(mean, var), _relu_var(mean, var)
     zero = var == 0
     s = torch.where(zero, torch.ones_like(var), var).sqrt()
-    gain = torch.where(zero, (mean > 0).to(mean.dtype), normal_cdf((mean / s).clamp(-50, 50)))
+    gain = torch.where(zero, (mean > 0).to(mean.dtype), normal_cdf(_saturated_ratio(mean, s, -50, 50)))
     Ut = Ut * gain[:, None, :]
     return m_r, (Ut, (v_r - (Ut * Ut).sum(-2)).clamp(min=0))
 
@@ -483,7 +483,7 @@ def _clark_max(mu1, var1, mu2, var2, cov12):
     theta2 = (var1 + var2 - 2 * cov12).clamp(min=0)
     zero = theta2 == 0                                     # X - Y constant: the larger mean wins (P = 1/2 on a tie)
     theta = torch.where(zero, torch.ones_like(theta2), theta2).sqrt()
-    a = torch.where(zero, dm.sign() * 50, dm / theta).clamp(-50, 50)
+    a = torch.where(zero, dm.sign() * 50, _saturated_ratio(dm, theta, -50, 50))
     P, Q, pdf = normal_cdf(a), normal_cdf(-a), normal_pdf(a)
     mean = torch.where(zero, torch.maximum(mu1, mu2), mu2 + _relu_mean(dm, theta2))
     spread = torch.where(zero, torch.zeros_like(theta2), theta2 * (a * a * P * Q + a * pdf * (Q - P) - pdf * pdf))
@@ -825,10 +825,10 @@ test_fail(lambda: propagate_moments(conv_net, image, 1., mode='lowrank'), contai
 test_fail(lambda: propagate_moments(conv_net, image, 1., rank=4), contains="rank is used by mode='lowrank' only")
 test_fail(lambda: propagate_moments(conv_net, image[0], 1.), contains='mu must have the shape of one input of the model (3 dims)')
 test_fail(lambda: propagate_moments(conv_net, image[:, :8], 1.), contains='does not fit module 8')
-test_fail(lambda: propagate_moments(conv_net, image, torch.ones(7, 7)), contains='cov must be a number, variances of shape (1, 12, 12)')
+test_fail(lambda: propagate_moments(conv_net, image, torch.ones(7, 7, dtype=torch.float64)), contains='cov must be a number, variances of shape (1, 12, 12)')
 test_fail(lambda: propagate_moments(conv_net, image, -1.), contains='cov must be >= 0')
 test_fail(lambda: propagate_moments(conv_net, image, -torch.eye(144, dtype=torch.float64)), contains='cov must have a non-negative diagonal')
-test_fail(lambda: propagate_moments(conv_net, image, LowRankCov(torch.ones(99, 2), torch.ones(144))), contains='cov.factor must have shape (144, r)')
+test_fail(lambda: propagate_moments(conv_net, image, LowRankCov(torch.ones(99, 2, dtype=torch.float64), torch.ones(144, dtype=torch.float64))), contains='cov.factor must have shape (144, r)')
 test_fail(lambda: propagate_moments(conv_net, image.float(), 1.), contains='mu is torch.float32 but the model is torch.float64', exc=TypeError)
 test_fail(lambda: propagate_moments(conv_net, image.to('meta'), 1.), contains='mu is on meta but the model is on cpu')
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from netmoments.core import as_tensors, check_broadcast, check_count, check_finite, check_model, eval_mode
 from netmoments.linearize import AffineReluAffine, model_layers, two_stage
-from netmoments.propagate import _input_ndim, _input_state, _layers, _propagate, _relu_factor, _truncate
+from netmoments.propagate import propagate_moments
 from netmoments.relu import relu_mean
 
 # %%
@@ -109,10 +109,9 @@ test_fail(lambda: from_paper_units(2., span=0.), contains='span must be')
 # instead runs `propagate_moments` (layer-wise Gaussian moments, no linearization; slower, no cache).
 #
 # Two limits are taken exactly rather than left to rounding. A hidden unit whose mean is more than 50 standard
-# deviations from 0 gets the value of zero variance, $\mathrm{relu}(\bar m_v)$, which is what Theorem 1 gives there
-# to the last bit; its gradient is then the limit 0 instead of $0 \cdot \infty$ (noise confined to a few pixels
-# leaves subnormal variances behind max pooling in the propagated moments, and points far from the origin give
-# huge means against small variances: both gave NaN gradients). And
+# deviations from 0 gets the value and the gradient of zero variance from `relu_mean` itself (its ratio
+# $\bar m_v / \bar s_v$ saturates with gradient 0), so huge means against tiny or subnormal variances give finite
+# gradients. And
 # for $\sigma$ so large that $\sigma^2$ would overflow, the linearized net is evaluated at the scale $1/k$, $k$ a
 # power of two: $\mathcal E = k\,B\,\mathbb E[\mathrm{relu}(z/k)] + c_2$, exact because the ReLU is positively
 # homogeneous.
@@ -240,14 +239,13 @@ class ExpectedLogits:
             var = std * std
             if not torch.isfinite(var).all():
                 raise ValueError(f'sigma is too large for {str(M.dtype)[6:]}: its square overflows')
-            with eval_mode(self.model): return _propagated_mean(self.model, x.view(M.shape), var.expand(N, x.shape[1]).reshape(M.shape))
+            with eval_mode(self.model):
+                return propagate_moments(self.model, x.view(M.shape), var.expand(N, x.shape[1]).reshape(M.shape), mode='diag').mean
         A, c1, B, c2 = self.lin
         k = _std_scale(std) if k is None else k   # 1, or a power of two keeping sigma^2 finite: E = k B E[relu(z / k)] + c2
         var = (std / k) ** 2
         mbar = (torch.einsum('nk,nqk->nq', x, A) + c1) / k
         hvar = var * self.A2_rows if var.shape[1] == 1 else torch.einsum('nk,nqk->nq', var, self.A2)
-        far = mbar.detach().abs() > 50 * hvar.detach().sqrt()   # relu_mean is relu(mbar) exactly there: the same
-        hvar = torch.where(far, 0., hvar)                         # value, and the gradient's limit instead of 0 * inf
         return k * torch.einsum('nq,ndq->nd', relu_mean(mbar, hvar), B) + c2
 
     def take(self, index:Tensor)->'ExpectedLogits':
@@ -277,20 +275,6 @@ def expected_logits(
     _check_batch(M)
     _mu_sigma(M, mu, sigma)                    # refuse a bad mu or sigma before linearizing
     return ExpectedLogits(model, M, layer, method)(mu, sigma)
-
-def _saturated_zero_var(mean, Ut, d, rank):
-    "`_relu_factor` with the variance of units more than 50 sd from 0 set to 0: the same value, finite gradients."
-    Ut, d = _truncate(Ut, d, rank)
-    var = (Ut * Ut).sum(-2) + d
-    far = mean.detach().abs() > 50 * var.detach().sqrt()    # relu_mean clamps |mean / sd| at 50: relu(mean) exactly
-    return _relu_factor(mean, torch.where(far[:, None, :], 0., Ut), torch.where(far, 0., d), rank)
-
-def _propagated_mean(model, x, var):
-    "E[model(x + n)], n ~ N(0, diag(var)), by propagate_moments' diagonal mode, with finite gradients at zero variance."
-    layers = _layers(model)
-    mean, _, state = _input_state(x, var, _input_ndim(layers, x), False)
-    mean, _ = _propagate(layers, mean, state, 0, relu_factor=_saturated_zero_var)
-    return mean.reshape(len(x), -1)
 
 
 # %% [markdown]

@@ -261,6 +261,33 @@ Table([[k, 1e6 * sec, ratio] for k, (sec, ratio) in costs.items()], ['scheme', '
 # vanilla; vanilla on the batch repeated twice, the floor under the regularizer, which runs everything after the
 # first ReLU on $2N$ inputs; the regularizer of eq 3; and $\tilde N$-fold noisy augmentation.
 
+# %% [markdown]
+# `training_scheme` gives the loss and the batch augmentation of each way of training that Alfadly et al. (2019) compare,
+# for `fit`: plain cross-entropy, the moment regularizer of eq. 3 with weight $\alpha$, or $\tilde N$-fold noisy
+# augmentation; the robust-training experiments and the cost comparison below use it.
+
+# %%
+#| export
+def training_scheme(
+    kind:str,          # 'baseline', 'regularizer' or 'augment'
+    sigma:float=0.,    # training noise std of the regularizer or the augmentation
+    level:float=0,     # the regularizer's weight alpha, or the augmentation's folds N~
+)->tuple:              # (loss, augment) for `fit`; augment is None for the first two
+    "The loss and batch augmentation of one training scheme of Alfadly et al. 2019: plain, moment regularizer (eq. 3) or N-fold noise."
+    if kind == 'baseline': return cross_entropy_loss, None
+    if kind == 'regularizer': return GaussianMomentLoss(sigma, level), None
+    if kind == 'augment': return cross_entropy_loss, lambda x, y, g: noisy_augmentation(x, y, sigma, level, g)
+    raise ValueError(f"kind must be 'baseline', 'regularizer' or 'augment'; got {kind!r}")
+
+
+# %%
+test_eq(training_scheme('baseline'), (cross_entropy_loss, None))
+assert isinstance(training_scheme('regularizer', 0.5, 1.)[0], GaussianMomentLoss)
+xa, ya = training_scheme('augment', 0.5, 3)[1](torch.zeros(2, 1, 4, 4), torch.tensor([1, 2]), torch.Generator())
+test_eq(len(xa), len(ya))
+test_fail(lambda: training_scheme('mixup'), contains="kind must be 'baseline', 'regularizer' or 'augment'")
+
+
 # %%
 #| export
 def step_schemes(
@@ -269,11 +296,10 @@ def step_schemes(
     folds:tuple=(2, 6),  # augmentation folds N~
 )->dict:                 # name -> scheme, for `step_costs`
     "Vanilla, vanilla on 2N, the analytic regularizer (Alfadly et al. 2019, eq. 3) and N-fold augmentation, as `step_costs` schemes."
-    augment = lambda n: lambda x, y, g: noisy_augmentation(x, y, sigma, n, g)
     return {'vanilla': cross_entropy_loss,
             'vanilla, batch 2N': (cross_entropy_loss, lambda x, y, g: (x.repeat(2, *[1] * (x.ndim - 1)), y.repeat(2))),
-            f'regularizer (eq 3), alpha {alpha:g}': GaussianMomentLoss(sigma, alpha),
-            **{f'augmentation N={n}': (cross_entropy_loss, augment(n)) for n in folds}}
+            f'regularizer (eq 3), alpha {alpha:g}': training_scheme('regularizer', sigma, alpha)[0],
+            **{f'augmentation N={n}': training_scheme('augment', sigma, n) for n in folds}}
 
 
 # %%

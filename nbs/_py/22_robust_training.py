@@ -15,9 +15,9 @@ from IPython.display import Markdown, display
 from netmoments.core import Table
 from netmoments.data import load
 from netmoments.models import lenet
-from netmoments.regularizers import GaussianMomentLoss, GradientNormLoss, noisy_augmentation
+from netmoments.regularizers import GradientNormLoss
 from netmoments.robustness import noise_robustness, predicted_misclassification, misclassification_rate
-from netmoments.train import fit, cross_entropy_loss, step_costs, step_schemes
+from netmoments.train import fit, cross_entropy_loss, step_costs, step_schemes, training_scheme
 
 # %% [markdown]
 # This chapter exports nothing: it runs the experiments of [Alfadly et al. (2019)](99_references.ipynb#alfadly2019),
@@ -58,9 +58,7 @@ def datasets(name, cfg):
 def run(train, test, kind, sigma=0., level=0, cfg=SMALL, seed=0, device='cpu'):
     "Train LeNet one way ('baseline', 'augment' with N = level, 'regularizer' with alpha = level); measure it."
     net = lenet(torch.Generator().manual_seed(seed)).to(device)
-    loss, augment = cross_entropy_loss, None
-    if kind == 'regularizer': loss = GaussianMomentLoss(sigma, level)
-    if kind == 'augment': augment = lambda x, y, g: noisy_augmentation(x, y, sigma, level, g)
+    loss, augment = training_scheme(kind, sigma, level)
     t0 = time.perf_counter()
     res = fit(net, train, loss=loss, augment=augment, epochs=cfg['epochs'], lr=cfg['lr'], batch_size=cfg['batch_size'],
               seed=seed, device=device, progress=False)
