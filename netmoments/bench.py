@@ -8,6 +8,7 @@ import time
 from typing import Callable, NamedTuple
 import torch
 from .ara import ara_moments
+from .core import check_count, check_device
 from .montecarlo import mc_moments
 from .relu import relu_cross_moment, relu_cross_moment_series
 
@@ -21,7 +22,9 @@ def best_time(
     device:str|torch.device='cpu',  # synchronized before and after each run when it is a CUDA device
 )->float:            # seconds
     "Best wall-clock time of `fn()` over `repeats` runs, after a warm-up."
-    sync = torch.cuda.synchronize if torch.device(device).type == 'cuda' else (lambda: None)
+    if not callable(fn): raise TypeError(f'fn must be callable with no argument; got {type(fn).__name__}')
+    repeats = check_count(repeats, 'repeats', 1)
+    sync = torch.cuda.synchronize if check_device(device, 'device').type == 'cuda' else (lambda: None)
     fn(); sync()
     best = float('inf')
     for _ in range(repeats):
@@ -55,7 +58,8 @@ def bench_pairs(
     seed:int=0,              # seeds the random pairs
 )->list:                     # BenchRow list: exact form per dtype, and the series at 5 and 20 terms (float64)
     "Throughput of the exact cross moment (float64, float32) and of the Lemma 4 series (Alfadly et al. 2020), on `count` random pairs."
-    gen = torch.Generator().manual_seed(seed)
+    count, repeats = check_count(count, 'count', 1), check_count(repeats, 'repeats', 1)
+    device, gen = check_device(device, 'device'), torch.Generator().manual_seed(check_count(seed, 'seed', 0))
     rows, exact_time = [], {}
     for dtype in (torch.float64, torch.float32):
         args = _pairs(count, dtype, device, gen)
@@ -79,7 +83,9 @@ def bench_ara_vs_mc(
     seed:int=0,              # seeds the random network and input
 )->list:                     # BenchRow list: analytic time, MC time and their ratio, per dtype
     "Time of `ara_moments` (exact mean and covariance) against `mc_moments` with `mc_samples` samples."
-    gen = torch.Generator().manual_seed(seed)
+    n, p, d = (check_count(v, name, 1) for v, name in ((n, 'n'), (p, 'p'), (d, 'd')))
+    mc_samples, repeats = check_count(mc_samples, 'mc_samples', 2), check_count(repeats, 'repeats', 1)
+    device, gen = check_device(device, 'device'), torch.Generator().manual_seed(check_count(seed, 'seed', 0))
     rows = []
     for dtype in (torch.float64, torch.float32):
         mk = lambda *shape, scale=1.: (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
@@ -102,16 +108,29 @@ def run_benchmarks(
     count:int=100_000,       # pairs for the cross-moment benchmarks
     mc_samples:int=10_000,   # Monte Carlo samples for the network benchmark
     repeats:int=3,           # timed runs, best kept
+    sizes:tuple=(100, 256, 10),  # (n, p, d): input, hidden and output width of the network benchmark
 )->list:                     # BenchRow list
     "All benchmarks on every device."
-    devices = devices or ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+    count, repeats = check_count(count, 'count', 1), check_count(repeats, 'repeats', 1)
+    mc_samples = check_count(mc_samples, 'mc_samples', 2)
+    if not isinstance(sizes, (tuple, list)) or len(sizes) != 3:
+        raise TypeError(f'sizes must be a tuple (n, p, d) of three widths; got {sizes!r}')
+    n, p, d = (check_count(v, 'sizes', 1) for v in sizes)
+    if devices is not None and (isinstance(devices, (str, torch.device)) or not hasattr(devices, '__iter__')):
+        raise TypeError(f'devices must be a list of devices or None; got {devices!r}')
+    devices = [check_device(d, 'devices') for d in devices] if devices else \
+              [torch.device('cpu')] + ([torch.device('cuda')] if torch.cuda.is_available() else [])
     rows = []
     for device in devices:
-        rows += bench_pairs(device, count, repeats) + bench_ara_vs_mc(device, mc_samples=mc_samples, repeats=repeats)
+        rows += bench_pairs(device, count, repeats) + bench_ara_vs_mc(device, n, p, d, mc_samples, repeats)
     return rows
 
 def format_rows(rows:list)->str:
     "The rows as an aligned text table."
+    if not isinstance(rows, (list, tuple)) or not all(isinstance(r, BenchRow) for r in rows):
+        found = type(rows).__name__ if not isinstance(rows, (list, tuple)) else \
+                f'a {next(type(r).__name__ for r in rows if not isinstance(r, BenchRow))} in the list'
+        raise TypeError(f'rows must be a list of BenchRow; got {found}')
     head = f"{'benchmark':<44} {'device':<6} {'dtype':<8} {'value':>12} {'unit':<8} {'ratio':>8}  baseline"
     lines = [head, '-' * len(head)]
     for r in rows:

@@ -112,11 +112,11 @@ def bundled_network(
 )->AraNetwork:
     "The seeded random Affine-ReLU-Affine network and Gaussian input that `netmoments check` uses."
     import torch
-    from netmoments.core import check_count
+    from netmoments.core import check_count, check_device
     n, p, d = (check_count(v, k, 1) for k, v in (('n', n), ('p', p), ('d', d)))
     seed = _check_seed(seed, 'seed')
     dtype = _check_dtype(dtype, 'dtype')
-    device = _check_device(device, 'device')
+    device = check_device(device, 'device', types=('cpu', 'cuda'))
     gen = torch.Generator().manual_seed(seed)
     rn = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)
     A, c1, B, c2 = rn(p, n) / n**0.5, 0.5 * rn(p), rn(d, p) / p**0.5, rn(d)
@@ -140,17 +140,7 @@ def _check_dtype(dtype, name:str):
     if dtype not in allowed: raise ValueError(f"{name} must be 'float64', 'float32', torch.float64 or torch.float32; got {dtype!r}")
     return allowed[dtype]
 
-def _check_device(device, name:str):
-    "`device` as a torch.device of type cpu or a CUDA device torch sees, or an error naming `name`."
-    import torch
-    if not isinstance(device, (str, torch.device)): raise TypeError(f'{name} must be a str or a torch.device; got {type(device).__name__}')
-    try: dev = torch.device(device)
-    except RuntimeError: raise ValueError(f"{name} must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}") from None
-    if dev.type not in ('cpu', 'cuda'): raise ValueError(f"{name} must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
-    if dev.type == 'cuda' and not torch.cuda.is_available(): raise ValueError(f'{name} {device!r}: torch sees no CUDA device')
-    if dev.type == 'cuda' and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f'{name} {device!r}: torch sees {torch.cuda.device_count()} CUDA device(s)')
-    return dev
+
 
 # %% ../nbs/90_cli.ipynb #abbf15a9
 class CheckResult(NamedTuple):

@@ -11,7 +11,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['check_finite', 'check_var', 'check_count', 'as_tensors', 'check_broadcast', 'check_cov', 'Table', 'eval_mode',
-           'check_model']
+           'check_device', 'check_model']
 
 # %% ../nbs/00_core.ipynb #d9ac7eff
 def check_finite(
@@ -157,11 +157,29 @@ def eval_mode(model:torch.nn.Module):   # the network (anything else passes thro
     finally:
         for m, t in modes: m.training = t
 
+# %% ../nbs/00_core.ipynb #d902181b
+def check_device(
+    device,                 # a str such as 'cpu', 'cuda', 'cuda:1', or a torch.device
+    name:str='device',      # argument name used in the message
+    types:tuple|None=None,  # device types accepted (None: any that torch can use here)
+)->torch.device:
+    "`device` as a torch.device that torch can use here, or a `ValueError` naming the argument."
+    try: dev = torch.device(device)
+    except (RuntimeError, TypeError): raise ValueError(f'{name} must name a torch device such as "cpu" or "cuda"; got {device!r}') from None
+    if types is not None and dev.type not in types:
+        raise ValueError(f'{name} must be a {" or ".join(types)} device; got {device!r}')
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available(): raise ValueError(f'{name} is {device!r} but torch sees no CUDA device')
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f'{name} is {device!r} but torch sees {torch.cuda.device_count()} CUDA device(s)')
+    return dev
+
 # %% ../nbs/00_core.ipynb #903ae5a5
 def check_model(
     model:torch.nn.Module,  # the network
     name:str,               # argument name used in the message
     x:Tensor|None=None,     # an input the model will see, whose floating dtype must match the parameters'
+    x_name:str|None=None,   # the input's argument name, for the message (None: "its input")
 ):
     "Raise `TypeError` unless `model` is a module (matching `x`'s dtype), `ValueError` if a parameter or buffer is not finite."
     if not isinstance(model, torch.nn.Module):
@@ -172,5 +190,5 @@ def check_model(
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if x is not None and x.is_floating_point() and dtypes and x.dtype not in dtypes:
         found = ', '.join(sorted(str(d).removeprefix('torch.') for d in dtypes))
-        raise TypeError(f'{name} has {found} parameters but its input is {str(x.dtype).removeprefix("torch.")}; '
-                        f'convert one (e.g. {name}.double() or x.float())')
+        raise TypeError(f'{name} has {found} parameters but {x_name or "its input"} is {str(x.dtype).removeprefix("torch.")}; '
+                        f'convert one (e.g. {name}.double() or {x_name or "x"}.float())')

@@ -11,19 +11,27 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 from torch.func import jacfwd, jacrev, vmap
 from .ara import AraMoments, ara_moments
-from .core import check_finite, eval_mode
+from .core import check_count, check_finite, check_model, eval_mode
 
 # %% auto #0
 __all__ = ['seeded', 'model_layers', 'LinearizationMemory', 'linearization_memory', 'AffineReluAffine', 'two_stage']
 
 # %% ../nbs/09_linearize.ipynb #18707ecb
+def _check_dtype(dtype, name):
+    "Raise `TypeError` unless `dtype` is a floating torch dtype."
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f'{name} must be a floating torch dtype such as torch.float64; got {dtype!r}')
+
+# %% ../nbs/09_linearize.ipynb #fb537523
 def seeded(
     net:nn.Module,               # a network of Conv2d, Linear and BatchNorm1d layers (others are left as they are)
     seed:int,                    # seeds a local generator; the global RNG is untouched
     dtype:torch.dtype=torch.float64,
 )->nn.Module:                    # `net` itself, re-initialized, in eval mode, frozen, in `dtype`
     "Random test network: He-normal weights, small biases, non-trivial batch-norm statistics, all from `seed`."
-    gen = torch.Generator().manual_seed(seed)
+    if not isinstance(net, nn.Module): raise TypeError(f'net must be a torch.nn.Module; got {type(net).__name__}')
+    _check_dtype(dtype, 'dtype')
+    gen = torch.Generator().manual_seed(check_count(seed, 'seed', 0))
     rn = lambda t, scale: torch.randn(t.shape, generator=gen) * scale
     with torch.no_grad():
         for m in net.modules():
@@ -134,6 +142,7 @@ def linearization_memory(
     if not isinstance(input_shape, (tuple, list, torch.Size)) or not input_shape or any(
             isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in input_shape):
         raise ValueError(f'input_shape must be a non-empty tuple of positive integers; got {input_shape!r}')
+    if dtype is not None: _check_dtype(dtype, 'dtype')
     with eval_mode(model): return _linearization_memory(model, input_shape, layer, dtype)
 
 def _linearization_memory(model, input_shape, layer, dtype):
@@ -178,17 +187,18 @@ class AffineReluAffine(NamedTuple):
         return ara_moments(mu, cov, *self, **kwargs)
 
 # %% ../nbs/09_linearize.ipynb #32b53357
-def _check_points(x, model):
-    if not isinstance(x, Tensor): raise TypeError(f'x must be a tensor; got {type(x).__name__}')
-    if not x.is_floating_point(): raise TypeError(f'x must be a floating tensor; got {x.dtype}')
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(f'x must be a non-empty batch of points (N, *input_shape); got shape {tuple(x.shape)}')
-    check_finite(x, 'x')
+def _check_points(x, model, name='x', model_name='model'):
+    "`x`, a batch of points for `model`: a finite floating tensor (N, ...) of the parameters' dtype and device."
+    if not isinstance(x, Tensor): raise TypeError(f'{name} must be a tensor; got {type(x).__name__}')
+    if not x.is_floating_point(): raise TypeError(f'{name} must be a floating tensor; got {x.dtype}')
+    if x.ndim < 2: raise ValueError(f'{name} must be a batch of points (N, *input_shape); got shape {tuple(x.shape)}')
+    check_finite(x, name)
+    check_model(model, model_name)
     like = next((t for t in model.parameters() if t.is_floating_point()), None)
     if like is not None and like.dtype != x.dtype:
-        raise TypeError(f'x is {x.dtype} but the model is {like.dtype}; convert one to the other')
+        raise TypeError(f'{name} is {x.dtype} but the {model_name} is {like.dtype}; convert one to the other')
     if like is not None and like.device != x.device:
-        raise ValueError(f'x is on {x.device} but the model is on {like.device}')
+        raise ValueError(f'{name} is on {x.device} but the {model_name} is on {like.device}')
 
 def _check_memory(N, n, q, d, itemsize, layer, max_bytes):
     if max_bytes is None: return
@@ -219,15 +229,21 @@ def two_stage(
     "Two-stage linearization of the eval-mode `model` around each point of `x`, split at its `layer`-th ReLU (Bibi et al. 2018, §3.4)."
     if at not in ('relu', 'pre'): raise ValueError(f"at must be 'relu' or 'pre'; got {at!r}")
     if ties not in ('split', 'first'): raise ValueError(f"ties must be 'split' or 'first'; got {ties!r}")
+    if max_bytes is not None: check_count(max_bytes, 'max_bytes', 0)
     with eval_mode(model):   # linearize the eval-mode network: no statistics are updated, the flags are restored
         return _two_stage(model, x, layer, at, max_bytes, ties)
 
 def _two_stage(model, x, layer, at, max_bytes, ties):
     "two_stage for a model whose batch norm and dropout modules are in eval mode."
+    if layer is None: raise TypeError('layer must be an int counting ReLU modules from 1; got NoneType')
     layers = model_layers(model)
     r = _relu_positions(layers, layer)[layer - 1]
     _check_points(x, model)
-    N, n = x.shape[0], x[0].numel()
+    N, n = x.shape[0], math.prod(x.shape[1:])
+    if N == 0:                                                 # no points: the shapes come from one zero input
+        z = _forward(layers, x.new_zeros(1, *x.shape[1:]), 0, r)
+        q, d = z[0].numel(), _forward(layers, z, r + 1, len(layers))[0].numel()
+        return AffineReluAffine(x.new_zeros(0, q, n), x.new_zeros(0, q), x.new_zeros(0, d, q), x.new_zeros(0, d))
     z = _forward(layers, x, 0, r)                              # R_{l-1}(x), (N, *hidden_shape)
     y = torch.relu(z) if at == 'relu' else z
     out = _forward(layers, y, r + 1, len(layers))              # R_{l+1}(y)

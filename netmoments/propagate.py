@@ -261,6 +261,15 @@ class PropagatedMoments(NamedTuple):
     var:Tensor                     # (..., *out_shape) output variances
 
 # %% ../nbs/10_propagate.ipynb #3bbf7ae5
+def _empty_batch(model, mu, cov, mode, rank):
+    "The moments of an empty batch mu (0, *shape): those of one zero input, with its batch dimension emptied."
+    per_point = isinstance(cov, Tensor) and cov.ndim > 0 and len(cov) == 0 and (cov.shape == mu.shape or cov.ndim == 3)
+    one = propagate_moments(model, mu.new_zeros(1, *mu.shape[1:]), cov.new_zeros(1, *cov.shape[1:]) if per_point else cov,
+                            mode, rank)
+    out = one.cov[:0] if mode == 'full' else LowRankCov(one.cov.factor[:0], one.cov.diag[:0]) if mode == 'lowrank' else None
+    return PropagatedMoments(one.mean[:0], out, one.var[:0])
+
+# %% ../nbs/10_propagate.ipynb #a79602b9
 def propagate_moments(
     model:nn.Module,          # nn.Sequential of Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, Flatten, BatchNorm (eval), Dropout (eval)
     mu:Tensor,                # input mean: one input's shape, or a batch of them (N, *input_shape)
@@ -280,7 +289,10 @@ def propagate_moments(
     else: mu, cov = as_tensors(mu, cov, names=('mu', 'cov'))
     _check_model(model, mu)
     check_finite(mu, 'mu')
-    mean, batched, state = _input_state(mu, cov, _input_ndim(layers, mu), mode == 'full')
+    ndim = _input_ndim(layers, mu)
+    if mu.ndim == (mu.ndim if ndim is None else ndim) + 1 and len(mu) == 0:
+        return _empty_batch(model, mu, cov, mode, rank)
+    mean, batched, state = _input_state(mu, cov, ndim, mode == 'full')
     mean, state = _propagate(layers, mean, state, None if mode == 'full' else (0 if mode == 'diag' else rank))
     B = len(mean)
     if mode == 'full':

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from .attacks import lp_perturbation
-from .core import check_finite, check_var
+from .core import check_count, check_finite, check_model, check_var, eval_mode
 from .gaussian import normal_cdf, normal_pdf
 from .linearize import _flatten
-from .relu import _relu_mean, _relu_var, _safe_std
+from .relu import _pow2, _relu_mean, _relu_var, _safe_std
 
 # %% auto #0
 __all__ = ['first_layer_moments', 'analytic_expected_logits', 'GaussianMomentLoss', 'noisy_augmentation', 'GradientNormLoss',
@@ -26,8 +26,8 @@ def _first_block(model):
                         f'got {type(model).__name__}')
     layers = list(_flatten(model))
     names = ', '.join(type(m).__name__ for m in layers[:4])
-    bad = ValueError(f'the first block of the model must be Linear or Conv2d, an optional eval-mode BatchNorm, then '
-                     f'ReLU; the model starts {names}')
+    bad = ValueError(f'the first block of model must be Linear or Conv2d, an optional eval-mode BatchNorm, then '
+                     f'ReLU; model starts {names}')
     i, flat = 0, None
     if i < len(layers) and isinstance(layers[i], nn.Flatten): flat, i = layers[i], i + 1
     if i >= len(layers) or not isinstance(layers[i], (nn.Linear, nn.Conv2d)): raise bad
@@ -35,28 +35,79 @@ def _first_block(model):
     if i < len(layers) and isinstance(layers[i], (nn.BatchNorm1d, nn.BatchNorm2d)):
         bn, i = layers[i], i + 1
         if bn.training or bn.running_var is None:
-            raise ValueError('the BatchNorm of the first block must be in eval mode with running statistics: in '
-                             'training mode it normalizes by the batch, which is not an affine map of one input')
+            raise ValueError('the BatchNorm of the first block of model must be in eval mode with running statistics: '
+                             'in training mode it normalizes by the batch, which is not an affine map of one input')
     if i >= len(layers) or not isinstance(layers[i], nn.ReLU): raise bad
     return flat, affine, bn, nn.Sequential(*layers[i + 1:])
 
+def _check_weight(v, name, high=math.inf):
+    "Raise ValueError unless v is a finite number in [0, high]."
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= high:
+        within = f'in [0, {high:g}]' if high < math.inf else '>= 0'
+        raise ValueError(f'{name} must be a finite number {within}; got {v!r}')
+
+def _check_batch(x, y=None, empty=False):
+    "Checks without a device sync: x a floating batch (N, ...) (non-empty unless `empty`), y labels or targets (N, ...)."
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
+        raise ValueError(f'x must be a floating batch (N, ...) of inputs; got '
+                         f'{f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__}')
+    if not empty and len(x) == 0: raise ValueError(f'x must hold at least one sample; got shape {tuple(x.shape)}')
+    if y is None: return
+    if not isinstance(y, Tensor) or y.ndim < 1 or y.dtype == torch.bool or y.is_complex():
+        raise ValueError(f'y must be a tensor of class indices (N,) or targets (N, ...); got '
+                         f'{f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__}')
+    if len(y) != len(x): raise ValueError(f'x and y must hold as many samples; got {len(x)} and {len(y)}')
+    if y.is_floating_point() and y.dtype != x.dtype:
+        raise TypeError(f'x and y must share one floating dtype; found x {str(x.dtype).removeprefix("torch.")}, '
+                        f'y {str(y.dtype).removeprefix("torch.")}')
+
+def _check_dtype(model, x):
+    "TypeError, without a device sync, unless model is a module whose floating parameters have x's dtype."
+    if not isinstance(model, nn.Module): raise TypeError(f'model must be a torch.nn.Module; got {type(model).__name__}')
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if p is not None and p.dtype != x.dtype:
+        have, want = (str(d).removeprefix('torch.') for d in (p.dtype, x.dtype))
+        raise TypeError(f'model has {have} parameters but x is {want}; convert one (e.g. model.to(x.dtype) or x.to(torch.{have}))')
+
+def _check_values(model, x, y, logits):
+    "One device sync: raise naming x, y or model where x, y or a weight is not finite, or a class index is out of range."
+    classes = logits.shape[1] if logits.ndim > 1 else logits.shape[0]
+    y_bad = ~torch.isfinite(y).all() if y.is_floating_point() else ((y < 0) | (y >= classes)).any()
+    # a NaN or infinite weight makes the sum of the weights NaN or infinite (a sum that merely overflows is looked at
+    # entry by entry, and passes)
+    sums = [t.detach().sum().float() for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    w_bad = ~torch.isfinite(torch.stack(sums).sum()) if sums else torch.zeros((), dtype=torch.bool, device=x.device)
+    x_bad, y_bad, w_bad = torch.stack([~torch.isfinite(x).all(), y_bad.to(x.device), w_bad.to(x.device)]).tolist()
+    if x_bad: check_finite(x, 'x')
+    if y_bad and y.is_floating_point(): check_finite(y, 'y')
+    if y_bad: raise ValueError(f'y must hold class indices in [0, {classes}); got {int(y[(y < 0) | (y >= classes)][0])}')
+    if w_bad: check_model(model, 'model')
+
 # %% ../nbs/19_regularizers.ipynb #fd1d4f23
-def _noise_var(x, sigma):
-    "sigma**2 as a tensor of x's dtype/device, shaped (1, *x.shape[1:]) or x.shape; checked."
+def _noise_std(x, sigma):
+    "sigma as a tensor of x's dtype/device, shaped (1, *x.shape[1:]) or x.shape; checked."
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
         raise ValueError(f'x must be a floating batch (N, ...) of inputs; got '
                          f'{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}')
-    if isinstance(sigma, (int, float)):      # checked on the host: no device round trip in a training step
+    if isinstance(sigma, (int, float)) and not isinstance(sigma, bool):   # checked on the host: no device round trip
         check_var(torch.tensor(float(sigma), dtype=torch.float64), 'sigma')
-        return x.new_full((1, *x.shape[1:]), float(sigma) ** 2)
-    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        if sigma > torch.finfo(x.dtype).max:
+            raise ValueError(f'sigma must be at most the largest {str(x.dtype).removeprefix("torch.")} (the dtype of x); '
+                             f'got {sigma!r}')
+        return x.new_full((1, *x.shape[1:]), float(sigma))
+    if not isinstance(sigma, Tensor) or not sigma.is_floating_point():
+        raise TypeError(f'sigma must be a number or a floating tensor; got '
+                        f'{sigma.dtype if isinstance(sigma, Tensor) else type(sigma).__name__}')
+    if sigma.dtype != x.dtype:
+        raise TypeError(f'x and sigma must share one floating dtype; found x {str(x.dtype).removeprefix("torch.")}, '
+                        f'sigma {str(sigma.dtype).removeprefix("torch.")}')
     check_var(sigma, 'sigma')
-    if sigma.shape == x.shape: return sigma ** 2
-    try: var = torch.broadcast_to(sigma ** 2, x.shape[1:])
+    sigma = sigma.to(x.device)
+    if sigma.shape == x.shape: return sigma
+    try: return torch.broadcast_to(sigma, x.shape[1:])[None]
     except RuntimeError:
         raise ValueError(f'sigma must be a number, have the shape of one input {tuple(x.shape[1:])} (or broadcast to '
                          f'it), or the shape of x {tuple(x.shape)}; got {tuple(sigma.shape)}') from None
-    return var[None]
 
 def _affine_var(affine, bn, var):
     "Variances after the affine layer (squared weights, no bias) and an eval-mode batch norm (squared scale)."
@@ -67,6 +118,12 @@ def _affine_var(affine, bn, var):
         out = out * (scale ** 2).reshape(-1, *[1] * (out.ndim - 2))
     return out
 
+def _first_std(affine, bn, std):
+    "Standard deviations after the affine layer and batch norm; the input std is first divided by a power of two >= its largest entry, so no variance overflows."
+    k = _pow2(std.detach().amax().clamp(min=1))[1] * 2      # a power of two above every entry
+    s, zero = _safe_std(_affine_var(affine, bn, (std / k) ** 2))
+    return s.masked_fill(zero, 0) * k
+
 # %% ../nbs/19_regularizers.ipynb #1741a95e
 def first_layer_moments(
     model:nn.Sequential,  # first block Linear/Conv2d (+ eval-mode BatchNorm) + ReLU, optionally after a Flatten
@@ -74,16 +131,22 @@ def first_layer_moments(
     sigma:float|Tensor,   # noise std >= 0: a number, one per input entry (x.shape[1:]), or per sample (x.shape)
 )->tuple:                 # (mean, var) of relu(first_layer(x + n)), n ~ N(0, diag(sigma^2)), each (N, hidden...)
     "Exact mean and variance of the first ReLU's output under Gaussian input noise (Alfadly et al. 2019, eqs. 1 and 5)."
-    flat, affine, bn, _ = _first_block(model)
-    var_x = _noise_var(x, sigma)
-    if flat is not None: x, var_x = flat(x), flat(var_x)
-    try:
-        mu2 = affine(x)
-        if bn is not None: mu2 = bn(mu2)
-    except RuntimeError as e:
-        raise ValueError(f'x of shape {tuple(x.shape)} does not fit the first layer {affine}: {e}') from None
-    var2 = _affine_var(affine, bn, var_x).expand_as(mu2)
-    return _relu_mean(mu2, var2), _relu_var(mu2, var2)
+    with eval_mode(model):       # the network's eval-mode map: running statistics used, never updated
+        flat, affine, bn, _ = _first_block(model)
+        std_x = _noise_std(x, sigma)
+        check_finite(x, 'x')
+        check_model(model, 'model'); _check_dtype(model, x)
+        if flat is not None: x, std_x = flat(x), flat(std_x)
+        try:
+            mu2 = affine(x)
+            if bn is not None: mu2 = bn(mu2)
+        except RuntimeError as e:
+            raise ValueError(f'x of shape {tuple(x.shape)} does not fit the first layer {affine}: {e}') from None
+        s2 = _first_std(affine, bn, std_x).expand_as(mu2)
+        # both moments are positively homogeneous in (mu, s): with s divided by a power of two K >= s, no s^2 overflows
+        K = _pow2(s2.clamp(min=1))[1] * 2
+        mu, var = mu2 / K, (s2 / K) ** 2
+        return _relu_mean(mu, var) * K, _relu_var(mu, var) * K * K
 
 # %% ../nbs/19_regularizers.ipynb #135db40a
 def analytic_expected_logits(
@@ -93,7 +156,7 @@ def analytic_expected_logits(
 )->Tensor:                # Omega(mu_3) ~ E[model(x + n)], shape (N, d)
     "The cheap approximation of Alfadly et al. 2019, eq. 4, to the expected logits under Gaussian input noise."
     mean, _ = first_layer_moments(model, x, sigma)
-    return _first_block(model)[3](mean)
+    with eval_mode(model): return _first_block(model)[3](mean)
 
 # %% ../nbs/19_regularizers.ipynb #e97eaac8
 def _inverse(s):
@@ -148,22 +211,25 @@ class GaussianMomentLoss(nn.Module):
                  alpha:float=1.,      # weight of the expected-logit term; >= 0
                  loss=F.cross_entropy):  # l(logits, y) -> scalar
         super().__init__()
-        if not (isinstance(alpha, (int, float)) and alpha >= 0): raise ValueError(f'alpha must be a number >= 0; got {alpha!r}')
+        _check_weight(alpha, 'alpha')
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float, Tensor)):
+            raise TypeError(f'sigma must be a number or a floating tensor; got {type(sigma).__name__}')
         check_var(torch.as_tensor(sigma, dtype=torch.float64), 'sigma')
         self.sigma, self.alpha, self.loss = sigma, alpha, loss
 
     def forward(self, model:nn.Sequential, x:Tensor, y:Tensor)->Tensor:
         "The regularized loss of `model` on the batch (x, y)."
         flat, affine, bn, rest = _first_block(model)
-        var_x = _noise_var(x, self.sigma)
-        if len(y) != len(x): raise ValueError(f'x and y must hold as many samples; got {len(x)} and {len(y)}')
-        if flat is not None: x, var_x = flat(x), flat(var_x)
+        _check_batch(x, y); _check_dtype(model, x)
+        std_x, x0 = _noise_std(x, self.sigma), x
+        if flat is not None: x, std_x = flat(x), flat(std_x)
         mu2 = affine(x)
         if bn is not None: mu2 = bn(mu2)
-        pair = _relu_pair(mu2, _affine_var(affine, bn, var_x))
+        pair = _ReluPair.apply(mu2, _first_std(affine, bn, std_x).to(mu2.dtype))
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in rest.modules()):
             logits = torch.cat([rest(pair[:len(x)]), rest(pair[len(x):])])   # each half its own batch statistics
         else: logits = rest(pair)
+        _check_values(model, x0, y, logits)
         return self.loss(logits[:len(x)], y) + self.alpha * self.loss(logits[len(x):], y)
 
 # %% ../nbs/19_regularizers.ipynb #19bd65c6
@@ -175,9 +241,12 @@ def noisy_augmentation(
     generator:torch.Generator|None=None,  # source of the noise
 )->tuple:                         # (x', y'): (folds * N, ...) and (folds * N,), clean batch first
     "N-fold Gaussian noise augmentation with fresh i.i.d. noise for every sample of every fold."
-    if not isinstance(folds, int) or folds < 1: raise ValueError(f'folds must be an int >= 1; got {folds!r}')
-    if len(y) != len(x): raise ValueError(f'x and y must hold as many samples; got {len(x)} and {len(y)}')
-    s = _noise_var(x, sigma).sqrt()
+    folds = check_count(folds, 'folds', 1)
+    s = _noise_std(x, sigma)
+    _check_batch(x, y, empty=True)
+    check_finite(x, 'x')
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f'generator must be a torch.Generator or None; got {type(generator).__name__}')
     noise = torch.randn((folds - 1, *x.shape), generator=generator, dtype=x.dtype, device=x.device) * s
     return torch.cat([x[None], x[None] + noise]).flatten(0, 1), y.repeat(folds)
 
@@ -186,9 +255,9 @@ _DUAL = {1: float('inf'), 2: 2., float('inf'): 1.}
 
 def _check_p(p):
     "p as 1., 2. or inf; anything else raises."
-    p = float(p) if p in (1, 2) or p == float('inf') else p
-    if p not in _DUAL: raise ValueError(f"p must be 1, 2 or float('inf'); got {p!r}")
-    return p
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or p not in _DUAL:
+        raise ValueError(f"p must be 1, 2 or float('inf'); got {p!r}")
+    return float(p)
 
 def _dual_norm(g, q):
     "Per-sample q-norm of g (N, ...), with a finite gradient at g = 0."
@@ -208,14 +277,16 @@ class GradientNormLoss(nn.Module):
                  p:float=2,           # the perturbation norm: 1, 2 or inf; the penalty uses its dual p*
                  loss=F.cross_entropy):  # loss(logits, y, reduction='none') -> per-sample losses
         super().__init__()
-        if not (isinstance(sigma, (int, float)) and sigma >= 0): raise ValueError(f'sigma must be a number >= 0; got {sigma!r}')
+        _check_weight(sigma, 'sigma')
         self.sigma, self.p, self.loss = sigma, _check_p(p), loss
 
     def forward(self, model:nn.Module, x:Tensor, y:Tensor)->Tensor:
         "The loss plus the gradient-norm penalty of `model` on the batch (x, y)."
-        if len(y) != len(x): raise ValueError(f'x and y must hold as many samples; got {len(x)} and {len(y)}')
+        _check_batch(x, y); _check_dtype(model, x)
         x = x.detach().requires_grad_(True)
-        losses = self.loss(model(x), y, reduction='none')
+        logits = model(x)
+        _check_values(model, x, y, logits)
+        losses = self.loss(logits, y, reduction='none')
         g, = torch.autograd.grad(losses.sum(), x, create_graph=True)   # per-sample gradients: samples are independent
         return losses.mean() + self.sigma * _dual_norm(g, _DUAL[self.p]).mean()
 
@@ -230,9 +301,14 @@ def adversarial_examples(
 )->Tensor:               # x + eps(p), detached
     "x plus the first-order worst l_p perturbation of size eps (Lyu et al. 2015, eq. 3, via `attacks.lp_perturbation`; FGSM for p = inf)."
     p = _check_p(p)
-    if len(y) != len(x): raise ValueError(f'x and y must hold as many samples; got {len(x)} and {len(y)}')
+    _check_weight(eps, 'eps')
+    _check_batch(x, y, empty=True); _check_dtype(model, x)
+    if len(x) == 0: return x.detach().clone()
     x = x.detach().requires_grad_(True)
-    with torch.enable_grad(): g, = torch.autograd.grad(loss(model(x), y, reduction='sum'), x)
+    with torch.enable_grad(), eval_mode(model):    # the eval-mode network: no statistics updated, flags restored
+        logits = model(x)
+        _check_values(model, x, y, logits)
+        g, = torch.autograd.grad(loss(logits, y, reduction='sum'), x)
     return (x + lp_perturbation(g, eps, p)).detach()
 
 class AdversarialLoss(nn.Module):
@@ -243,11 +319,12 @@ class AdversarialLoss(nn.Module):
                  weight:float=0.5,      # weight of the clean loss, in [0, 1]
                  loss=F.cross_entropy): # loss(logits, y) -> scalar
         super().__init__()
-        if not 0 <= weight <= 1: raise ValueError(f'weight must be in [0, 1]; got {weight!r}')
+        _check_weight(weight, 'weight', 1); _check_weight(eps, 'eps')
         self.eps, self.p, self.weight, self.loss = eps, _check_p(p), weight, loss
 
     def forward(self, model:nn.Module, x:Tensor, y:Tensor)->Tensor:
-        "The weighted clean and adversarial loss of `model` on the batch (x, y)."
+        "The weighted clean and adversarial loss of `model` on the batch (x, y): the attack in eval mode, the loss in the model's mode."
+        _check_batch(x, y)
         xa = adversarial_examples(model, x, y, self.eps, self.p, self.loss)
         out = model(torch.cat([x, xa]))
         return self.weight * self.loss(out[:len(x)], y) + (1 - self.weight) * self.loss(out[len(x):], y)

@@ -129,7 +129,9 @@ def misclassification_rate(
                                 for v in as_tensors(p_miss, mu_a, s_a, sigma, names=names))
     check_broadcast(names, p_miss, mu_a, s_a, sigma)
     check_finite(p_miss, 'p_miss')
-    if ((p_miss < 0) | (p_miss > 1)).any(): raise ValueError(f'p_miss must be a probability in [0, 1]; got {p_miss.min().item():.4g}..{p_miss.max().item():.4g}')
+    if ((p_miss < 0) | (p_miss > 1)).any():
+        lo, hi = p_miss.min().item(), p_miss.max().item()
+        raise ValueError(f'p_miss must be a probability in [0, 1]; got {lo:.4g}' + (f'..{hi:.4g}' if hi != lo else ''))
     check_var(mu_a, 'mu_a'); check_var(sigma, 'sigma'); check_var(s_a, 's_a')
     if ((sigma == 0) & (s_a == 0)).any(): raise ValueError('sigma and s_a must not both be 0 (the spread of delta would be 0)')
     return _eq33(p_miss, mu_a, s_a, sigma)

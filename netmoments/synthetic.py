@@ -4,10 +4,12 @@
 
 # %% ../nbs/12_synthetic.ipynb #93b09f85
 from __future__ import annotations
+import copy, math, numbers
 from typing import NamedTuple
 import torch
 from torch import Tensor, nn
-from .linearize import two_stage
+from .core import as_tensors, check_count, check_cov, check_finite, check_model
+from .linearize import _check_dtype, two_stage
 from .montecarlo import mc_moments
 
 # %% auto #0
@@ -27,8 +29,12 @@ def regime_covariances(
 )->Tensor:                                # (count, n, n), symmetric positive definite, max diagonal entry = the level
     "Random covariances L L^T of a noise regime of Bibi et al. 2018, §4.1, each scaled so that its largest variance is the regime's."
     level = REGIMES[regime] if isinstance(regime, str) and regime in REGIMES else regime
-    if isinstance(level, str) or not level > 0:
-        raise ValueError(f'regime must be one of {", ".join(REGIMES)} or a positive number; got {regime!r}')
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < math.inf:
+        raise ValueError(f'regime must be one of {", ".join(REGIMES)} or a positive finite number; got {regime!r}')
+    n, count = check_count(n, 'n', 1), check_count(count, 'count', 0)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f'generator must be a torch.Generator or None; got {type(generator).__name__}')
+    _check_dtype(dtype, 'dtype')
     L = torch.randn(count, n, n, generator=generator, dtype=dtype)
     cov = L @ L.mT
     cov = (cov + cov.mT) / 2
@@ -46,13 +52,19 @@ def fit_slope(
     y:Tensor,  # ordinates (k,): the Monte Carlo values
 )->Slope:      # b minimizing sum (y - b x)^2, and its standard error
     "Least-squares fit y = b x through the origin, with the standard error of b."
-    x, y = torch.as_tensor(x, dtype=torch.float64).flatten(), torch.as_tensor(y, dtype=torch.float64).flatten()
+    x, y = (v if isinstance(v, Tensor) else torch.as_tensor(v, dtype=torch.float64) for v in (x, y))
+    x, y = (v.flatten() for v in as_tensors(x, y, names=('x', 'y')))
     if x.shape != y.shape or len(x) < 2: raise ValueError(f'x and y must hold the same number >= 2 of values; got {len(x)} and {len(y)}')
+    check_finite(x, 'x'); check_finite(y, 'y')
+    # in units of powers of two near max |x| and max |y|: an exact rescaling, so that no sum of squares overflows or
+    # underflows, whatever the scale of the data
+    sx, sy = (torch.ldexp(torch.ones((), dtype=torch.float64), torch.frexp(v.abs().amax().double()).exponent) for v in (x, y))
+    x, y = x.double() / sx, y.double() / sy
     sxx = (x * x).sum()
     if sxx == 0: raise ValueError('x must not be all zero')
     b = (x * y).sum() / sxx
     se = (((y - b * x)**2).sum() / (len(x) - 1) / sxx).sqrt()
-    return Slope(b.item(), se.item())
+    return Slope((b * sy / sx).item(), (se * sy / sx).item())
 
 # %% ../nbs/12_synthetic.ipynb #6356f0b6
 class AnalyticVsMC(NamedTuple):
@@ -74,7 +86,20 @@ def analytic_vs_mc(
     chunk:int=128,        # hidden rows per block in ara_moments (speed and memory only)
 )->AnalyticVsMC:
     "Analytic (two-stage linearization at 0, Bibi et al. 2018, §4.1) and Monte Carlo output mean and variance for each covariance."
-    net = net.double().eval().requires_grad_(False)
+    check_model(net, 'net')
+    if not isinstance(input_shape, (tuple, list, torch.Size)) or not input_shape or any(
+            isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in input_shape):
+        raise ValueError(f'input_shape must be a non-empty tuple of positive integers; got {input_shape!r}')
+    n_mc, seed, chunk = check_count(n_mc, 'n_mc', 2), check_count(seed, 'seed', 0), check_count(chunk, 'chunk', 1)
+    n = math.prod(input_shape)
+    if not isinstance(covs, Tensor) or not covs.is_floating_point():
+        raise TypeError(f'covs must be a floating tensor (count, {n}, {n}); got {getattr(covs, "dtype", type(covs).__name__)}')
+    if covs.ndim != 3 or covs.shape[1:] != (n, n):
+        raise ValueError(f'covs must have shape (count, {n}, {n}) for inputs of shape {tuple(input_shape)}; '
+                         f'got {tuple(covs.shape)}')
+    check_cov(covs, 'covs')
+    covs = covs.double()                                           # computed in float64, as the network
+    net = copy.deepcopy(net).double().eval().requires_grad_(False)    # the caller's network is left as it is
     zero = torch.zeros(1, *input_shape, dtype=torch.float64)
     f = lambda v: net(v.reshape(-1, *input_shape))
     rows = []
@@ -85,7 +110,7 @@ def analytic_vs_mc(
             mc = mc_moments(f, zero.flatten(), cov, n_mc, seed=seed + i, full_cov=False)
             rows.append(torch.stack([ana.mean.flatten()[0], mc.mean.flatten()[0], ana.var.flatten()[0],
                                      mc.var.flatten()[0], mc.var_se.flatten()[0]]))
-    return AnalyticVsMC(*torch.stack(rows).T)
+    return AnalyticVsMC(*(torch.stack(rows).T if rows else zero.new_zeros(5, 0)))
 
 # %% ../nbs/12_synthetic.ipynb #f4fc163e
 TABLE1_AMPLITUDES = (0.5, 0.75, 1.0, 1.5, 2.0)   # noise std in [0, 255] pixel units, Alfadly et al. 2020, Table 1
@@ -104,10 +129,19 @@ def linearization_error(
     rows:int|None=None,      # linearize this many noisy images at a time (None: all; bounds the memory of A)
 )->LinearizationError:
     "Per image: l2 distance at the clean image between `net` and its two-stage linearization at a noisy copy, l = 1, 2, 3."
+    if not isinstance(images, Tensor) or not images.is_floating_point() or images.ndim < 2 or len(images) == 0:
+        raise ValueError(f'images must be a non-empty floating batch (N, ...); got '
+                         f'{(images.dtype, tuple(images.shape)) if isinstance(images, Tensor) else type(images).__name__}')
+    check_model(net, 'net', images, 'images')
+    check_finite(images, 'images')
+    draws, rows = check_count(draws, 'draws', 1), None if rows is None else check_count(rows, 'rows', 1)
+    amplitudes = [float(a) for a in amplitudes]
+    if not amplitudes or not all(math.isfinite(a) and a >= 0 for a in amplitudes):
+        raise ValueError(f'amplitudes must be finite numbers >= 0, at least one; got {amplitudes}')
     gen = torch.Generator().manual_seed(seed)
-    clean = images.repeat(draws, 1, 1, 1)                    # row k N + i: draw k of image i
-    z = torch.randn(clean.shape, generator=gen)              # one direction per draw, scaled by each amplitude
-    err, at_point = torch.zeros(len(images), 3, len(amplitudes)), 0.
+    clean = images.repeat(draws, *[1] * (images.ndim - 1))  # row k N + i: draw k of image i
+    z = torch.randn(clean.shape, generator=gen, dtype=images.dtype).to(images.device)  # one direction per draw
+    err, at_point = images.new_zeros(len(images), 3, len(amplitudes)), 0.
     with torch.no_grad():
         for j, a in enumerate(amplitudes):
             noisy = clean + a / 255 * z

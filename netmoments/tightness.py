@@ -4,12 +4,13 @@
 
 # %% ../nbs/11_tightness.ipynb #a48d7995
 from __future__ import annotations
-import copy
+import copy, math, numbers
 from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from .linearize import AffineReluAffine, two_stage
+from .core import as_tensors, check_broadcast, check_count, check_finite, check_var, eval_mode
+from .linearize import AffineReluAffine, _check_dtype, _check_points, two_stage
 from .montecarlo import LowRankCov, mc_moments
 
 # %% auto #0
@@ -21,11 +22,32 @@ def relative_error(
     y:Tensor,   # the other, broadcastable with `x`
 )->Tensor:      # 2|x - y| / (|x| + |y|), elementwise, in [0, 2]; 0 where x = y = 0
     "The absolute relative difference E_r(x, y) = 2|x - y| / (|x| + |y|) of Alfadly et al. 2020 (0 where both are 0)."
-    x, y = torch.broadcast_tensors(torch.as_tensor(x), torch.as_tensor(y))
-    den = x.abs() + y.abs()
-    return torch.where(den > 0, 2 * (x - y).abs() / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+    x, y = as_tensors(x, y, names=('x', 'y'))
+    check_finite(x, 'x'); check_finite(y, 'y')
+    check_broadcast(('x', 'y'), x, y)
+    x, y = torch.broadcast_tensors(x, y)
+    # E_r is scale free: divide both by m = max(|x|, |y|) first, so that nothing overflows or underflows
+    m = torch.maximum(x.abs(), y.abs()).detach()
+    pos = m > 0
+    m = torch.where(pos, m, torch.ones_like(m))
+    a, b = x / m, y / m
+    return torch.where(pos, 2 * (a - b).abs() / torch.where(pos, a.abs() + b.abs(), torch.ones_like(m)), torch.zeros_like(m))
 
 # %% ../nbs/11_tightness.ipynb #59cb811f
+def _check_sigma(sigma):
+    "`sigma` as a float, or an error naming it unless it is a finite number >= 0."
+    if isinstance(sigma, Tensor) and sigma.numel() == 1: sigma = sigma.item()
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
+        raise TypeError(f'sigma must be a number; got {type(sigma).__name__}')
+    if not (math.isfinite(sigma) and sigma >= 0): raise ValueError(f'sigma must be >= 0 and finite; got {sigma}')
+    return float(sigma)
+
+def _check_generator(generator):
+    "Refuse a `generator` that is neither None nor a torch.Generator."
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f'generator must be a torch.Generator or None; got {type(generator).__name__}')
+
+# %% ../nbs/11_tightness.ipynb #c60050a5
 def random_covariance(
     n:int,                                # dimension (784 for MNIST)
     sigma:float,                          # noise level: trace = sigma^2 n, so sigma^2 is the average variance
@@ -34,9 +56,9 @@ def random_covariance(
     dtype:torch.dtype=torch.float64,
 )->LowRankCov:                            # factor W (n, r), diag zeros (n,): Sigma = W W^T, trace sigma^2 n
     "A random PSD covariance W W^T, W Gaussian (n, r) scaled to trace sigma^2 n (our reading of Alfadly et al. 2020, §4.2)."
-    if not sigma >= 0: raise ValueError(f'sigma must be >= 0; got {sigma}')
-    r = n if rank is None else rank
-    if r < 1: raise ValueError(f'rank must be >= 1; got {rank}')
+    n, sigma = check_count(n, 'n', 1), _check_sigma(sigma)
+    r = n if rank is None else check_count(rank, 'rank', 1)
+    _check_generator(generator); _check_dtype(dtype, 'dtype')
     W = torch.randn(n, r, generator=generator, dtype=dtype)
     W = W * (sigma * n**0.5 / W.norm())
     return LowRankCov(W, torch.zeros(n, dtype=dtype))
@@ -45,7 +67,17 @@ def dense(
     cov:LowRankCov,  # factor (..., n, r) and diag (..., n)
 )->Tensor:           # the covariance matrix (..., n, n)
     "The matrix factor factor^T + diag(diag) of a LowRankCov."
-    return cov.factor @ cov.factor.mT + torch.diag_embed(cov.diag)
+    if not isinstance(cov, LowRankCov): raise TypeError(f'cov must be a LowRankCov; got {type(cov).__name__}')
+    factor, diag = as_tensors(*cov, names=('cov.factor', 'cov.diag'))
+    if factor.ndim < 2 or diag.ndim < 1 or diag.shape[-1] != factor.shape[-2]:
+        raise ValueError(f'cov.factor must have shape (..., n, r) and cov.diag (..., n); got cov.factor '
+                         f'{tuple(factor.shape)} and cov.diag {tuple(diag.shape)}')
+    check_broadcast(('cov.factor', 'cov.diag'), factor[..., 0], diag)
+    check_finite(factor, 'cov.factor'); check_var(diag, 'cov.diag')
+    out = factor @ factor.mT + torch.diag_embed(diag)
+    if not torch.isfinite(out).all():
+        raise ValueError(f'cov overflows {str(out.dtype)[6:]}: cov.factor @ cov.factor.mT has entries beyond its range')
+    return out
 
 # %% ../nbs/11_tightness.ipynb #613ef5e7
 class TightnessTable(NamedTuple):
@@ -67,6 +99,15 @@ class TightnessTable(NamedTuple):
         return {k: getattr(self, 'er_' + k).mean().item() for k in ('mean', 'old', 'exact')}
 
 # %% ../nbs/11_tightness.ipynb #26583b7f
+def _check_lin(lin, N, n, name='lin'):
+    "Refuse a linearization that is not one finite AffineReluAffine row per image (N images of n entries)."
+    if not isinstance(lin, AffineReluAffine): raise TypeError(f'{name} must be an AffineReluAffine; got {type(lin).__name__}')
+    if lin.A.ndim != 3 or lin.A.shape[2] != n:
+        raise ValueError(f'{name} must be linearizations at inputs of {n} entries, A of shape (N, q, {n}); '
+                         f'got A {tuple(lin.A.shape)}')
+    if lin.A.shape[0] != N: raise ValueError(f'{name} has {lin.A.shape[0]} rows for {N} images')
+    for field, t in zip(lin._fields, lin): check_finite(t, f'{name}.{field}')
+
 def _draws(N, n, sigma, generator):
     "The random covariance of each of N images and the seed of its Monte Carlo run, in the order tightness_table uses."
     covs = [random_covariance(n, sigma, generator) for _ in range(N)]
@@ -86,19 +127,24 @@ def tightness_table(
     ties:str='split',                     # tied max-pooling windows, see two_stage
 )->TightnessTable:
     "Analytic mean, exact and old variance of the linearized `model` beside Monte Carlo of `model` itself (Alfadly et al. 2020, §4.2)."
-    like = next(model.parameters())
-    N, n = images.shape[0], images[0].numel()
+    _check_points(images, model, 'images')   # a module with finite weights; finite images of its dtype and device
+    sigma, n_mc = _check_sigma(sigma), check_count(n_mc, 'n_mc', 2)
+    _check_generator(generator)
+    N, n = images.shape[0], math.prod(images.shape[1:])
     if lin is None:
         with torch.no_grad():
-            lin = two_stage(copy.deepcopy(model).double(), images.to(like.device, torch.float64), layer, at, ties=ties)
+            lin = two_stage(copy.deepcopy(model).double(), images.double(), layer, at, ties=ties)
+    else: _check_lin(lin, N, n)
+    if N == 0: return TightnessTable(sigma, *[lin.c2.new_zeros(lin.c2.shape)] * 10)
     covs, seeds = _draws(N, n, sigma, generator)
     mu = images.reshape(N, n).to(lin.A)
     S = torch.stack([dense(c) for c in covs]).to(lin.A)
     exact, old = (lin.moments(mu, S, method=m, full=False) for m in ('exact', 'zero_mean'))
     mcs = []
-    for i in tqdm(range(N), disable=not progress, unit='image'):
-        cov = LowRankCov(*(t.to(like) for t in covs[i]))
-        mcs.append(mc_moments(model, images[i].to(like), cov, n=n_mc, seed=seeds[i], full_cov=False))
+    with eval_mode(model):                   # the network as evaluated: no dropout, running batch-norm statistics
+        for i in tqdm(range(N), disable=not progress, unit='image'):
+            cov = LowRankCov(*(t.to(images) for t in covs[i]))
+            mcs.append(mc_moments(model, images[i], cov, n=n_mc, seed=seeds[i], full_cov=False))
     mc = {k: torch.stack([getattr(m, k) for m in mcs]).to(exact.mean) for k in ('mean', 'var', 'mean_se', 'var_se')}
     return TightnessTable(sigma, exact.mean, exact.var, old.var, mc['mean'], mc['var'], mc['mean_se'], mc['var_se'],
                           relative_error(exact.mean, mc['mean']), relative_error(old.var, mc['var']),

@@ -4,14 +4,15 @@
 
 # %% ../nbs/21_train.ipynb #ca9a100f
 from __future__ import annotations
-import copy, time
+import copy, math, numbers, time, warnings
 from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from .bench import best_time
-from .regularizers import GaussianMomentLoss, noisy_augmentation
+from .core import check_count, check_finite, check_model, eval_mode
+from .regularizers import GaussianMomentLoss, noisy_augmentation, _check_batch, _check_dtype, _check_values
 
 # %% auto #0
 __all__ = ['cross_entropy_loss', 'FitResult', 'fit', 'step_costs', 'training_scheme', 'step_schemes']
@@ -19,7 +20,10 @@ __all__ = ['cross_entropy_loss', 'FitResult', 'fit', 'step_costs', 'training_sch
 # %% ../nbs/21_train.ipynb #bee97338
 def cross_entropy_loss(model:nn.Module, x:Tensor, y:Tensor)->Tensor:
     "The vanilla loss: cross entropy of model(x), averaged over the batch."
-    return F.cross_entropy(model(x), y)
+    _check_batch(x, y); _check_dtype(model, x)
+    logits = model(x)
+    _check_values(model, x, y, logits)
+    return F.cross_entropy(logits, y)
 
 class FitResult(NamedTuple):
     "What `fit` returns."
@@ -38,10 +42,42 @@ def _as_xy(data, name):
 def _split(x, y, val, val_fraction, generator):
     "(train x, y, val x, y): the given validation set, or a seeded random `val_fraction` of the training set."
     if val is not None: return (x, y, *_as_xy(val, 'val'))
-    if not 0 < val_fraction < 1: raise ValueError(f'val_fraction must be in (0, 1); got {val_fraction!r}')
-    perm = torch.randperm(len(x), generator=generator)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) or not 0 < val_fraction < 1:
+        raise ValueError(f'val_fraction must be in (0, 1); got {val_fraction!r}')
     k = max(1, round(val_fraction * len(x)))
+    if k >= len(x): raise ValueError(f'val_fraction {val_fraction!r} of {len(x)} train samples leaves none to train on')
+    perm = torch.randperm(len(x), generator=generator)
     return x[perm[k:]], y[perm[k:]], x[perm[:k]], y[perm[:k]]
+
+def _check_data(x, y, name, model):
+    "Raise naming `name` x or y unless x is a non-empty finite floating batch of the model's dtype and y matches it."
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
+        raise ValueError(f'{name} x must be a floating tensor (N, ...); got '
+                         f'{f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__}')
+    if len(x) == 0: raise ValueError(f'{name} x must hold at least one sample; got shape {tuple(x.shape)}')
+    if not isinstance(y, Tensor) or len(y) != len(x):
+        raise ValueError(f'{name} x and y must hold as many samples; got {len(x)} and '
+                         f'{len(y) if isinstance(y, Tensor) else type(y).__name__}')
+    check_finite(x, f'{name} x')
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if p is not None and p.dtype != x.dtype:
+        raise TypeError(f'model has {str(p.dtype).removeprefix("torch.")} parameters but {name} x is '
+                        f'{str(x.dtype).removeprefix("torch.")}; convert one')
+
+def _finite_weights(model):
+    "Are all the floating parameters of model finite?"
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point())
+
+def _check_classes(y, name, classes):
+    "Raise ValueError naming `name` y where integer labels fall outside [0, classes)."
+    if y.is_floating_point(): return check_finite(y, f'{name} y')   # targets of the loss's own form
+    bad = (y < 0) | (y >= classes)
+    if bad.any(): raise ValueError(f'{name} y must hold class indices in [0, {classes}); got {int(y[bad][0])}')
+
+def _check_positive(v, name, high=math.inf):
+    "Raise ValueError unless v is a finite number in (0, high)."
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or not 0 < v < high:
+        raise ValueError(f'{name} must be a finite number > 0{f" and < {high:g}" if high < math.inf else ""}; got {v!r}')
 
 def _evaluate(model, loss, x, y, batch_size, device):
     "Mean loss and accuracy over (x, y), in batches."
@@ -75,16 +111,27 @@ def fit(
     progress:bool=True,        # tqdm bar over the epochs
 )->FitResult:
     "Train `model` with the recipe of Alfadly et al. 2019, Table 1: validation split, LR decay on plateau, early stopping, best checkpoint."
+    check_model(model, 'model')
     x, y = _as_xy(train, 'train')
-    if len(x) != len(y): raise ValueError(f'train x and y must hold as many samples; got {len(x)} and {len(y)}')
-    for name, v in (('epochs', epochs), ('batch_size', batch_size), ('lr_patience', lr_patience), ('patience', patience)):
-        if not isinstance(v, int) or v < 1: raise ValueError(f'{name} must be an int >= 1; got {v!r}')
+    _check_data(x, y, 'train', model)
+    epochs, batch_size = check_count(epochs, 'epochs', 1), check_count(batch_size, 'batch_size', 1)
+    lr_patience, patience = check_count(lr_patience, 'lr_patience', 1), check_count(patience, 'patience', 1)
+    seed = check_count(seed, 'seed', 0)
+    _check_positive(lr, 'lr'); _check_positive(lr_factor, 'lr_factor', 1)
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real) or not 0 <= weight_decay < math.inf:
+        raise ValueError(f'weight_decay must be a finite number >= 0; got {weight_decay!r}')
     if optimizer not in ('adam', 'sgd'): raise ValueError(f"optimizer must be 'adam' or 'sgd'; got {optimizer!r}")
+    if not callable(loss): raise TypeError(f'loss must be callable as loss(model, x, y); got {type(loss).__name__}')
+    if augment is not None and not callable(augment):
+        raise TypeError(f'augment must be callable as augment(x, y, generator) or None; got {type(augment).__name__}')
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     cpu_gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
     xt, yt, xv, yv = _split(x, y, val, val_fraction, cpu_gen)
+    if val is not None: _check_data(xv, yv, 'val', model)
+    with torch.no_grad(), eval_mode(model): classes = model(x[:1].to(device)).shape[1]
+    _check_classes(y, 'train', classes); _check_classes(yv, 'val', classes)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (torch.optim.Adam(params, lr=lr, weight_decay=weight_decay) if optimizer == 'adam' else
            torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay))
@@ -99,9 +146,19 @@ def fit(
             xb, yb = xt[idx].to(device), yt[idx].to(device)
             if augment is not None: xb, yb = augment(xb, yb, aug_gen)
             opt.zero_grad(set_to_none=True)
-            value = loss(model, xb, yb)
+            try: value = loss(model, xb, yb)
+            except ValueError:             # the losses refuse non-finite weights: an update made them so
+                if _finite_weights(model): raise
+                break
             value.backward(); opt.step()
             run += value.item() * len(idx)
+        if not _finite_weights(model):     # diverged: no later epoch can recover, the best weights are kept
+            if best_state is None:
+                raise ValueError(f'training diverged in epoch {epoch}: the weights of model became NaN or infinite '
+                                 f'before any validation; lower lr (it is {opt.param_groups[0]["lr"]:g})')
+            warnings.warn(f'training diverged in epoch {epoch}: the weights of model became NaN or infinite; '
+                          f'keeping those of epoch {best_epoch}')
+            break
         model.eval()
         val_loss, val_acc = _evaluate(model, loss, xv, yv, batch_size, device)
         sched.step(val_loss)
@@ -129,13 +186,27 @@ def step_costs(
     seed:int=0,          # seeds each augmentation generator
 )->dict:                 # name -> (seconds per step, ratio to the first scheme)
     "Seconds per training step (loss, backward, Adam update) of each scheme, timed side by side on one batch."
-    if not schemes: raise ValueError('schemes must name at least one scheme')
-    if len(x) != len(y): raise ValueError(f'x and y must hold as many samples; got {len(x)} and {len(y)}')
-    for name, v in (('rounds', rounds), ('steps', steps)):
-        if not isinstance(v, int) or v < 1: raise ValueError(f'{name} must be an int >= 1; got {v!r}')
-    def step_fn(scheme):
+    if not isinstance(schemes, dict) or not schemes: raise ValueError('schemes must name at least one scheme')
+    for k, v in schemes.items():
+        if not (callable(v) or isinstance(v, tuple) and len(v) == 2 and all(map(callable, v))):
+            raise TypeError(f'schemes[{k!r}] must be a loss(model, x, y) or a pair (loss, augment); got {v!r}')
+    if not callable(model_fn): raise TypeError(f'model_fn must be callable; got {type(model_fn).__name__}')
+    _check_batch(x, y)
+    check_finite(x, 'x')
+    rounds, steps, seed = check_count(rounds, 'rounds', 1), check_count(steps, 'steps', 1), check_count(seed, 'seed', 0)
+    _check_positive(lr, 'lr')
+    probe = model_fn()
+    check_model(probe, 'model_fn')
+    dtypes = {p.dtype for p in probe.parameters() if p.is_floating_point()}
+    if dtypes and x.dtype not in dtypes:
+        raise TypeError(f'model_fn makes models with {", ".join(str(d).removeprefix("torch.") for d in dtypes)} '
+                        f'parameters but x is {str(x.dtype).removeprefix("torch.")}; convert one')
+    with torch.no_grad(), eval_mode(probe): classes = probe.to(x.device)(x[:1]).shape[1]
+    if not y.is_floating_point() and ((y < 0) | (y >= classes)).any():
+        raise ValueError(f'y must hold class indices in [0, {classes}); got {int(y[(y < 0) | (y >= classes)][0])}')
+    def step_fn(scheme, model):
         loss, augment = scheme if isinstance(scheme, tuple) else (scheme, None)
-        model = model_fn().to(x.device).train()
+        model = model.to(x.device).train()
         opt = torch.optim.Adam(model.parameters(), lr)
         gen = torch.Generator(device=x.device).manual_seed(seed)
         def run():
@@ -143,7 +214,7 @@ def step_costs(
                 xb, yb = augment(x, y, gen) if augment else (x, y)
                 opt.zero_grad(set_to_none=True); loss(model, xb, yb).backward(); opt.step()
         return run
-    runs = {k: step_fn(v) for k, v in schemes.items()}
+    runs = {k: step_fn(v, probe if i == 0 else model_fn()) for i, (k, v) in enumerate(schemes.items())}
     best = dict.fromkeys(runs, float('inf'))
     for _ in range(rounds):
         for k, run in runs.items(): best[k] = min(best[k], best_time(run, repeats=1, device=x.device) / steps)
@@ -159,16 +230,22 @@ def training_scheme(
     "The loss and batch augmentation of one training scheme of Alfadly et al. 2019: plain, moment regularizer (eq. 3) or N-fold noise."
     if kind == 'baseline': return cross_entropy_loss, None
     if kind == 'regularizer': return GaussianMomentLoss(sigma, level), None
-    if kind == 'augment': return cross_entropy_loss, lambda x, y, g: noisy_augmentation(x, y, sigma, level, g)
+    if kind == 'augment':
+        folds = check_count(level, 'level', 1)                 # refused here, not at the first batch
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma >= 0):
+            raise ValueError(f'sigma must be a finite number >= 0; got {sigma!r}')
+        return cross_entropy_loss, lambda x, y, g: noisy_augmentation(x, y, sigma, folds, g)
     raise ValueError(f"kind must be 'baseline', 'regularizer' or 'augment'; got {kind!r}")
 
-# %% ../nbs/21_train.ipynb #d6085e61
+# %% ../nbs/21_train.ipynb #40ac59b0
 def step_schemes(
     sigma:float=0.5,     # training noise std of the regularizer and of the augmentation
     alpha:float=1.,      # the regularizer's weight
     folds:tuple=(2, 6),  # augmentation folds N~
 )->dict:                 # name -> scheme, for `step_costs`
     "Vanilla, vanilla on 2N, the analytic regularizer (Alfadly et al. 2019, eq. 3) and N-fold augmentation, as `step_costs` schemes."
+    if not isinstance(folds, (tuple, list)): raise TypeError(f'folds must be a tuple of ints >= 1; got {folds!r}')
+    folds = tuple(check_count(n, 'folds', 1) for n in folds)
     return {'vanilla': cross_entropy_loss,
             'vanilla, batch 2N': (cross_entropy_loss, lambda x, y, g: (x.repeat(2, *[1] * (x.ndim - 1)), y.repeat(2))),
             f'regularizer (eq 3), alpha {alpha:g}': training_scheme('regularizer', sigma, alpha)[0],

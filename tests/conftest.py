@@ -9,6 +9,10 @@ settings.register_profile('netmoments', derandomize=True, deadline=None, max_exa
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'netmoments'))
 
+# The tests are many small computations, where a second CPU thread costs more in synchronisation than it gives (the
+# fuzz suite runs several times faster on one thread on a 2-core machine); NETMOMENTS_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get('NETMOMENTS_TEST_THREADS', '1')))
+
 CUDA = torch.cuda.is_available()
 DEVICE_PARAMS = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not CUDA, reason='no CUDA device'))]
 

@@ -1,4 +1,7 @@
 "Lower bounds: exactness of the linear bound, Algorithm 4.1, soundness counts against the strongest attack, errors."
+import copy
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import DEVICE_PARAMS
 from netmoments.bounds import (algorithm41, conv_spectral_norm, derivative_bounds, linear_bound, lipschitz_margin_bound,
-                               mlp_bound, network_bound, random_mlp, tight_example, _lrn_grad_norm)
+                               mlp_bound, network_bound, pool_lipschitz, random_mlp, tight_example, _lrn_grad_norm)
 from netmoments.minimal import minimal_l2, strongest
 from netmoments.models import mnist_slice, pretrained
 
@@ -106,11 +109,11 @@ def test_errors():
     with pytest.raises(ValueError, match='tied'): linear_bound(torch.eye(2), torch.zeros(2), torch.ones(1, 2))
     with pytest.raises(ValueError, match='3 features'): linear_bound(torch.randn(2, 3), torch.zeros(2), torch.ones(1, 2))
     with pytest.raises(ValueError, match='unsupported activation GELU'):
-        mlp_bound(nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 2)), x)
+        mlp_bound(nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 2)).double(), x)
     with pytest.raises(ValueError, match='unsupported layer Upsample'):
-        network_bound(nn.Sequential(nn.Upsample(scale_factor=2), nn.Flatten(), nn.Linear(12, 2)), x[:, None])
+        network_bound(nn.Sequential(nn.Upsample(scale_factor=2), nn.Flatten(), nn.Linear(12, 2)).double(), x[:, None])
     with pytest.raises(ValueError, match='unsupported layer LocalResponseNorm'):
-        lipschitz_margin_bound(nn.Sequential(nn.LocalResponseNorm(2), nn.Flatten(), nn.Linear(3, 2)), x[:, :, None])
+        lipschitz_margin_bound(nn.Sequential(nn.LocalResponseNorm(2), nn.Flatten(), nn.Linear(3, 2)).double(), x[:, :, None])
     with pytest.raises(ValueError, match='unsupported activation'): derivative_bounds(nn.ELU())
 
 
@@ -158,8 +161,13 @@ def test_other_public_functions_refuse_bad_arguments():
     with pytest.raises(ValueError, match='relu_second'): derivative_bounds(nn.ReLU(), float('nan'))
     with pytest.raises(ValueError, match='sizes'): random_mlp((3, 0, 2))
     with pytest.raises(ValueError, match='sizes'): random_mlp((3,))
-    with pytest.raises(ValueError, match='low and high'): random_mlp((3, 2), low=1.0, high=-1.0)
-    with pytest.raises(ValueError, match='low and high'): random_mlp((3, 2), low=float('nan'))
+    with pytest.raises(ValueError, match='low must be <= high'): random_mlp((3, 2), low=1.0, high=-1.0)
+    with pytest.raises(ValueError, match='low must be a finite number'): random_mlp((3, 2), low=float('nan'))
+    with pytest.raises(TypeError, match='dtype must be a floating'): random_mlp((3, 2), dtype=torch.int64)
+    with pytest.raises(ValueError, match='act must be an activation module'): derivative_bounds('tanh')
+    with pytest.raises(TypeError, match='m must be a 2-d max or average pooling'): pool_lipschitz(nn.ReLU(), (1, 4, 4))
+    with pytest.raises(ValueError, match='input_shape'): pool_lipschitz(nn.AvgPool2d(2), (1, 4))
+    with pytest.raises(ValueError, match='iters must be >= 1'): conv_spectral_norm(nn.Conv2d(1, 1, 3), (1, 4, 4), iters=0)
     with pytest.raises(ValueError, match='x must hold at least one sample'): mlp_bound(mlp, x[:0])
     with pytest.raises(ValueError, match='relu_second'): mlp_bound(mlp, x, relu_second=float('inf'))
     with pytest.raises(ValueError, match='x must be finite'): mlp_bound(mlp, x * torch.nan)
@@ -184,3 +192,72 @@ def test_trained_uci_mlps_zero_violations():
         v = check_bounds(net, xte, steps=30).violations()
         print(f'{name}: {v}')
         assert v['attacked'] >= 0.9 * len(xte) and v['bound'] == 0 and v['lipschitz'] == 0
+
+
+# --- dtypes: one per call, the bound in float64 -----------------------------------------------------------------------
+
+def _cnn(dtype=torch.float64):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 3))
+    with torch.no_grad(): net[0].weight.abs_(); net[0].bias.abs_()
+    return net.to(dtype).eval()
+
+
+def test_bounds_of_float32_networks_are_float64():
+    "A float32 network on float32 inputs gets its bound in float64 (a certificate is not rounded to float32)."
+    mlp = random_mlp((3, 4, 2), generator=torch.Generator().manual_seed(0))
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    cnn, img = _cnn(), torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for f, net, inp in ((mlp_bound, mlp, x), (network_bound, cnn, img), (lipschitz_margin_bound, cnn, img)):
+        want = f(net, inp).bound
+        got = f(copy.deepcopy(net).float(), inp.float()).bound
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize('f', [mlp_bound, network_bound, lipschitz_margin_bound])
+def test_bounds_refuse_a_network_of_another_dtype(f):
+    mlp = random_mlp((3, 4, 2), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError, match='model has float32 parameters but x is float64'):
+        f(copy.deepcopy(mlp).float(), torch.randn(2, 3, dtype=torch.float64))
+
+
+def test_experiments_refuse_mixed_dtypes_and_name_the_argument():
+    from netmoments.bound_experiments import check_bounds, cnn_table, margin_delta, tanh_mlp, train_classifier
+    net, x = tanh_mlp((3, 4, 2)), torch.randn(4, 3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 0, 1])
+    with pytest.raises(TypeError, match='net has float64 parameters but x is float32'): check_bounds(net, x.float())
+    with pytest.raises(TypeError, match='net has float32 parameters but x is float64'):
+        cnn_table(_cnn(torch.float32), torch.rand(2, 1, 4, 4, dtype=torch.float64), eps_cap=0.5)
+    with pytest.raises(TypeError, match='out has float64 parameters but h is float32'): margin_delta(net[-1], torch.randn(2, 4))
+    with pytest.raises(TypeError, match='x_val float32'): train_classifier(net, x, y, x.float(), y, epochs=1)
+    with pytest.raises(ValueError, match='y_val must hold class indices in \\[0, 2\\)'):
+        train_classifier(net, x, y, x, y + 1, epochs=1)
+    with pytest.raises(ValueError, match='net must have finite parameters'):
+        bad = tanh_mlp((3, 4, 2))
+        with torch.no_grad(): bad[0].bias[1] = torch.nan
+        train_classifier(bad, x, y, x, y, epochs=1)
+
+
+BAD_SEEDS = [-1, 2.5, True, '3', None, float('nan')]
+
+
+@pytest.mark.parametrize('seed', BAD_SEEDS)
+def test_seeds_are_counts(seed):
+    "Every seed of the experiments is an int >= 0 (the fuzz suite cannot give a case's `seed` argument the counts role)."
+    from netmoments.bound_experiments import lenet_lrn, lrn_table, penalty_curve, small_cnn, tanh_mlp, uci_split
+    calls = [lambda: tanh_mlp((3, 2), seed), lambda: uci_split('iris', seed), lambda: small_cnn(seed),
+             lambda: lenet_lrn((1,), seed), lambda: penalty_curve('iris', (4, 3), (0.,), epochs=1, seed=seed),
+             lambda: lrn_table(10, 1, 2, seed)]
+    for call in calls:
+        with pytest.raises((TypeError, ValueError), match='seed must be'): call()
+
+
+def test_cnn_table_without_attacked_images_reports_none():
+    "Statistics over no image are None, not NaN: an FGS capped below every flip succeeds nowhere."
+    from netmoments.bound_experiments import cnn_table, show_cnn
+    t = cnn_table(_cnn(), torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64),
+                  eps_cap=1e-3, steps=2)
+    assert t['fgs_rate'] == 0 and t['fgs_norm'] is None
+    assert all(v is None or not math.isnan(v) for v in t.values())
+    assert 'FGS norm' in str(show_cnn('net', t))

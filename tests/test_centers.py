@@ -90,7 +90,7 @@ def test_nearest_center_matches_brute_force(device, chunk):
     assert torch.equal(index, brute.argmin(1)) and index.device == x.device
     torch.testing.assert_close(d2, brute.min(1).values)
     with pytest.raises(ValueError, match='points of the same size'): nearest_center(x, c[:, :1])
-    with pytest.raises(ValueError, match='share dtype and device'): nearest_center(x, c.float())
+    with pytest.raises(TypeError, match='x is torch.float64 but centers is torch.float32'): nearest_center(x, c.float())
 
 
 def test_farthest_members_brute_force_and_errors():
@@ -170,3 +170,68 @@ def test_centers_tightness_reproduces_tightness_table_per_input():
         torch.testing.assert_close(getattr(ours['per input'], field), getattr(ref, field))
     with pytest.raises(ValueError, match='has 3 rows for 2 images'):
         centers_tightness(net, x[:2], 0.05, {'bad': lin}, n_mc=10)
+
+
+@settings(max_examples=10)
+@given(st.sampled_from([-1000, -400, 400, 1000]), st.integers(0, 2**31))
+def test_scale_free_to_the_ends_of_the_range(power, seed):
+    "Work in units of a power of two near the largest coordinate: scaled points give the very same clustering."
+    x, _ = _blobs('cpu', seed=seed)
+    k = 2.**power
+    ref, got = kmeans(x, 4, seed=seed), kmeans(x * k, 4, seed=seed)
+    assert torch.equal(got.assignments, ref.assignments) and torch.equal(got.centers, ref.centers * k)
+    assert torch.equal(got.inertia, ref.inertia * k * k)     # inf where k^2 inertia is beyond the range: its limit
+    index, d2 = nearest_center(x * k, ref.centers * k)
+    assert torch.equal(index, ref.assignments) and torch.equal(d2, nearest_center(x, ref.centers)[1] * k * k)
+    assert torch.equal(farthest_members(x * k, ref.centers * k, ref.assignments),
+                       farthest_members(x, ref.centers, ref.assignments))
+
+
+def test_empty_inputs_and_second_dtypes():
+    x, _ = _blobs('cpu')
+    km = kmeans(x, 4)
+    index, d2 = nearest_center(x[:0], km.centers)
+    assert index.shape == (0,) and index.dtype == torch.int64 and d2.shape == (0,)
+    assert torch.equal(farthest_members(x[:0], km.centers, km.assignments[:0]), torch.full((4,), -1))
+    with pytest.raises(ValueError, match='centers must be a non-empty batch'): nearest_center(x, km.centers[:0])
+    with pytest.raises(TypeError, match='init is torch.float32 but x is torch.float64'): kmeans(x, 4, init=km.centers.float())
+    with pytest.raises(ValueError, match='init must be finite'): kmeans(x, 4, init=km.centers * float('nan'))
+    with pytest.raises(TypeError, match='but centers is torch.float32'): farthest_members(x, km.centers.float(), km.assignments)
+    with pytest.raises(ValueError, match='points of the same size'): farthest_members(x, km.centers[:, :2], km.assignments)
+    with pytest.raises(TypeError, match='seed must be an int'): kmeans(x, 4, seed=0.5)
+    with pytest.raises(TypeError, match='chunk must be an int'): kmeans(x, 4, chunk='8')
+
+
+def test_cache_checks_its_arguments_when_built_and_leaves_the_model_alone():
+    net = _net('cpu')
+    x = torch.rand(6, 1, 7, 7, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with pytest.raises(TypeError, match='centers is torch.float32 but the model is torch.float64'):
+        LinearizationCache(net, x.float(), 2)
+    with pytest.raises(TypeError, match='points is torch.float32 but the model is torch.float64'):
+        LinearizationCache(net, x, 2, points=x.float())
+    with pytest.raises(ValueError, match='layer must be between 1 and 2'): LinearizationCache(net, x, 3)
+    with pytest.raises(TypeError, match='x is torch.float32 but the model is torch.float64'):
+        LinearizationCache.farthest(net, x.float(), x[:2], torch.arange(6) % 2, 2)
+    cache = LinearizationCache(net, x[:2], 2)
+    none = cache.lookup(x[:0])
+    assert [t.shape[0] for t in none] == [0] * 4 and none.A.shape[1:] == cache.lookup(x[:1]).A.shape[1:]
+    with pytest.raises(TypeError, match='index must be an int64 tensor'): cache.lookup(index=torch.tensor([0.]))
+    net.train()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    cache.forget(); cache.moments(x, 1e-3)
+    assert all(m.training for m in net.modules()) and all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+
+
+def test_centers_tightness_checks_images_and_runs_the_network_in_eval_mode():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(9, 6), nn.Dropout(0.5), nn.ReLU(), nn.Linear(6, 2)).double().eval()
+    x = torch.rand(2, 1, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    lins = {'own': two_stage(net, x, 1)}
+    run = lambda: centers_tightness(net, x, 0.1, lins, n_mc=50, generator=torch.Generator().manual_seed(1))
+    ref = run()['own']
+    net.train()                                  # dropout on: Monte Carlo still runs the eval-mode network
+    assert torch.equal(run()['own'].mc_var, ref.mc_var) and net.training
+    with pytest.raises(TypeError, match='images is torch.float32 but the model is torch.float64'):
+        centers_tightness(net, x.float(), 0.1, lins)
+    with pytest.raises(ValueError, match='sigma must be >= 0 and finite'): centers_tightness(net, x, float('inf'), lins)
+    empty = centers_tightness(net, x[:0], 0.1, {'own': two_stage(net, x[:0], 1)})
+    assert empty['own'].mean.shape == (0, 2)

@@ -474,3 +474,29 @@ def test_standardize_and_split_refuse_bad_values():
     with pytest.raises(TypeError, match=r'others\[0\] must be a tensor; got list'): standardize(torch.ones(3, 2), [[1., 2.]])
     with pytest.raises(ValueError, match='n must be an int >= 0; got True'): split_indices(True)
     with pytest.raises(ValueError, match='fractions must be >= 0 and sum to 1'): split_indices(10, (math.nan, 1.))
+
+
+def test_arguments_of_the_wrong_type_are_named():
+    "A root, fractions or seed of the wrong type, and a limit that is not a positive int, name the argument."
+    with pytest.raises(TypeError, match='root must be a folder'): data_dirs('mnist', root=3)
+    with pytest.raises(TypeError, match='root must be a folder'): load('iris', split='all', root=['/data'])
+    for limit in (0, -3, 2.5, math.nan, True, '3'):
+        with pytest.raises(ValueError, match='limit must be a positive int or None'): load('mnist', limit=limit)
+    with pytest.raises(TypeError, match='fractions must be a tuple of numbers'): split_indices(10, 'abc')
+    with pytest.raises(TypeError, match='fractions must be a tuple of numbers'): split_indices(10, (0.5, None))
+    with pytest.raises(TypeError, match='seed must be an int'): split_indices(10, seed=1.5)
+    assert [len(p) for p in split_indices(10, np.array([0.5, 0.5]))] == [5, 5]   # any sequence of numbers
+
+
+def test_standardize_refuses_a_second_dtype():
+    with pytest.raises(TypeError, match=r'others\[0\] is float64 but train_x is float32'):
+        standardize(torch.ones(3, 2), torch.ones(3, 2, dtype=torch.float64))
+
+
+@given(rows=st.integers(2, 20), power=st.sampled_from([-1000, -500, 500, 1000, 1020]), seed=st.integers(0, 2**31))
+def test_standardize_is_scale_free_to_the_ends_of_the_range(rows, power, seed):
+    "Statistics in units of a power of two per feature: data scaled by 2^power standardize to the very same values."
+    x = torch.randn(rows, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x[:, 2] = 1.5                                  # a constant feature: centred in its own units
+    ref, got = standardize(x, x[:2]), standardize(x * 2.**power, x[:2] * 2.**power)
+    for a, b in zip(got, ref): assert torch.equal(a, b)

@@ -256,8 +256,7 @@ def test_bad_points_and_arguments():
     with pytest.raises(ValueError, match=r'does not fit module 0 of the model .*\(N, C, H, W\)'): two_stage(net, x[0], 1)
     with pytest.raises(ValueError, match='does not fit module 7'): two_stage(net, points(2, (1, 16, 16)), 1)
     with pytest.raises(ValueError, match='does not fit module 0'): two_stage(net, points(2, (3, 12, 12)), 1)
-    with pytest.raises(ValueError, match='non-empty batch'): two_stage(net, x.flatten(), 1)
-    with pytest.raises(ValueError, match='non-empty batch'): two_stage(net, x[:0], 1)
+    with pytest.raises(ValueError, match='x must be a batch of points'): two_stage(net, x.flatten(), 1)
     with pytest.raises(ValueError, match='x must be finite'): two_stage(net, x * float('nan'), 1)
     with pytest.raises(TypeError, match='x is torch.float32 but the model is torch.float64'): two_stage(net, x.float(), 1)
     with pytest.raises(TypeError, match='x must be a floating tensor'): two_stage(net, x.long(), 1)
@@ -324,3 +323,28 @@ def test_split_ties_on_lenet_mnist():
     assert_close(split.c1 + (split.A @ x.flatten(1)[..., None])[..., 0], first.c1 + (first.A @ x.flatten(1)[..., None])[..., 0],
                  rtol=0, atol=1e-12)                           # both reproduce R_{l-1}(x) at the points
     assert torch.equal(split.B, first.B)                       # l = 3: the top stage is the last Linear, no pooling
+
+
+def test_no_points_give_empty_linearizations_of_the_right_shape():
+    "An empty batch maps to empty A, c1, B, c2, shaped by the split (an empty batch of a batch-wise map)."
+    net = conv_net()
+    for layer in (1, 2, 3):
+        full, none = two_stage(net, points(2), layer), two_stage(net, points(2)[:0], layer)
+        assert [t.shape[1:] for t in none] == [t.shape[1:] for t in full] and all(len(t) == 0 for t in none)
+        assert all(t.dtype == torch.float64 for t in none)
+
+
+def test_non_finite_weights_and_bad_arguments_are_named():
+    net, x = conv_net(), points(2)
+    with torch.no_grad(): net[0].bias[0] = float('inf')
+    with pytest.raises(ValueError, match='model must have finite parameters; 0.bias holds'): two_stage(net, x, 1)
+    net = conv_net()
+    for bad in (-1, 2.5, 'big'):
+        with pytest.raises((TypeError, ValueError), match='max_bytes must be'): two_stage(net, x, 1, max_bytes=bad)
+    with pytest.raises(TypeError, match='layer must be an int'): two_stage(net, x, None)
+    with pytest.raises(TypeError, match='net must be a torch.nn.Module'): seeded('net', 0)
+    with pytest.raises(TypeError, match='seed must be an int'): seeded(nn.Linear(2, 2), 0.5)
+    with pytest.raises(ValueError, match='seed must be >= 0'): seeded(nn.Linear(2, 2), -1)
+    with pytest.raises(TypeError, match='dtype must be a floating torch dtype'): seeded(nn.Linear(2, 2), 0, torch.int64)
+    with pytest.raises(TypeError, match='dtype must be a floating torch dtype'):
+        linearization_memory(net, (1, 12, 12), dtype='float64')

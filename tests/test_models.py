@@ -177,3 +177,18 @@ def test_data_folder_small():
     folder = models._data_dir()
     sizes = {f: (folder / f).stat().st_size for f in ('lenet-mnist.pt', 'mnist-test-slice.pt')}
     assert sum(sizes.values()) < 3e6, sizes
+
+
+@pytest.mark.parametrize('call', [lambda: lenet(device='gpu'), lambda: lenet(device=1.5), lambda: pretrained(device='tpu'),
+                                  lambda: mnist_slice(device=object())], ids=['lenet', 'lenet-float', 'pretrained', 'slice'])
+def test_bad_device_is_named(call):
+    with pytest.raises(ValueError, match='device must name a torch device'): call()
+
+
+def test_bad_generator_seed_and_name_are_named():
+    with pytest.raises(TypeError, match='generator must be a torch.Generator or None; got int'): lenet(3)
+    for seed in (-1, 2.5, '1', None, True):
+        with pytest.raises((TypeError, ValueError), match='seed must be'): synthetic('FC-A', seed)
+    for name in (['FC-A'], None):
+        with pytest.raises(ValueError, match='name must be one of'): synthetic(name)
+    with pytest.raises(ValueError, match='name must be one of lenet-mnist'): pretrained(['lenet-mnist'])

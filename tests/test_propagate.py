@@ -317,7 +317,7 @@ def test_gradients_finite_at_zero_variance(mode, rank, zeros):
 
 
 def test_bad_parameters_and_overflow_are_named():
-    "An infinite parameter names itself; moments that overflow on the way say so; an empty batch is refused."
+    "An infinite parameter names itself; moments that overflow on the way say so; an empty batch gives empty moments."
     net = _ara_net()
     with torch.no_grad(): net[0].weight[0, 0] = math.inf
     with pytest.raises(ValueError, match='the model parameter 0.weight must be finite'):
@@ -327,5 +327,13 @@ def test_bad_parameters_and_overflow_are_named():
     for mode in ('full', 'diag'):
         with pytest.raises(ValueError, match='the moments reaching a ReLU overflow float64'):
             propagate_moments(net, torch.ones(5, dtype=torch.float64), 1., mode)
-    with pytest.raises(ValueError, match='mu must not be empty'):
-        propagate_moments(_ara_net(), torch.zeros(0, 5, dtype=torch.float64), 1.)
+    for mode, rank in (('full', None), ('lowrank', 2), ('diag', None)):
+        none = propagate_moments(_ara_net(), torch.zeros(0, 5, dtype=torch.float64), 1., mode, rank)
+        one = propagate_moments(_ara_net(), torch.zeros(1, 5, dtype=torch.float64), 1., mode, rank)
+        assert none.mean.shape == (0, *one.mean.shape[1:]) and none.var.shape == (0, *one.var.shape[1:])
+        if mode == 'full': assert none.cov.shape == (0, *one.cov.shape[1:])
+        if mode == 'lowrank': assert none.cov.factor.shape == (0, *one.cov.factor.shape[1:])
+    per_point = torch.zeros(0, 5, 5, dtype=torch.float64)          # one (empty) covariance per (empty) mean
+    assert propagate_moments(_ara_net(), torch.zeros(0, 5, dtype=torch.float64), per_point).cov.shape[0] == 0
+    with pytest.raises(ValueError, match='cov must be >= 0'):     # the covariance is still checked
+        propagate_moments(_ara_net(), torch.zeros(0, 5, dtype=torch.float64), -1.)

@@ -103,12 +103,14 @@ def test_errors():
     net = seeded(build(), 0)
     x = torch.rand((2, *shape), dtype=f64)
     with pytest.raises(ValueError, match='sigma must be >= 0'): first_layer_moments(net, x, -0.1)
-    with pytest.raises(ValueError, match='sigma must be a number'): first_layer_moments(net, x, torch.ones(5, 5))
+    with pytest.raises(ValueError, match='sigma must be a number'): first_layer_moments(net, x, torch.ones(5, 5, dtype=f64))
+    with pytest.raises(TypeError, match='x and sigma must share one floating dtype'):
+        first_layer_moments(net, x, torch.ones(6, 6))
     with pytest.raises(ValueError, match='does not fit'): first_layer_moments(net, torch.rand(2, 3, 6, 6, dtype=f64), 0.1)
     bad = nn.Sequential(nn.Conv2d(4, 6, 3), nn.MaxPool2d(2), nn.ReLU())
-    with pytest.raises(ValueError, match='first block of the model must be'): first_layer_moments(bad, x, 0.1)
+    with pytest.raises(ValueError, match='first block of model must be'): first_layer_moments(bad, x, 0.1)
     bn = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.ReLU())
-    with pytest.raises(ValueError, match='eval mode'): first_layer_moments(bn, torch.rand(4, 3), 0.1)
+    with pytest.raises(ValueError, match='eval mode'): GaussianMomentLoss(0.1)(bn.train(), torch.rand(4, 3), torch.zeros(4).long())
     with pytest.raises(TypeError, match='nn.Sequential'): first_layer_moments(nn.Linear(3, 3), torch.rand(4, 3), 0.1)
     with pytest.raises(ValueError, match='as many samples'): GaussianMomentLoss(0.1)(net, x, torch.zeros(3).long())
     with pytest.raises(ValueError, match='folds'): noisy_augmentation(x, torch.zeros(2).long(), 0.1, 0)
@@ -208,3 +210,91 @@ def test_train_mode_batch_norm_sees_each_half_alone():
     mean, _ = first_layer_moments(net, x, 0.3)
     want = F.cross_entropy(net(x), y) + 2 * F.cross_entropy(net[2:](mean), y)
     assert_close(got, want)
+
+
+# --- models in training mode, empty batches, refusals ---------------------------------------------------------------
+
+def bn_net(seed=0):
+    "Linear, BatchNorm1d (non-trivial running statistics), ReLU, Dropout, Linear, float64."
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Dropout(0.5), nn.Linear(5, 3)).double()
+    with torch.no_grad(): net[1].running_mean.uniform_(-0.5, 0.5); net[1].running_var.uniform_(0.5, 2.)
+    return net
+
+
+def state(net):
+    return [m.training for m in net.modules()], {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def same(a, b):
+    return a[0] == b[0] and all(torch.equal(v, b[1][k]) for k, v in a[1].items())
+
+
+def test_moments_of_a_training_mode_model_are_the_eval_mode_moments():
+    "first_layer_moments and analytic_expected_logits evaluate the eval-mode network and leave modes and buffers alone."
+    net, x = bn_net(), torch.randn(4, 6, generator=torch.Generator().manual_seed(1), dtype=f64)
+    want = first_layer_moments(net.eval(), x, 0.2), analytic_expected_logits(net, x, 0.2)
+    net.train()
+    before = state(net)
+    got = first_layer_moments(net, x, 0.2), analytic_expected_logits(net, x, 0.2)
+    assert same(before, state(net))
+    assert_close(got[0][0], want[0][0], rtol=0, atol=0); assert_close(got[0][1], want[0][1], rtol=0, atol=0)
+    assert_close(got[1], want[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('p', [1, 2, float('inf')])
+def test_adversarial_loss_attacks_in_eval_mode(p):
+    """AdversarialLoss crafts the attack on the eval-mode network (running statistics, no dropout) without touching
+    the batch norm's statistics, then computes the training loss in the model's own mode: a training-mode model
+    updates its statistics once, from the forward pass on the clean and adversarial batch."""
+    net = bn_net()
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(8, 6, generator=g, dtype=f64), torch.randint(0, 3, (8,), generator=g)
+    net.train()
+    before = state(net)
+    xa = adversarial_examples(net, x, y, 0.3, p)
+    assert same(before, state(net))                               # the attack: no statistics moved, modes restored
+    ref = bn_net().eval()
+    g_ref = torch.autograd.grad(F.cross_entropy(ref(x.requires_grad_()), y, reduction='sum'), x)[0]
+    x = x.detach()
+    from netmoments.attacks import lp_perturbation
+    assert_close(xa, x + lp_perturbation(g_ref, 0.3, p))          # the eval-mode network's attack
+    twin = bn_net().train()
+    torch.manual_seed(5); loss = AdversarialLoss(0.3, p, 0.25)(net, x, y)
+    torch.manual_seed(5); out = twin(torch.cat([x, xa]))          # the same dropout mask
+    assert_close(loss, 0.25 * F.cross_entropy(out[:8], y) + 0.75 * F.cross_entropy(out[8:], y))
+    assert net.training and net[1].num_batches_tracked.item() == 1     # one training forward pass
+    assert_close(net[1].running_mean, twin[1].running_mean); assert_close(net[1].running_var, twin[1].running_var)
+
+
+def test_empty_batches():
+    "Maps from items to items give empty results; losses, which average over the batch, refuse an empty batch."
+    net, x, y = bn_net().eval(), torch.zeros(0, 6, dtype=f64), torch.zeros(0, dtype=torch.long)
+    xa, ya = noisy_augmentation(x, y, 0.1, 3)
+    assert xa.shape == (0, 6) and ya.shape == (0,)
+    assert adversarial_examples(net, x, y, 0.1).shape == (0, 6)
+    assert first_layer_moments(net, x, 0.1)[0].shape == (0, 5)
+    for loss in (GaussianMomentLoss(0.1), GradientNormLoss(0.1), AdversarialLoss(0.1)):
+        with pytest.raises(ValueError, match='x must hold at least one sample'): loss(net, x, y)
+
+
+def test_losses_refuse_non_finite_weights_that_leave_the_logits_finite():
+    "A -inf bias before a ReLU gives finite logits; the losses still name the model."
+    net = bn_net().eval()
+    with torch.no_grad(): net[0].bias[0] = -torch.inf
+    x, y = torch.randn(4, 6, dtype=f64), torch.zeros(4, dtype=torch.long)
+    assert torch.isfinite(net(x)).all()
+    for loss in (GaussianMomentLoss(0.1), GradientNormLoss(0.1), AdversarialLoss(0.1)):
+        with pytest.raises(ValueError, match='model must have finite parameters'): loss(net, x, y)
+
+
+def test_extreme_noise_gives_the_limits():
+    "A huge sigma gives finite means and no NaN (the variance overflows only where the true one does); a tiny one, the noise-free block."
+    net, x = bn_net().eval(), torch.randn(3, 6, generator=torch.Generator().manual_seed(3), dtype=f64)
+    mean, var = first_layer_moments(net, x, 1e300)
+    assert torch.isfinite(mean).all() and not torch.isnan(var).any()
+    ratio = (mean / first_layer_moments(net, x, 1e290)[0])     # E relu(z) ~ s phi(0) for s >> |mu|: scales with sigma
+    assert_close(ratio, torch.full_like(ratio, 1e10))
+    assert_close(first_layer_moments(net, x, 1e-300)[0], net[:3](x))
+    assert torch.isfinite(GaussianMomentLoss(1e300)(net, x, torch.zeros(3, dtype=torch.long)))
+    assert torch.isfinite(noisy_augmentation(x, torch.zeros(3, dtype=torch.long), 1e300, 2)[0]).all()

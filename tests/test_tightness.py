@@ -1,4 +1,5 @@
 "Tightness on LeNet and MNIST: E_r, random covariances, tightness_table on two images, and `netmoments tightness`."
+import copy
 import json
 
 import pytest
@@ -7,6 +8,7 @@ from hypothesis import given, strategies as st
 
 from netmoments.cli import main
 from netmoments.models import mnist_slice, pretrained
+from netmoments.linearize import two_stage
 from netmoments.tightness import dense, random_covariance, relative_error, tightness_table
 
 floats = st.floats(-1e6, 1e6, allow_nan=False)
@@ -89,3 +91,52 @@ def test_cli_tightness_ties(tmp_path):
     assert reports['first']['ties'] == 'first'
     assert [r['mc_var'] for r in split] == [r['mc_var'] for r in first]
     assert [r['exact_var'] for r in split] != [r['exact_var'] for r in first]
+
+
+@given(st.sampled_from([1e-320, 1e-300, 1e300, 1.7e308]), floats, floats)
+def test_relative_error_is_scale_free_to_the_ends_of_the_range(scale, x, y):
+    "Both values are divided by the larger before anything is summed: no overflow, no underflow, no NaN."
+    x, y = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    if not ((x * scale).isfinite() and (y * scale).isfinite()): return      # infinite values are refused, not scaled
+    ref, got = relative_error(x, y), relative_error(x * scale, y * scale)
+    assert torch.isfinite(got) and 0 <= got <= 2
+    if scale > 1e-300: assert abs(got - ref) <= 1e-12                      # no subnormals: the same value
+
+
+def test_relative_error_and_dense_refuse_bad_inputs():
+    one = torch.ones(3)
+    with pytest.raises(TypeError, match='found x float32, y float64'): relative_error(one, one.double())
+    with pytest.raises(ValueError, match='x must be finite'): relative_error(one * float('inf'), one)
+    with pytest.raises(ValueError, match='shapes do not broadcast'): relative_error(one, torch.ones(2))
+    with pytest.raises(TypeError, match='cov must be a LowRankCov'): dense((torch.ones(3, 2), one))
+    with pytest.raises(TypeError, match='found cov.factor float32, cov.diag float64'):
+        dense(random_covariance(3, 1., rank=2, dtype=torch.float32)._replace(diag=torch.zeros(3, dtype=torch.float64)))
+    with pytest.raises(ValueError, match='cov.factor must be finite'):
+        dense(random_covariance(3, 1.)._replace(factor=torch.full((3, 3), float('nan'), dtype=torch.float64)))
+    with pytest.raises(ValueError, match='cov overflows float64'):
+        dense(random_covariance(3, 1.)._replace(factor=torch.full((3, 3), 1e200, dtype=torch.float64)))
+    for bad in (float('nan'), float('inf'), -1.):
+        with pytest.raises(ValueError, match='sigma must be >= 0 and finite'): random_covariance(4, bad)
+    with pytest.raises(TypeError, match='sigma must be a number'): random_covariance(4, '0.1')
+    with pytest.raises(TypeError, match='n must be an int'): random_covariance(4.5, 0.1)
+    with pytest.raises(TypeError, match='dtype must be a floating torch dtype'): random_covariance(4, 0.1, dtype=torch.int32)
+
+
+def test_tightness_table_checks_first_and_leaves_the_model_alone():
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Dropout(0.5), torch.nn.ReLU(), torch.nn.Linear(5, 3)).eval()
+    x = torch.rand(2, 6, generator=torch.Generator().manual_seed(0))
+    run = lambda: tightness_table(net, x, 0.1, layer=1, n_mc=50, generator=torch.Generator().manual_seed(1))
+    ref = run()
+    assert {t.dtype for t in ref[1:]} == {torch.float64}           # float32 network and images: a float64 table
+    net.train()                                                    # dropout on: still the eval-mode network
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    for a, b in zip(run()[1:], ref[1:]): assert torch.equal(a, b)
+    assert all(m.training for m in net.modules()) and all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+    with pytest.raises(TypeError, match='images is torch.float64 but the model is torch.float32'):
+        tightness_table(net, x.double(), 0.1, layer=1)
+    with pytest.raises(ValueError, match='images must be finite'): tightness_table(net, x * float('nan'), 0.1, layer=1)
+    with pytest.raises(ValueError, match='n_mc must be >= 2'): tightness_table(net, x, 0.1, layer=1, n_mc=1)
+    with pytest.raises(TypeError, match='generator must be a torch.Generator'): tightness_table(net, x, 0.1, 1, generator=1)
+    with pytest.raises(ValueError, match='lin has 2 rows for 1 images'):
+        tightness_table(net, x[:1], 0.1, lin=two_stage(copy.deepcopy(net).double(), x.double(), 1))
+    assert tightness_table(net, x[:0], 0.1, layer=1).mean.shape == (0, 3)

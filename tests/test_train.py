@@ -34,11 +34,23 @@ def test_learns_and_is_seeded(device):
 
 def test_early_stop_plateau_and_checkpoint():
     data = blobs()
-    r = fit(net(), data, epochs=80, lr=20., batch_size=64, optimizer='sgd', lr_patience=2, lr_factor=0.5, patience=5,
+    # lr 5: the validation loss stalls without the weights diverging (at lr 20 they become NaN: see below)
+    r = fit(net(), data, epochs=80, lr=5., batch_size=64, optimizer='sgd', lr_patience=2, lr_factor=0.5, patience=5,
             progress=False)
     assert len(r.history) - r.best_epoch == 5 and len(r.history) < 80
-    assert r.history[-1]['lr'] < 20.
+    assert r.history[-1]['lr'] < 5.
     assert r.best_val_loss == min(h['val_loss'] for h in r.history)
+
+
+def test_divergence_stops_and_keeps_the_best_weights():
+    """Weights made NaN or infinite by an update end the training at once (no later epoch can recover): with a validated
+    epoch, a warning and its weights; before any, an error."""
+    data = blobs()
+    with pytest.warns(UserWarning, match='training diverged in epoch 2'):
+        r = fit(net(), data, epochs=80, lr=20., batch_size=64, optimizer='sgd', progress=False)
+    assert len(r.history) == r.best_epoch == 1 and all(torch.isfinite(p).all() for p in r.model.parameters())
+    with pytest.raises(ValueError, match='training diverged in epoch 1'):
+        fit(net(), data, epochs=3, lr=1e38, batch_size=64, optimizer='sgd', progress=False)
 
 
 def test_explicit_validation_set_and_hooks():
@@ -84,3 +96,50 @@ def test_step_costs_errors():
     with pytest.raises(ValueError, match='at least one'): step_costs(net, {}, x, y)
     with pytest.raises(ValueError, match='as many samples'): step_costs(net, {'p': cross_entropy_loss}, x, y[:3])
     with pytest.raises(ValueError, match='rounds must be'): step_costs(net, {'p': cross_entropy_loss}, x, y, rounds=0)
+
+
+BAD_SEEDS = [-1, 2.5, True, '3', None, float('nan')]
+
+
+@pytest.mark.parametrize('seed', BAD_SEEDS)
+def test_seeds_are_counts(seed):
+    "The seeds of fit and step_costs are ints >= 0 (the fuzz suite cannot give a case's `seed` argument the counts role)."
+    x, y = blobs(20)
+    with pytest.raises((TypeError, ValueError), match='seed must be'): fit(net(), (x, y), epochs=1, seed=seed)
+    with pytest.raises((TypeError, ValueError), match='seed must be'):
+        step_costs(net, {'p': cross_entropy_loss}, x, y, rounds=1, steps=1, seed=seed)
+
+
+def test_data_refusals_name_the_argument():
+    "Train and validation data are checked before any training: finite, non-empty, labels in range, the model's dtype."
+    x, y = blobs(40)
+    with pytest.raises(ValueError, match='val y must hold class indices in \\[0, 2\\)'): fit(net(), (x, y), (x, y + 1))
+    with pytest.raises(ValueError, match='val x must be finite'): fit(net(), (x, y), (x * torch.nan, y))
+    with pytest.raises(ValueError, match='train x must hold at least one sample'): fit(net(), (x[:0], y[:0]), (x, y))
+    with pytest.raises(TypeError, match='val x is float64'): fit(net(), (x, y), (x.double(), y))
+    with pytest.raises(ValueError, match='leaves none to train on'): fit(net(), (x[:1], y[:1]))
+    with pytest.raises(ValueError, match='lr must be a finite number > 0'): fit(net(), (x, y), lr=float('nan'))
+    with pytest.raises(ValueError, match='lr_factor'): fit(net(), (x, y), lr_factor=1.)
+    with pytest.raises(ValueError, match='model must have finite parameters'):
+        bad = net()
+        with torch.no_grad(): bad[0].bias[0] = torch.inf
+        fit(bad, (x, y))
+    with pytest.raises(ValueError, match='y must hold class indices in \\[0, 2\\)'): cross_entropy_loss(net(), x, y + 1)
+    with pytest.raises(TypeError, match='model_fn makes models with float32 parameters but x is float64'):
+        step_costs(net, {'p': cross_entropy_loss}, x.double(), y)
+    with pytest.raises(TypeError, match="schemes\\['p'\\] must be"): step_costs(net, {'p': (cross_entropy_loss, 3)}, x, y)
+
+
+def test_one_epoch_returns_the_model_in_eval_mode():
+    "One epoch of small batches: fit returns the model it trained, in eval mode."
+    x, y = blobs(60)
+    model = net()
+    r = fit(model, (x, y), epochs=1, batch_size=20, progress=False)
+    assert r.model is model and not model.training and len(r.history) == 1
+
+
+def test_step_schemes_checks_folds_and_sigma():
+    from netmoments.train import step_schemes
+    with pytest.raises(ValueError, match='folds must be >= 1'): step_schemes(folds=(2, 0))
+    with pytest.raises(TypeError, match='folds must be'): step_schemes(folds=2)
+    with pytest.raises(ValueError, match='sigma must be'): step_schemes(sigma=float('nan'))

@@ -315,10 +315,39 @@ with eval_mode('not a model') as m: test_eq(m, 'not a model')
 
 # %%
 #| export
+def check_device(
+    device,                 # a str such as 'cpu', 'cuda', 'cuda:1', or a torch.device
+    name:str='device',      # argument name used in the message
+    types:tuple|None=None,  # device types accepted (None: any that torch can use here)
+)->torch.device:
+    "`device` as a torch.device that torch can use here, or a `ValueError` naming the argument."
+    try: dev = torch.device(device)
+    except (RuntimeError, TypeError): raise ValueError(f'{name} must name a torch device such as "cpu" or "cuda"; got {device!r}') from None
+    if types is not None and dev.type not in types:
+        raise ValueError(f'{name} must be a {" or ".join(types)} device; got {device!r}')
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available(): raise ValueError(f'{name} is {device!r} but torch sees no CUDA device')
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f'{name} is {device!r} but torch sees {torch.cuda.device_count()} CUDA device(s)')
+    return dev
+
+
+# %%
+test_eq(check_device('cpu'), torch.device('cpu'))
+test_fail(lambda: check_device('gpu'), contains='device must name a torch device such as "cpu" or "cuda"')
+test_fail(lambda: check_device(0.5, 'where'), contains='where must name a torch device')
+test_fail(lambda: check_device('meta', types=('cpu', 'cuda')), contains="device must be a cpu or cuda device; got 'meta'")
+if not torch.cuda.is_available(): test_fail(lambda: check_device('cuda'), contains='torch sees no CUDA device')
+else: test_fail(lambda: check_device(f'cuda:{torch.cuda.device_count()}'), contains='CUDA device(s)')
+
+
+# %%
+#| export
 def check_model(
     model:torch.nn.Module,  # the network
     name:str,               # argument name used in the message
     x:Tensor|None=None,     # an input the model will see, whose floating dtype must match the parameters'
+    x_name:str|None=None,   # the input's argument name, for the message (None: "its input")
 ):
     "Raise `TypeError` unless `model` is a module (matching `x`'s dtype), `ValueError` if a parameter or buffer is not finite."
     if not isinstance(model, torch.nn.Module):
@@ -329,8 +358,8 @@ def check_model(
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if x is not None and x.is_floating_point() and dtypes and x.dtype not in dtypes:
         found = ', '.join(sorted(str(d).removeprefix('torch.') for d in dtypes))
-        raise TypeError(f'{name} has {found} parameters but its input is {str(x.dtype).removeprefix("torch.")}; '
-                        f'convert one (e.g. {name}.double() or x.float())')
+        raise TypeError(f'{name} has {found} parameters but {x_name or "its input"} is {str(x.dtype).removeprefix("torch.")}; '
+                        f'convert one (e.g. {name}.double() or {x_name or "x"}.float())')
 
 
 # %%
@@ -338,6 +367,8 @@ net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
 check_model(net, 'net', torch.zeros(1, 3))
 test_fail(lambda: check_model(net, 'net', torch.zeros(1, 3, dtype=torch.float64)),
           contains='net has float32 parameters but its input is float64', exc=TypeError)
+test_fail(lambda: check_model(net, 'net', torch.zeros(1, 3, dtype=torch.float64), 'images'),
+          contains='net has float32 parameters but images is float64', exc=TypeError)
 test_fail(lambda: check_model(lambda x: x, 'f'), contains='f must be a torch.nn.Module; got function', exc=TypeError)
 with torch.no_grad(): net[0].weight[0, 1] = float('nan')
 test_fail(lambda: check_model(net, 'net'), contains='net must have finite parameters; 0.weight holds NaN')

@@ -12,6 +12,7 @@ import time
 from typing import Callable, NamedTuple
 import torch
 from netmoments.ara import ara_moments
+from netmoments.core import check_count, check_device
 from netmoments.montecarlo import mc_moments
 from netmoments.relu import relu_cross_moment, relu_cross_moment_series
 
@@ -40,7 +41,9 @@ def best_time(
     device:str|torch.device='cpu',  # synchronized before and after each run when it is a CUDA device
 )->float:            # seconds
     "Best wall-clock time of `fn()` over `repeats` runs, after a warm-up."
-    sync = torch.cuda.synchronize if torch.device(device).type == 'cuda' else (lambda: None)
+    if not callable(fn): raise TypeError(f'fn must be callable with no argument; got {type(fn).__name__}')
+    repeats = check_count(repeats, 'repeats', 1)
+    sync = torch.cuda.synchronize if check_device(device, 'device').type == 'cuda' else (lambda: None)
     fn(); sync()
     best = float('inf')
     for _ in range(repeats):
@@ -51,6 +54,9 @@ def best_time(
 
 # %%
 test_eq(best_time(lambda: None, repeats=2) < 0.01, True)
+test_fail(lambda: best_time(lambda: None, repeats=0), exc=ValueError, contains='repeats must be >= 1; got 0')
+test_fail(lambda: best_time(None), exc=TypeError, contains='fn must be callable')
+test_fail(lambda: best_time(lambda: None, device='gpu'), exc=ValueError, contains="device must name a torch device")
 
 
 # %% [markdown]
@@ -90,7 +96,8 @@ def bench_pairs(
     seed:int=0,              # seeds the random pairs
 )->list:                     # BenchRow list: exact form per dtype, and the series at 5 and 20 terms (float64)
     "Throughput of the exact cross moment (float64, float32) and of the Lemma 4 series (Alfadly et al. 2020), on `count` random pairs."
-    gen = torch.Generator().manual_seed(seed)
+    count, repeats = check_count(count, 'count', 1), check_count(repeats, 'repeats', 1)
+    device, gen = check_device(device, 'device'), torch.Generator().manual_seed(check_count(seed, 'seed', 0))
     rows, exact_time = [], {}
     for dtype in (torch.float64, torch.float32):
         args = _pairs(count, dtype, device, gen)
@@ -116,7 +123,9 @@ def bench_ara_vs_mc(
     seed:int=0,              # seeds the random network and input
 )->list:                     # BenchRow list: analytic time, MC time and their ratio, per dtype
     "Time of `ara_moments` (exact mean and covariance) against `mc_moments` with `mc_samples` samples."
-    gen = torch.Generator().manual_seed(seed)
+    n, p, d = (check_count(v, name, 1) for v, name in ((n, 'n'), (p, 'p'), (d, 'd')))
+    mc_samples, repeats = check_count(mc_samples, 'mc_samples', 2), check_count(repeats, 'repeats', 1)
+    device, gen = check_device(device, 'device'), torch.Generator().manual_seed(check_count(seed, 'seed', 0))
     rows = []
     for dtype in (torch.float64, torch.float32):
         mk = lambda *shape, scale=1.: (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
@@ -135,7 +144,7 @@ def bench_ara_vs_mc(
 
 
 # %% [markdown]
-# `run_benchmarks` runs both on the CPU and, when present, on CUDA; `format_rows` writes them as one fixed-width text
+# `run_benchmarks` runs both on the CPU and, when present, on CUDA (`sizes` sets the network's widths); `format_rows` writes them as one fixed-width text
 # table for the terminal (what `netmoments bench` prints). The ratio column is "times faster than the baseline" (the
 # baseline's own row reads 1).
 
@@ -146,22 +155,49 @@ def run_benchmarks(
     count:int=100_000,       # pairs for the cross-moment benchmarks
     mc_samples:int=10_000,   # Monte Carlo samples for the network benchmark
     repeats:int=3,           # timed runs, best kept
+    sizes:tuple=(100, 256, 10),  # (n, p, d): input, hidden and output width of the network benchmark
 )->list:                     # BenchRow list
     "All benchmarks on every device."
-    devices = devices or ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+    count, repeats = check_count(count, 'count', 1), check_count(repeats, 'repeats', 1)
+    mc_samples = check_count(mc_samples, 'mc_samples', 2)
+    if not isinstance(sizes, (tuple, list)) or len(sizes) != 3:
+        raise TypeError(f'sizes must be a tuple (n, p, d) of three widths; got {sizes!r}')
+    n, p, d = (check_count(v, 'sizes', 1) for v in sizes)
+    if devices is not None and (isinstance(devices, (str, torch.device)) or not hasattr(devices, '__iter__')):
+        raise TypeError(f'devices must be a list of devices or None; got {devices!r}')
+    devices = [check_device(d, 'devices') for d in devices] if devices else \
+              [torch.device('cpu')] + ([torch.device('cuda')] if torch.cuda.is_available() else [])
     rows = []
     for device in devices:
-        rows += bench_pairs(device, count, repeats) + bench_ara_vs_mc(device, mc_samples=mc_samples, repeats=repeats)
+        rows += bench_pairs(device, count, repeats) + bench_ara_vs_mc(device, n, p, d, mc_samples, repeats)
     return rows
 
 def format_rows(rows:list)->str:
     "The rows as an aligned text table."
+    if not isinstance(rows, (list, tuple)) or not all(isinstance(r, BenchRow) for r in rows):
+        found = type(rows).__name__ if not isinstance(rows, (list, tuple)) else \
+                f'a {next(type(r).__name__ for r in rows if not isinstance(r, BenchRow))} in the list'
+        raise TypeError(f'rows must be a list of BenchRow; got {found}')
     head = f"{'benchmark':<44} {'device':<6} {'dtype':<8} {'value':>12} {'unit':<8} {'ratio':>8}  baseline"
     lines = [head, '-' * len(head)]
     for r in rows:
         lines.append(f'{r.name:<44} {r.device:<6} {r.dtype:<8} {r.value:>12.4g} {r.unit:<8} {r.ratio:>8.3g}  {r.baseline}')
     return '\n'.join(lines)
 
+
+# %% [markdown]
+# Sizes, counts and devices are checked before anything is timed:
+
+# %%
+test_fail(lambda: bench_pairs(count=0), exc=ValueError, contains='count must be >= 1; got 0')
+test_fail(lambda: bench_pairs(seed=2.5), exc=TypeError, contains='seed must be an int')
+test_fail(lambda: bench_ara_vs_mc(p=0), exc=ValueError, contains='p must be >= 1; got 0')
+test_fail(lambda: bench_ara_vs_mc(mc_samples=1), exc=ValueError, contains='mc_samples must be >= 2; got 1')
+test_fail(lambda: run_benchmarks(devices='cpu'), exc=TypeError, contains='devices must be a list of devices')
+test_fail(lambda: run_benchmarks(devices=['tpu']), exc=ValueError, contains='devices must name a torch device')
+test_fail(lambda: run_benchmarks(repeats=2.5), exc=TypeError, contains='repeats must be an int')
+test_fail(lambda: run_benchmarks(sizes=(100, 0, 10)), exc=ValueError, contains='sizes must be >= 1; got 0')
+test_fail(lambda: format_rows([('a', 'cpu')]), exc=TypeError, contains='rows must be a list of BenchRow; got a tuple')
 
 # %% [markdown]
 # ## Measured on the CPU

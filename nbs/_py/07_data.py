@@ -8,12 +8,13 @@
 # %%
 #| export
 from __future__ import annotations
-import functools, gzip, math, os, pickle, struct, zlib
+import functools, gzip, math, numbers, os, pickle, struct, zlib
 from pathlib import Path
 from typing import Callable, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
+from netmoments.core import check_count
 
 # %%
 #| hide
@@ -61,11 +62,13 @@ _FOLDERS = {'mnist': 'mnist', 'fashion-mnist': 'fashion-mnist', 'spambase': 'spa
 _SYSTEM_FOLDERS = {'fashion-mnist': ('/usr/share/datasets/fashion-mnist',)}    # Debian's dataset-fashion-mnist
 
 def _check_name(name):
-    if name not in DATASETS:
+    if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f'name must be one of {", ".join(map(repr, DATASETS))}; got {name!r}')
 
 def _data_root(root):
     "The data root and where it came from, for the not-found message."
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f'root must be a folder (str or Path) or None; got {type(root).__name__}')
     if root is not None: return Path(root).expanduser(), f'root={str(root)!r}'
     if os.environ.get('NETMOMENTS_DATA'): return Path(os.environ['NETMOMENTS_DATA']).expanduser(), 'NETMOMENTS_DATA'
     home = Path(os.environ.get('XDG_DATA_HOME') or '~/.local/share').expanduser()
@@ -97,6 +100,7 @@ with mock.patch.dict(os.environ, {'NETMOMENTS_DATA': '', 'XDG_DATA_HOME': '/xdg'
     test_eq(data_dirs('spambase'), [Path('/xdg/netmoments/spambase'), Path('/xdg/netmoments')])
 test_eq(data_dirs('iris'), [])
 test_fail(lambda: data_dirs('svhn'), contains="name must be one of 'mnist', 'fashion-mnist'", exc=ValueError)
+test_fail(lambda: data_dirs('mnist', root=3), contains="root must be a folder (str or Path) or None; got int", exc=TypeError)
 
 
 # %% [markdown]
@@ -166,6 +170,7 @@ def load(
         raise ValueError(f'split must be {" or ".join(map(repr, reader.splits))} for {name}; got {split!r}{hint}')
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f'limit must be a positive int or None; got {limit!r}')
+    _data_root(root)                                           # a root of the wrong type is refused for every dataset
     if reader.files is None: return reader.read(None, split, limit)
     dirs, required = data_dirs(name, root), reader.files(split)
     paths = _find_files(dirs, required)
@@ -545,6 +550,10 @@ def split_indices(
 )->tuple:                              # int64 index tensors, one per fraction: disjoint, covering range(n)
     "Random disjoint index sets of `range(n)` with sizes in proportion to `fractions` (70/20/10 by default)."
     if not isinstance(n, int) or isinstance(n, bool) or n < 0: raise ValueError(f'n must be an int >= 0; got {n!r}')
+    if isinstance(fractions, (str, bytes)) or not hasattr(fractions, '__len__') or not all(
+            isinstance(f, numbers.Real) and not isinstance(f, bool) for f in fractions):
+        raise TypeError(f'fractions must be a tuple of numbers; got {fractions!r}')
+    seed = check_count(seed, 'seed', 0)
     if not all(math.isfinite(f) and f >= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
         raise ValueError(f'fractions must be >= 0 and sum to 1; got {tuple(fractions)}')
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -562,6 +571,8 @@ test_eq(torch.equal(split_indices(150, seed=3)[0], split_indices(150, seed=4)[0]
 test_eq([len(p) for p in split_indices(10, (0.5, 0.5))], [5, 5])
 test_fail(lambda: split_indices(10, (0.7, 0.2)), contains='fractions must be >= 0 and sum to 1; got (0.7, 0.2)',
           exc=ValueError)
+test_fail(lambda: split_indices(10, ('a', 1.)), contains="fractions must be a tuple of numbers; got ('a', 1.0)", exc=TypeError)
+test_fail(lambda: split_indices(10, seed=0.5), contains='seed must be an int', exc=TypeError)
 
 
 # %% [markdown]
@@ -584,11 +595,21 @@ def standardize(
         if not isinstance(x, Tensor): raise TypeError(f'others[{i}] must be a tensor; got {type(x).__name__}')
         if x.shape[1:] != train_x.shape[1:]:
             raise ValueError(f'others[{i}] must have trailing shape {tuple(train_x.shape[1:])}; got {tuple(x.shape)}')
-    for name, x in (('train_x', train_x), *((f'others[{i}]', x) for i, x in enumerate(others))):
-        if not torch.isfinite(x).all(): raise ValueError(f'{name} must be finite; it holds NaN or infinite values')
-    s, mean = torch.std_mean(train_x, dim=0, correction=0)
-    s = torch.where(s > 0, s, torch.ones_like(s))
-    return tuple((x - mean) / s for x in (train_x, *others))
+        if x.is_floating_point() and x.dtype != train_x.dtype:
+            raise TypeError(f'others[{i}] is {str(x.dtype)[6:]} but train_x is {str(train_x.dtype)[6:]}; convert one '
+                            f'(e.g. with .to(train_x.dtype))')
+    top = train_x.abs().amax(0)                      # NaN or inf in train_x shows here: no separate finiteness pass
+    if not torch.isfinite(top).all(): raise ValueError('train_x must be finite; it holds NaN or infinite values')
+    for i, x in enumerate(others):
+        if not torch.isfinite(x).all(): raise ValueError(f'others[{i}] must be finite; it holds NaN or infinite values')
+    # statistics of train_x / c, c a power of two per feature near its largest |value|: exact rescaling, so squares
+    # neither overflow nor underflow at the edges of the float range
+    c = torch.ldexp(torch.ones_like(top), torch.frexp(top).exponent)
+    s, mean = torch.std_mean(train_x / c, dim=0, correction=0)
+    spread = s > 0
+    s = torch.where(spread, s, torch.ones_like(s))
+    # a constant feature is only centred, in its own units
+    return tuple(torch.where(spread, (x / c - mean) / s, x - mean * c) for x in (train_x, *others))
 
 
 # %% [markdown]
@@ -612,6 +633,16 @@ test_fail(lambda: standardize(const, torch.ones(3, 3)), contains='others[0] must
           exc=ValueError)
 test_fail(lambda: standardize(torch.ones(2, 2, dtype=torch.int64)), contains='train_x must be a floating tensor',
           exc=ValueError)
+test_fail(lambda: standardize(const, const.double()), contains='others[0] is float64 but train_x is float32',
+          exc=TypeError)
+
+# %% [markdown]
+# The statistics are taken in units of a power of two near each feature's largest value, an exact rescaling, so data
+# at the edges of the float range standardize as any other:
+
+# %%
+for scale in (1e-300, 1e300):
+    test_close(standardize(const.double() * scale)[0], standardize(const.double())[0], eps=1e-15)
 
 # %% [markdown]
 # ## CIFAR-10 and CIFAR-100

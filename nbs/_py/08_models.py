@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 import netmoments
+from netmoments.core import check_count, check_device
 
 # %%
 #| hide
@@ -78,12 +79,15 @@ def lenet(
     device:str|torch.device|None=None,    # where the parameters live (default CPU; 'meta' allocates nothing)
 )->nn.Sequential:                         # maps images (N, 1, 28, 28) in [0, 1] to logits (N, 10)
     "The papers' LeNet: two conv + max-pool layers, two fully connected ones; module 8 is ReLU #3 (l = 3)."
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f'generator must be a torch.Generator or None; got {type(generator).__name__}')
+    device = check_device('cpu' if device is None else device)
     with torch.device('meta'):
         net = nn.Sequential(
             nn.Conv2d(1, 20, 5), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(20, 50, 5), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, 10))
-    if device is not None and torch.device(device).type == 'meta': return net
+    if device.type == 'meta': return net
     return _init_default(net.to_empty(device='cpu'), generator).to(device)   # drawn on the CPU: same on every device
 
 
@@ -113,6 +117,8 @@ assert not torch.equal(first[7].weight, other[7].weight)
 bound = 1 / 800**0.5
 assert first[7].weight.abs().max() <= bound and first[7].weight.abs().max() > 0.99 * bound
 test_eq(lenet(device='meta')[0].weight.device.type, 'meta')
+test_fail(lambda: lenet(0), exc=TypeError, contains='generator must be a torch.Generator or None; got int')
+test_fail(lambda: lenet(device='gpu'), exc=ValueError, contains='device must name a torch device')
 
 # %% [markdown]
 # ## Synthetic networks
@@ -168,8 +174,9 @@ def synthetic(
     seed:int=0, # seed of the local generator that draws every weight and bias
 )->nn.Sequential: # float32 on the CPU, output (N, 1)
     "Synthetic network `name` (Bibi et al. 2018, §4.1): ReLU between affine layers, i.i.d. N(0, 2/fan-in) parameters."
-    if name not in _SYNTHETIC:
+    if not isinstance(name, str) or name not in _SYNTHETIC:
         raise ValueError(f'name must be one of {", ".join(_SYNTHETIC)}; got {name!r}')
+    seed = check_count(seed, 'seed', 0)
     with torch.device('meta'): net = nn.Sequential(*_synthetic_layers(*_SYNTHETIC[name]))
     net = net.to_empty(device='cpu')
     generator = torch.Generator().manual_seed(seed)
@@ -212,6 +219,7 @@ test_close(synthetic('Conv-C', 0)[-1].weight.std(), (2 / 784) ** 0.5, eps=0.05 *
 # %%
 test_fail(lambda: synthetic('FC-D'), exc=ValueError,
           contains="name must be one of FC-A, FC-B, FC-C, Conv-A, Conv-B, Conv-C; got 'FC-D'")
+test_fail(lambda: synthetic('FC-A', seed=1.5), exc=TypeError, contains='seed must be an int')
 
 
 # %% [markdown]
@@ -365,7 +373,7 @@ def mnist_slice(
     device:str|torch.device|None=None,  # where the tensors go (default CPU)
 )->tuple:                               # (x, y): images (1000, 1, 28, 28) float32 in [0, 1], labels (1000,) int64
     "The bundled first 1000 MNIST test images and labels (netmoments/data/mnist-test-slice.pt)."
-    data = torch.load(_bundled('mnist-test-slice.pt'), map_location=device, weights_only=True)
+    data = torch.load(_bundled('mnist-test-slice.pt'), map_location=check_device('cpu' if device is None else device), weights_only=True)
     return data['images'][:, None].float() / 255, data['labels'].long()
 
 
@@ -396,10 +404,10 @@ def pretrained(
     device:str|torch.device|None=None, # where the parameters go (default CPU; 'meta' for the skeleton)
 )->nn.Sequential:                      # in eval mode, requires_grad False
     "A bundled trained network: 'lenet-mnist' is `lenet()` trained on MNIST (99% test accuracy)."
-    if name not in _PRETRAINED:
+    if not isinstance(name, str) or name not in _PRETRAINED:
         raise ValueError(f'name must be one of {", ".join(_PRETRAINED)}; got {name!r}')
     filename, build = _PRETRAINED[name]
-    state = torch.load(_bundled(filename), map_location=device, weights_only=True)
+    state = torch.load(_bundled(filename), map_location=check_device('cpu' if device is None else device), weights_only=True)
     net = build(device='meta')
     net.load_state_dict(state, assign=True)
     return net.eval().requires_grad_(False)
@@ -416,6 +424,8 @@ assert not any(p.requires_grad for p in net.parameters())
 test_eq({(p.dtype, p.device.type) for p in net.parameters()}, {(torch.float32, 'cpu')})
 test_eq({p.device.type for p in pretrained(device='meta').parameters()}, {'meta'})
 test_fail(lambda: pretrained('alexnet'), exc=ValueError, contains="name must be one of lenet-mnist; got 'alexnet'")
+test_fail(lambda: pretrained(device='gpu'), exc=ValueError, contains='device must name a torch device')
+test_fail(lambda: mnist_slice(device=0.5), exc=ValueError, contains='device must name a torch device')
 
 # %% [markdown]
 # Gradients with respect to the input still flow, which is what linearization needs:

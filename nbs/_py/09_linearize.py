@@ -15,7 +15,7 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 from torch.func import jacfwd, jacrev, vmap
 from netmoments.ara import AraMoments, ara_moments
-from netmoments.core import check_finite, eval_mode
+from netmoments.core import check_count, check_finite, check_model, eval_mode
 
 # %%
 #| hide
@@ -30,6 +30,14 @@ from netmoments.montecarlo import mc_moments
 
 
 # %%
+#| exporti
+def _check_dtype(dtype, name):
+    "Raise `TypeError` unless `dtype` is a floating torch dtype."
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f'{name} must be a floating torch dtype such as torch.float64; got {dtype!r}')
+
+
+# %%
 #| export
 def seeded(
     net:nn.Module,               # a network of Conv2d, Linear and BatchNorm1d layers (others are left as they are)
@@ -37,7 +45,9 @@ def seeded(
     dtype:torch.dtype=torch.float64,
 )->nn.Module:                    # `net` itself, re-initialized, in eval mode, frozen, in `dtype`
     "Random test network: He-normal weights, small biases, non-trivial batch-norm statistics, all from `seed`."
-    gen = torch.Generator().manual_seed(seed)
+    if not isinstance(net, nn.Module): raise TypeError(f'net must be a torch.nn.Module; got {type(net).__name__}')
+    _check_dtype(dtype, 'dtype')
+    gen = torch.Generator().manual_seed(check_count(seed, 'seed', 0))
     rn = lambda t, scale: torch.randn(t.shape, generator=gen) * scale
     with torch.no_grad():
         for m in net.modules():
@@ -329,6 +339,7 @@ def linearization_memory(
     if not isinstance(input_shape, (tuple, list, torch.Size)) or not input_shape or any(
             isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in input_shape):
         raise ValueError(f'input_shape must be a non-empty tuple of positive integers; got {input_shape!r}')
+    if dtype is not None: _check_dtype(dtype, 'dtype')
     with eval_mode(model): return _linearization_memory(model, input_shape, layer, dtype)
 
 def _linearization_memory(model, input_shape, layer, dtype):
@@ -430,17 +441,18 @@ show_doc(AffineReluAffine.moments)
 
 # %%
 #| exporti
-def _check_points(x, model):
-    if not isinstance(x, Tensor): raise TypeError(f'x must be a tensor; got {type(x).__name__}')
-    if not x.is_floating_point(): raise TypeError(f'x must be a floating tensor; got {x.dtype}')
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(f'x must be a non-empty batch of points (N, *input_shape); got shape {tuple(x.shape)}')
-    check_finite(x, 'x')
+def _check_points(x, model, name='x', model_name='model'):
+    "`x`, a batch of points for `model`: a finite floating tensor (N, ...) of the parameters' dtype and device."
+    if not isinstance(x, Tensor): raise TypeError(f'{name} must be a tensor; got {type(x).__name__}')
+    if not x.is_floating_point(): raise TypeError(f'{name} must be a floating tensor; got {x.dtype}')
+    if x.ndim < 2: raise ValueError(f'{name} must be a batch of points (N, *input_shape); got shape {tuple(x.shape)}')
+    check_finite(x, name)
+    check_model(model, model_name)
     like = next((t for t in model.parameters() if t.is_floating_point()), None)
     if like is not None and like.dtype != x.dtype:
-        raise TypeError(f'x is {x.dtype} but the model is {like.dtype}; convert one to the other')
+        raise TypeError(f'{name} is {x.dtype} but the {model_name} is {like.dtype}; convert one to the other')
     if like is not None and like.device != x.device:
-        raise ValueError(f'x is on {x.device} but the model is on {like.device}')
+        raise ValueError(f'{name} is on {x.device} but the {model_name} is on {like.device}')
 
 def _check_memory(N, n, q, d, itemsize, layer, max_bytes):
     if max_bytes is None: return
@@ -473,15 +485,21 @@ def two_stage(
     "Two-stage linearization of the eval-mode `model` around each point of `x`, split at its `layer`-th ReLU (Bibi et al. 2018, §3.4)."
     if at not in ('relu', 'pre'): raise ValueError(f"at must be 'relu' or 'pre'; got {at!r}")
     if ties not in ('split', 'first'): raise ValueError(f"ties must be 'split' or 'first'; got {ties!r}")
+    if max_bytes is not None: check_count(max_bytes, 'max_bytes', 0)
     with eval_mode(model):   # linearize the eval-mode network: no statistics are updated, the flags are restored
         return _two_stage(model, x, layer, at, max_bytes, ties)
 
 def _two_stage(model, x, layer, at, max_bytes, ties):
     "two_stage for a model whose batch norm and dropout modules are in eval mode."
+    if layer is None: raise TypeError('layer must be an int counting ReLU modules from 1; got NoneType')
     layers = model_layers(model)
     r = _relu_positions(layers, layer)[layer - 1]
     _check_points(x, model)
-    N, n = x.shape[0], x[0].numel()
+    N, n = x.shape[0], math.prod(x.shape[1:])
+    if N == 0:                                                 # no points: the shapes come from one zero input
+        z = _forward(layers, x.new_zeros(1, *x.shape[1:]), 0, r)
+        q, d = z[0].numel(), _forward(layers, z, r + 1, len(layers))[0].numel()
+        return AffineReluAffine(x.new_zeros(0, q, n), x.new_zeros(0, q), x.new_zeros(0, d, q), x.new_zeros(0, d))
     z = _forward(layers, x, 0, r)                              # R_{l-1}(x), (N, *hidden_shape)
     y = torch.relu(z) if at == 'relu' else z
     out = _forward(layers, y, r + 1, len(layers))              # R_{l+1}(y)
@@ -593,12 +611,23 @@ test_fail(lambda: two_stage(small, x, 1, ties='last'), exc=ValueError, contains=
 # %%
 test_fail(lambda: two_stage(small, x[0], 1), exc=ValueError, contains='does not fit module 0')
 test_fail(lambda: two_stage(small, x[:, :, :10], 2), exc=ValueError, contains='does not fit module 7')
-test_fail(lambda: two_stage(small, x.flatten(), 1), exc=ValueError, contains='x must be a non-empty batch')
+test_fail(lambda: two_stage(small, x.flatten(), 1), exc=ValueError, contains='x must be a batch of points')
 test_fail(lambda: two_stage(small, x.float(), 1), exc=TypeError, contains='x is torch.float32 but the model is torch.float64')
 test_fail(lambda: two_stage(small, x, 1, max_bytes=2**22), exc=ValueError,
           contains='a dense 576 x 576 hidden covariance per point (3 points: 7.59 MiB) would not fit')
 test_fail(lambda: two_stage(small, x, 1, max_bytes=2**20), exc=ValueError,
           contains='A and B at layer 1 take 3 x (576 x 196 + 3 x 576) floats')
+test_fail(lambda: two_stage(small, x, 1, max_bytes=-1), exc=ValueError, contains='max_bytes must be >= 0')
+broken = copy.deepcopy(small)
+with torch.no_grad(): broken.features[0].weight[0, 0, 0, 0] = float('nan')
+test_fail(lambda: two_stage(broken, x, 1), exc=ValueError, contains='model must have finite parameters; features.0.weight holds')
+
+# %% [markdown]
+# No points give no linearizations, shaped for the split:
+
+# %%
+none = two_stage(small, x[:0], 1)
+test_eq([t.shape for t in none], [(0, 576, 196), (0, 576), (0, 3, 576), (0, 3)])
 
 # %% [markdown]
 # ## Linearization error against the noise level

@@ -662,6 +662,17 @@ class PropagatedMoments(NamedTuple):
 
 
 # %%
+#| exporti
+def _empty_batch(model, mu, cov, mode, rank):
+    "The moments of an empty batch mu (0, *shape): those of one zero input, with its batch dimension emptied."
+    per_point = isinstance(cov, Tensor) and cov.ndim > 0 and len(cov) == 0 and (cov.shape == mu.shape or cov.ndim == 3)
+    one = propagate_moments(model, mu.new_zeros(1, *mu.shape[1:]), cov.new_zeros(1, *cov.shape[1:]) if per_point else cov,
+                            mode, rank)
+    out = one.cov[:0] if mode == 'full' else LowRankCov(one.cov.factor[:0], one.cov.diag[:0]) if mode == 'lowrank' else None
+    return PropagatedMoments(one.mean[:0], out, one.var[:0])
+
+
+# %%
 #| export
 def propagate_moments(
     model:nn.Module,          # nn.Sequential of Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, Flatten, BatchNorm (eval), Dropout (eval)
@@ -682,7 +693,10 @@ def propagate_moments(
     else: mu, cov = as_tensors(mu, cov, names=('mu', 'cov'))
     _check_model(model, mu)
     check_finite(mu, 'mu')
-    mean, batched, state = _input_state(mu, cov, _input_ndim(layers, mu), mode == 'full')
+    ndim = _input_ndim(layers, mu)
+    if mu.ndim == (mu.ndim if ndim is None else ndim) + 1 and len(mu) == 0:
+        return _empty_batch(model, mu, cov, mode, rank)
+    mean, batched, state = _input_state(mu, cov, ndim, mode == 'full')
     mean, state = _propagate(layers, mean, state, None if mode == 'full' else (0 if mode == 'diag' else rank))
     B = len(mean)
     if mode == 'full':
@@ -831,6 +845,20 @@ test_fail(lambda: propagate_moments(conv_net, image, -torch.eye(144, dtype=torch
 test_fail(lambda: propagate_moments(conv_net, image, LowRankCov(torch.ones(99, 2, dtype=torch.float64), torch.ones(144, dtype=torch.float64))), contains='cov.factor must have shape (144, r)')
 test_fail(lambda: propagate_moments(conv_net, image.float(), 1.), contains='mu is torch.float32 but the model is torch.float64', exc=TypeError)
 test_fail(lambda: propagate_moments(conv_net, image.to('meta'), 1.), contains='mu is on meta but the model is on cpu')
+broken = copy.deepcopy(conv_net)
+with torch.no_grad(): broken[0].weight[0, 0, 0, 0] = float('nan')
+test_fail(lambda: propagate_moments(broken, image, 1.), exc=ValueError, contains='the model parameter 0.weight must be finite')
+test_fail(lambda: propagate_moments(conv_net, image, torch.tensor(1.)), exc=TypeError,
+          contains='floating tensors must share one dtype; found mu float64, cov float32')
+
+# %% [markdown]
+# An empty batch of means gives empty moments, shaped as a batch would be:
+
+# %%
+for mode, rank in (('full', None), ('lowrank', 2), ('diag', None)):
+    none = propagate_moments(conv_net, images[:0], sigma**2, mode, rank)
+    test_eq((none.mean.shape, none.var.shape), ((0, 3), (0, 3)))
+test_eq(propagate_moments(conv_net, images[:0], sigma**2).cov.shape, (0, 3, 3))
 
 
 # %% [markdown]

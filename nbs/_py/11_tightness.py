@@ -8,12 +8,13 @@
 # %%
 #| export
 from __future__ import annotations
-import copy
+import copy, math, numbers
 from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from netmoments.linearize import AffineReluAffine, two_stage
+from netmoments.core import as_tensors, check_broadcast, check_count, check_finite, check_var, eval_mode
+from netmoments.linearize import AffineReluAffine, _check_dtype, _check_points, two_stage
 from netmoments.montecarlo import LowRankCov, mc_moments
 
 # %%
@@ -52,9 +53,16 @@ def relative_error(
     y:Tensor,   # the other, broadcastable with `x`
 )->Tensor:      # 2|x - y| / (|x| + |y|), elementwise, in [0, 2]; 0 where x = y = 0
     "The absolute relative difference E_r(x, y) = 2|x - y| / (|x| + |y|) of Alfadly et al. 2020 (0 where both are 0)."
-    x, y = torch.broadcast_tensors(torch.as_tensor(x), torch.as_tensor(y))
-    den = x.abs() + y.abs()
-    return torch.where(den > 0, 2 * (x - y).abs() / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+    x, y = as_tensors(x, y, names=('x', 'y'))
+    check_finite(x, 'x'); check_finite(y, 'y')
+    check_broadcast(('x', 'y'), x, y)
+    x, y = torch.broadcast_tensors(x, y)
+    # E_r is scale free: divide both by m = max(|x|, |y|) first, so that nothing overflows or underflows
+    m = torch.maximum(x.abs(), y.abs()).detach()
+    pos = m > 0
+    m = torch.where(pos, m, torch.ones_like(m))
+    a, b = x / m, y / m
+    return torch.where(pos, 2 * (a - b).abs() / torch.where(pos, a.abs() + b.abs(), torch.ones_like(m)), torch.zeros_like(m))
 
 
 # %% [markdown]
@@ -67,6 +75,17 @@ test_close(relative_error(a, b), torch.tensor([0., 0., 2., 2., 0.21 / 2.105]), e
 test_eq(relative_error(a, b), relative_error(b, a))
 test_close(relative_error(1e-9 * a, 1e-9 * b), relative_error(a, b), eps=1e-6)
 
+# %% [markdown]
+# Scale free to the ends of the float range (the two values are divided by the larger before anything is squared or
+# summed), and the inputs must be finite numbers of one floating dtype that broadcast together:
+
+# %%
+big = torch.tensor([1e308, -1e308, 3e-320], dtype=torch.float64)
+test_eq(relative_error(big, torch.tensor([1e308, 1e308, 0.], dtype=torch.float64)), torch.tensor([0., 2., 2.], dtype=torch.float64))
+test_fail(lambda: relative_error(a, torch.tensor([1., float('nan'), 0., 0., 0.])), exc=ValueError, contains='y must be finite')
+test_fail(lambda: relative_error(a, b.double()), exc=TypeError, contains='found x float32, y float64')
+test_fail(lambda: relative_error(a, b[:3]), exc=ValueError, contains='shapes do not broadcast: x (5,), y (3,)')
+
 
 # %% [markdown]
 # ## Random covariances of a given trace
@@ -78,6 +97,22 @@ test_close(relative_error(1e-9 * a, 1e-9 * b), relative_error(a, b), eps=1e-6)
 # the matrix `ara_moments` takes.
 
 # %%
+#| exporti
+def _check_sigma(sigma):
+    "`sigma` as a float, or an error naming it unless it is a finite number >= 0."
+    if isinstance(sigma, Tensor) and sigma.numel() == 1: sigma = sigma.item()
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
+        raise TypeError(f'sigma must be a number; got {type(sigma).__name__}')
+    if not (math.isfinite(sigma) and sigma >= 0): raise ValueError(f'sigma must be >= 0 and finite; got {sigma}')
+    return float(sigma)
+
+def _check_generator(generator):
+    "Refuse a `generator` that is neither None nor a torch.Generator."
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f'generator must be a torch.Generator or None; got {type(generator).__name__}')
+
+
+# %%
 #| export
 def random_covariance(
     n:int,                                # dimension (784 for MNIST)
@@ -87,9 +122,9 @@ def random_covariance(
     dtype:torch.dtype=torch.float64,
 )->LowRankCov:                            # factor W (n, r), diag zeros (n,): Sigma = W W^T, trace sigma^2 n
     "A random PSD covariance W W^T, W Gaussian (n, r) scaled to trace sigma^2 n (our reading of Alfadly et al. 2020, §4.2)."
-    if not sigma >= 0: raise ValueError(f'sigma must be >= 0; got {sigma}')
-    r = n if rank is None else rank
-    if r < 1: raise ValueError(f'rank must be >= 1; got {rank}')
+    n, sigma = check_count(n, 'n', 1), _check_sigma(sigma)
+    r = n if rank is None else check_count(rank, 'rank', 1)
+    _check_generator(generator); _check_dtype(dtype, 'dtype')
     W = torch.randn(n, r, generator=generator, dtype=dtype)
     W = W * (sigma * n**0.5 / W.norm())
     return LowRankCov(W, torch.zeros(n, dtype=dtype))
@@ -98,7 +133,17 @@ def dense(
     cov:LowRankCov,  # factor (..., n, r) and diag (..., n)
 )->Tensor:           # the covariance matrix (..., n, n)
     "The matrix factor factor^T + diag(diag) of a LowRankCov."
-    return cov.factor @ cov.factor.mT + torch.diag_embed(cov.diag)
+    if not isinstance(cov, LowRankCov): raise TypeError(f'cov must be a LowRankCov; got {type(cov).__name__}')
+    factor, diag = as_tensors(*cov, names=('cov.factor', 'cov.diag'))
+    if factor.ndim < 2 or diag.ndim < 1 or diag.shape[-1] != factor.shape[-2]:
+        raise ValueError(f'cov.factor must have shape (..., n, r) and cov.diag (..., n); got cov.factor '
+                         f'{tuple(factor.shape)} and cov.diag {tuple(diag.shape)}')
+    check_broadcast(('cov.factor', 'cov.diag'), factor[..., 0], diag)
+    check_finite(factor, 'cov.factor'); check_var(diag, 'cov.diag')
+    out = factor @ factor.mT + torch.diag_embed(diag)
+    if not torch.isfinite(out).all():
+        raise ValueError(f'cov overflows {str(out.dtype)[6:]}: cov.factor @ cov.factor.mT has entries beyond its range')
+    return out
 
 
 # %% [markdown]
@@ -115,6 +160,14 @@ assert torch.linalg.eigvalsh(S).min() > -1e-12
 test_eq(torch.linalg.matrix_rank(dense(random_covariance(50, 0.1, gen, rank=5))), 5)
 test_eq(random_covariance(50, 0.1, torch.Generator().manual_seed(0)).factor, cov.factor)
 test_fail(lambda: random_covariance(5, -1.), exc=ValueError, contains='sigma must be >= 0')
+test_fail(lambda: random_covariance(5, float('inf')), exc=ValueError, contains='sigma must be >= 0 and finite; got inf')
+test_fail(lambda: random_covariance(0, 1.), exc=ValueError, contains='n must be >= 1; got 0')
+test_fail(lambda: random_covariance(5, 1., rank=2.5), exc=TypeError, contains='rank must be an int')
+test_fail(lambda: random_covariance(5, 1., generator=0), exc=TypeError, contains='generator must be a torch.Generator')
+test_fail(lambda: dense(LowRankCov(torch.ones(3, 2), -torch.ones(3))), exc=ValueError, contains='cov.diag must be >= 0')
+test_fail(lambda: dense(LowRankCov(torch.ones(3, 2), torch.ones(4))), exc=ValueError,
+          contains='cov.factor must have shape (..., n, r) and cov.diag (..., n); got cov.factor (3, 2) and cov.diag (4,)')
+test_fail(lambda: dense(LowRankCov(torch.full((3, 2), 1e30), torch.ones(3))), exc=ValueError, contains='cov overflows float32')
 
 
 # %% [markdown]
@@ -153,6 +206,15 @@ class TightnessTable(NamedTuple):
 
 # %%
 #| exporti
+def _check_lin(lin, N, n, name='lin'):
+    "Refuse a linearization that is not one finite AffineReluAffine row per image (N images of n entries)."
+    if not isinstance(lin, AffineReluAffine): raise TypeError(f'{name} must be an AffineReluAffine; got {type(lin).__name__}')
+    if lin.A.ndim != 3 or lin.A.shape[2] != n:
+        raise ValueError(f'{name} must be linearizations at inputs of {n} entries, A of shape (N, q, {n}); '
+                         f'got A {tuple(lin.A.shape)}')
+    if lin.A.shape[0] != N: raise ValueError(f'{name} has {lin.A.shape[0]} rows for {N} images')
+    for field, t in zip(lin._fields, lin): check_finite(t, f'{name}.{field}')
+
 def _draws(N, n, sigma, generator):
     "The random covariance of each of N images and the seed of its Monte Carlo run, in the order tightness_table uses."
     covs = [random_covariance(n, sigma, generator) for _ in range(N)]
@@ -174,19 +236,24 @@ def tightness_table(
     ties:str='split',                     # tied max-pooling windows, see two_stage
 )->TightnessTable:
     "Analytic mean, exact and old variance of the linearized `model` beside Monte Carlo of `model` itself (Alfadly et al. 2020, §4.2)."
-    like = next(model.parameters())
-    N, n = images.shape[0], images[0].numel()
+    _check_points(images, model, 'images')   # a module with finite weights; finite images of its dtype and device
+    sigma, n_mc = _check_sigma(sigma), check_count(n_mc, 'n_mc', 2)
+    _check_generator(generator)
+    N, n = images.shape[0], math.prod(images.shape[1:])
     if lin is None:
         with torch.no_grad():
-            lin = two_stage(copy.deepcopy(model).double(), images.to(like.device, torch.float64), layer, at, ties=ties)
+            lin = two_stage(copy.deepcopy(model).double(), images.double(), layer, at, ties=ties)
+    else: _check_lin(lin, N, n)
+    if N == 0: return TightnessTable(sigma, *[lin.c2.new_zeros(lin.c2.shape)] * 10)
     covs, seeds = _draws(N, n, sigma, generator)
     mu = images.reshape(N, n).to(lin.A)
     S = torch.stack([dense(c) for c in covs]).to(lin.A)
     exact, old = (lin.moments(mu, S, method=m, full=False) for m in ('exact', 'zero_mean'))
     mcs = []
-    for i in tqdm(range(N), disable=not progress, unit='image'):
-        cov = LowRankCov(*(t.to(like) for t in covs[i]))
-        mcs.append(mc_moments(model, images[i].to(like), cov, n=n_mc, seed=seeds[i], full_cov=False))
+    with eval_mode(model):                   # the network as evaluated: no dropout, running batch-norm statistics
+        for i in tqdm(range(N), disable=not progress, unit='image'):
+            cov = LowRankCov(*(t.to(images) for t in covs[i]))
+            mcs.append(mc_moments(model, images[i], cov, n=n_mc, seed=seeds[i], full_cov=False))
     mc = {k: torch.stack([getattr(m, k) for m in mcs]).to(exact.mean) for k in ('mean', 'var', 'mean_se', 'var_se')}
     return TightnessTable(sigma, exact.mean, exact.var, old.var, mc['mean'], mc['var'], mc['mean_se'], mc['var_se'],
                           relative_error(exact.mean, mc['mean']), relative_error(old.var, mc['var']),
@@ -208,6 +275,23 @@ assert all(t.isfinite().all() for t in small[1:])
 assert small.er_mean.max() < 0.02, small.er_mean.max()
 assert small.er_exact.max() < 0.25, small.er_exact.max()
 test_eq(set(small.summary()), {'mean', 'old', 'exact'})
+
+# %% [markdown]
+# Images in another dtype than the network's, a network with a non-finite weight, a noise level or sample count out of
+# range, and a `lin` for other images are refused before any work; no images give an empty table:
+
+# %%
+test_fail(lambda: tightness_table(lenet, images[:2].double(), 0.01), exc=TypeError,
+          contains='images is torch.float64 but the model is torch.float32')
+broken = copy.deepcopy(lenet)
+with torch.no_grad(): broken[0].bias[0] = float('nan')
+test_fail(lambda: tightness_table(broken, images[:2], 0.01), exc=ValueError, contains='model must have finite parameters')
+test_fail(lambda: tightness_table(lenet, images[:2], float('nan')), exc=ValueError, contains='sigma must be >= 0 and finite')
+test_fail(lambda: tightness_table(lenet, images[:2], 0.01, n_mc=1), exc=ValueError, contains='n_mc must be >= 2; got 1')
+lin2 = two_stage(copy.deepcopy(lenet).double(), images[:2].double(), 3)
+test_fail(lambda: tightness_table(lenet, images[:3], 0.01, lin=lin2), exc=ValueError,
+          contains='lin has 2 rows for 3 images')
+test_eq({tuple(t.shape) for t in tightness_table(lenet, images[:0], 0.01)[1:]}, {(0, 10)})
 
 # %% [markdown]
 # ## Alfadly et al. (2020), Table 2: $E_r$ against the noise level

@@ -8,10 +8,12 @@
 # %%
 #| export
 from __future__ import annotations
+import copy, math, numbers
 from typing import NamedTuple
 import torch
 from torch import Tensor, nn
-from netmoments.linearize import two_stage
+from netmoments.core import as_tensors, check_count, check_cov, check_finite, check_model
+from netmoments.linearize import _check_dtype, two_stage
 from netmoments.montecarlo import mc_moments
 
 # %%
@@ -58,8 +60,12 @@ def regime_covariances(
 )->Tensor:                                # (count, n, n), symmetric positive definite, max diagonal entry = the level
     "Random covariances L L^T of a noise regime of Bibi et al. 2018, §4.1, each scaled so that its largest variance is the regime's."
     level = REGIMES[regime] if isinstance(regime, str) and regime in REGIMES else regime
-    if isinstance(level, str) or not level > 0:
-        raise ValueError(f'regime must be one of {", ".join(REGIMES)} or a positive number; got {regime!r}')
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < math.inf:
+        raise ValueError(f'regime must be one of {", ".join(REGIMES)} or a positive finite number; got {regime!r}')
+    n, count = check_count(n, 'n', 1), check_count(count, 'count', 0)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f'generator must be a torch.Generator or None; got {type(generator).__name__}')
+    _check_dtype(dtype, 'dtype')
     L = torch.randn(count, n, n, generator=generator, dtype=dtype)
     cov = L @ L.mT
     cov = (cov + cov.mT) / 2
@@ -79,6 +85,9 @@ assert (torch.linalg.eigvalsh(covs) > 0).all()
 test_eq(regime_covariances(50, 'high', 3, torch.Generator().manual_seed(0)), covs)
 test_close(regime_covariances(4, 1e-4, 1).diagonal(dim1=-2, dim2=-1).amax(), 1e-4, eps=1e-16)
 test_fail(lambda: regime_covariances(4, 'huge'), exc=ValueError, contains="regime must be one of low, medium, high")
+test_fail(lambda: regime_covariances(4, float('inf')), exc=ValueError, contains="or a positive finite number; got inf")
+test_fail(lambda: regime_covariances(0, 'low'), exc=ValueError, contains="n must be >= 1; got 0")
+test_fail(lambda: regime_covariances(4, 'low', count=1.5), exc=TypeError, contains="count must be an int")
 
 
 # %% [markdown]
@@ -105,13 +114,19 @@ def fit_slope(
     y:Tensor,  # ordinates (k,): the Monte Carlo values
 )->Slope:      # b minimizing sum (y - b x)^2, and its standard error
     "Least-squares fit y = b x through the origin, with the standard error of b."
-    x, y = torch.as_tensor(x, dtype=torch.float64).flatten(), torch.as_tensor(y, dtype=torch.float64).flatten()
+    x, y = (v if isinstance(v, Tensor) else torch.as_tensor(v, dtype=torch.float64) for v in (x, y))
+    x, y = (v.flatten() for v in as_tensors(x, y, names=('x', 'y')))
     if x.shape != y.shape or len(x) < 2: raise ValueError(f'x and y must hold the same number >= 2 of values; got {len(x)} and {len(y)}')
+    check_finite(x, 'x'); check_finite(y, 'y')
+    # in units of powers of two near max |x| and max |y|: an exact rescaling, so that no sum of squares overflows or
+    # underflows, whatever the scale of the data
+    sx, sy = (torch.ldexp(torch.ones((), dtype=torch.float64), torch.frexp(v.abs().amax().double()).exponent) for v in (x, y))
+    x, y = x.double() / sx, y.double() / sy
     sxx = (x * x).sum()
     if sxx == 0: raise ValueError('x must not be all zero')
     b = (x * y).sum() / sxx
     se = (((y - b * x)**2).sum() / (len(x) - 1) / sxx).sqrt()
-    return Slope(b.item(), se.item())
+    return Slope((b * sy / sx).item(), (se * sy / sx).item())
 
 
 # %% [markdown]
@@ -128,6 +143,16 @@ fit = fit_slope(a, m)
 test_close(fit.slope, b_np[0], eps=1e-12)
 test_close(fit.se, (res[0] / 39 / (a**2).sum().item())**0.5, eps=1e-12)
 test_fail(lambda: fit_slope(torch.zeros(3), torch.ones(3)), exc=ValueError, contains='all zero')
+test_fail(lambda: fit_slope(a, m.float()), exc=TypeError, contains='found x float64, y float32')
+test_fail(lambda: fit_slope(a, m.clone().fill_(float('inf'))), exc=ValueError, contains='y must be finite')
+
+# %% [markdown]
+# The sums are taken in units of a power of two near the largest value of each variable (an exact rescaling), so data
+# at the ends of the float range give the same slope:
+
+# %%
+tiny, huge = fit_slope(a * 2.**-1000, m), fit_slope(a, m * 2.**1000)
+test_close(tiny.slope * 2.**-1000, fit.slope, eps=1e-12); test_close(huge.slope * 2.**-1000, fit.slope, eps=1e-12)
 
 
 # %% [markdown]
@@ -162,7 +187,20 @@ def analytic_vs_mc(
     chunk:int=128,        # hidden rows per block in ara_moments (speed and memory only)
 )->AnalyticVsMC:
     "Analytic (two-stage linearization at 0, Bibi et al. 2018, §4.1) and Monte Carlo output mean and variance for each covariance."
-    net = net.double().eval().requires_grad_(False)
+    check_model(net, 'net')
+    if not isinstance(input_shape, (tuple, list, torch.Size)) or not input_shape or any(
+            isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in input_shape):
+        raise ValueError(f'input_shape must be a non-empty tuple of positive integers; got {input_shape!r}')
+    n_mc, seed, chunk = check_count(n_mc, 'n_mc', 2), check_count(seed, 'seed', 0), check_count(chunk, 'chunk', 1)
+    n = math.prod(input_shape)
+    if not isinstance(covs, Tensor) or not covs.is_floating_point():
+        raise TypeError(f'covs must be a floating tensor (count, {n}, {n}); got {getattr(covs, "dtype", type(covs).__name__)}')
+    if covs.ndim != 3 or covs.shape[1:] != (n, n):
+        raise ValueError(f'covs must have shape (count, {n}, {n}) for inputs of shape {tuple(input_shape)}; '
+                         f'got {tuple(covs.shape)}')
+    check_cov(covs, 'covs')
+    covs = covs.double()                                           # computed in float64, as the network
+    net = copy.deepcopy(net).double().eval().requires_grad_(False)    # the caller's network is left as it is
     zero = torch.zeros(1, *input_shape, dtype=torch.float64)
     f = lambda v: net(v.reshape(-1, *input_shape))
     rows = []
@@ -173,7 +211,7 @@ def analytic_vs_mc(
             mc = mc_moments(f, zero.flatten(), cov, n_mc, seed=seed + i, full_cov=False)
             rows.append(torch.stack([ana.mean.flatten()[0], mc.mean.flatten()[0], ana.var.flatten()[0],
                                      mc.var.flatten()[0], mc.var_se.flatten()[0]]))
-    return AnalyticVsMC(*torch.stack(rows).T)
+    return AnalyticVsMC(*(torch.stack(rows).T if rows else zero.new_zeros(5, 0)))
 
 
 # %% [markdown]
@@ -184,6 +222,21 @@ gen = torch.Generator().manual_seed(2)
 check = analytic_vs_mc(synthetic('FC-A', 1), (100,), regime_covariances(100, 'medium', 3, gen), 1, n_mc=20_000)
 assert ((check.var - check.mc_var).abs() <= 4 * check.mc_var_se).all(), check
 test_eq(check.mean.shape, (3,))
+
+# %% [markdown]
+# The network is converted on a copy (the caller's keeps its dtype and mode); covariances of the wrong shape or not
+# positive semi-definite, non-finite weights and bad counts are refused, and no covariances give empty results:
+
+# %%
+fc = synthetic('FC-A', 1).train()
+test_eq(analytic_vs_mc(fc, (100,), regime_covariances(100, 'low', 0), 1).mean.shape, (0,))
+assert fc.training and fc[0].weight.dtype == torch.float32
+test_fail(lambda: analytic_vs_mc(fc, (100,), torch.eye(99)[None], 1), exc=ValueError,
+          contains='covs must have shape (count, 100, 100) for inputs of shape (100,); got (1, 99, 99)')
+test_fail(lambda: analytic_vs_mc(fc, (100,), -torch.eye(100)[None], 1), exc=ValueError, contains='covs must have a non-negative diagonal')
+test_fail(lambda: analytic_vs_mc(fc, (100,), torch.eye(100)[None], 1, n_mc=1), exc=ValueError, contains='n_mc must be >= 2')
+with torch.no_grad(): fc[0].weight[0, 0] = float('nan')
+test_fail(lambda: analytic_vs_mc(fc, (100,), torch.eye(100)[None], 1), exc=ValueError, contains='net must have finite parameters')
 
 # %% [markdown]
 # ## Bibi et al. (2018), Fig. 2, CPU-sized
@@ -308,10 +361,19 @@ def linearization_error(
     rows:int|None=None,      # linearize this many noisy images at a time (None: all; bounds the memory of A)
 )->LinearizationError:
     "Per image: l2 distance at the clean image between `net` and its two-stage linearization at a noisy copy, l = 1, 2, 3."
+    if not isinstance(images, Tensor) or not images.is_floating_point() or images.ndim < 2 or len(images) == 0:
+        raise ValueError(f'images must be a non-empty floating batch (N, ...); got '
+                         f'{(images.dtype, tuple(images.shape)) if isinstance(images, Tensor) else type(images).__name__}')
+    check_model(net, 'net', images, 'images')
+    check_finite(images, 'images')
+    draws, rows = check_count(draws, 'draws', 1), None if rows is None else check_count(rows, 'rows', 1)
+    amplitudes = [float(a) for a in amplitudes]
+    if not amplitudes or not all(math.isfinite(a) and a >= 0 for a in amplitudes):
+        raise ValueError(f'amplitudes must be finite numbers >= 0, at least one; got {amplitudes}')
     gen = torch.Generator().manual_seed(seed)
-    clean = images.repeat(draws, 1, 1, 1)                    # row k N + i: draw k of image i
-    z = torch.randn(clean.shape, generator=gen)              # one direction per draw, scaled by each amplitude
-    err, at_point = torch.zeros(len(images), 3, len(amplitudes)), 0.
+    clean = images.repeat(draws, *[1] * (images.ndim - 1))  # row k N + i: draw k of image i
+    z = torch.randn(clean.shape, generator=gen, dtype=images.dtype).to(images.device)  # one direction per draw
+    err, at_point = images.new_zeros(len(images), 3, len(amplitudes)), 0.
     with torch.no_grad():
         for j, a in enumerate(amplitudes):
             noisy = clean + a / 255 * z

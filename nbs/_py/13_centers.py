@@ -8,15 +8,17 @@
 # %%
 #| export
 from __future__ import annotations
+import math
 from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from netmoments.ara import AraMoments, ara_moments
-from netmoments.core import check_finite
-from netmoments.linearize import AffineReluAffine, two_stage
+from netmoments.core import check_count, check_finite, eval_mode
+from netmoments.linearize import AffineReluAffine, _check_points, _relu_positions, model_layers, two_stage
 from netmoments.montecarlo import LowRankCov, mc_moments
-from netmoments.tightness import TightnessTable, dense, random_covariance, relative_error
+from netmoments.tightness import (TightnessTable, _check_generator, _check_lin, _check_sigma, dense, random_covariance,
+                                  relative_error)
 
 # %%
 #| hide
@@ -79,22 +81,35 @@ class KMeans(NamedTuple):
 
 # %%
 #| export
-def _flat_points(x, name):
+def _flat_points(x, name, empty=False):
+    "`x` (N, *point_shape) as finite rows (N, n); N = 0 only when `empty`."
     if not isinstance(x, Tensor): raise TypeError(f'{name} must be a tensor; got {type(x).__name__}')
     if not x.is_floating_point(): raise TypeError(f'{name} must be a floating tensor; got {x.dtype}')
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(f'{name} must be a non-empty batch of points (N, *point_shape); got shape {tuple(x.shape)}')
+    if x.ndim < 2 or (x.shape[0] == 0 and not empty):
+        raise ValueError(f'{name} must be a {"" if empty else "non-empty "}batch of points (N, *point_shape); '
+                         f'got shape {tuple(x.shape)}')
     check_finite(x, name)
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
+
+def _same_kind(a, b, name_a, name_b):
+    "Refuse two point sets of different floating dtypes (TypeError) or devices (ValueError)."
+    if a.dtype != b.dtype:
+        raise TypeError(f'{name_a} is {a.dtype} but {name_b} is {b.dtype}; convert one to the other')
+    if a.device != b.device: raise ValueError(f'{name_a} is on {a.device} but {name_b} is on {b.device}')
+
+def _unit(*xs):
+    "A power of two near the largest |entry| of the tensors `xs` (1 if all are 0): dividing by it is exact."
+    top = torch.stack([x.detach().abs().amax() if x.numel() else x.new_zeros(()) for x in xs]).amax()
+    return torch.ldexp(torch.ones_like(top), torch.frexp(top).exponent)
 
 def _nearest(x, centers, chunk):
-    "Index of the nearest row of `centers` (k, n) and the squared distance, for each row of `x` (N, n)."
-    index, d2 = [], []
+    "Index of the nearest row of `centers` (k, n) and the distance to it, for each row of `x` (N, n)."
+    if not len(x): return torch.zeros(0, dtype=torch.long, device=x.device), x.new_zeros(0)
+    index, dist = [], []
     for part in x.split(chunk):
-        dist = torch.cdist(part, centers)
-        best = dist.min(-1)
-        index.append(best.indices); d2.append(best.values**2)
-    return torch.cat(index), torch.cat(d2)
+        best = torch.cdist(part, centers).min(-1)
+        index.append(best.indices); dist.append(best.values)
+    return torch.cat(index), torch.cat(dist)
 
 
 # %%
@@ -105,15 +120,15 @@ def nearest_center(
     chunk:int=4096,    # points per torch.cdist call: memory chunk x k
 )->tuple:              # (index (N,) int64, squared distance (N,)) to the nearest center
     "Nearest center of each point (Euclidean), by chunked torch.cdist."
-    xf, cf = _flat_points(x, 'x'), _flat_points(centers, 'centers')
+    xf, cf = _flat_points(x, 'x', empty=True), _flat_points(centers, 'centers')
+    _same_kind(x, centers, 'x', 'centers')
     if xf.shape[1] != cf.shape[1]:
         raise ValueError(f'x and centers must have points of the same size; got x {tuple(x.shape)} and '
                          f'centers {tuple(centers.shape)}')
-    if x.dtype != centers.dtype or x.device != centers.device:
-        raise ValueError(f'x ({x.dtype}, {x.device}) and centers ({centers.dtype}, {centers.device}) must share '
-                         'dtype and device')
-    if chunk < 1: raise ValueError(f'chunk must be >= 1; got {chunk}')
-    return _nearest(xf, cf, chunk)
+    chunk = check_count(chunk, 'chunk', 1)
+    s = _unit(xf, cf)                      # distances in units of s: no square overflows or underflows
+    index, dist = _nearest(xf / s, cf / s, chunk)
+    return index, (dist * s)**2
 
 
 # %%
@@ -153,15 +168,21 @@ def kmeans(
     N, n = xf.shape
     if isinstance(k, bool) or not isinstance(k, int): raise TypeError(f'k must be an int; got {type(k).__name__}')
     if not 1 <= k <= N: raise ValueError(f'k must be between 1 and the number of points N = {N}; got k = {k}')
-    if iters < 1: raise ValueError(f'iters must be >= 1; got {iters}')
-    if chunk < 1: raise ValueError(f'chunk must be >= 1; got {chunk}')
-    if init is None: centers = xf[_kmeans_pp(xf, k, torch.Generator(device=x.device).manual_seed(seed))]
-    else:
+    iters, chunk, seed = check_count(iters, 'iters', 1), check_count(chunk, 'chunk', 1), check_count(seed, 'seed', 0)
+    if init is not None:
+        _flat_points(init, 'init')
+        _same_kind(init, x, 'init', 'x')
         if init.shape != (k, *x.shape[1:]):
             raise ValueError(f'init must have shape {(k, *x.shape[1:])} (k centers shaped like the points); '
                              f'got {tuple(init.shape)}')
-        centers = init.reshape(k, n).to(xf)
-    assign, d2 = _nearest(xf, centers, chunk)
+    # the work is done in units of s, a power of two near the largest |entry|: an exact rescaling (the same centers
+    # and assignments) under which no squared distance overflows or underflows
+    s = _unit(xf) if init is None else _unit(xf, init)
+    xf = xf / s
+    if init is None: centers = xf[_kmeans_pp(xf, k, torch.Generator(device=x.device).manual_seed(seed))]
+    else: centers = init.reshape(k, n) / s
+    assign, dist = _nearest(xf, centers, chunk)
+    d2 = dist**2
     converged, step = False, 0
     for step in tqdm(range(1, iters + 1), disable=not progress, unit='step', leave=False):
         counts = torch.bincount(assign, minlength=k)
@@ -170,10 +191,11 @@ def kmeans(
         centers = xf.new_zeros(k, n).index_put_((assign,), xf, accumulate=True) / counts.clamp(min=1)[:, None].to(xf)
         empty = (counts == 0).nonzero()[:, 0]
         if len(empty): centers[empty] = xf[d2.topk(len(empty)).indices]   # refill from the worst-served points
-        new, d2 = _nearest(xf, centers, chunk)
+        new, dist = _nearest(xf, centers, chunk)
+        d2 = dist**2
         if torch.equal(new, assign) and not len(empty): converged = True; break
         assign = new
-    return KMeans(centers.reshape(k, *x.shape[1:]), assign, d2.sum(), step, converged)
+    return KMeans((centers * s).reshape(k, *x.shape[1:]), assign, ((dist * s)**2).sum(), step, converged)
 
 
 # %% [markdown]
@@ -232,6 +254,19 @@ test_fail(lambda: kmeans(few, 13), contains='k must be between 1 and the number 
 test_fail(lambda: kmeans(few, 3, init=few[:2]), contains='init must have shape (3, 5)')
 test_fail(lambda: kmeans(few.clone().fill_(float('nan')), 3), contains='x must be finite')
 test_fail(lambda: kmeans(few[0], 1), contains='non-empty batch of points')
+test_fail(lambda: kmeans(few, 3, init=few[:3].float()), exc=TypeError, contains='init is torch.float32 but x is torch.float64')
+test_fail(lambda: kmeans(few, 3, init=few[:3] * float('nan')), exc=ValueError, contains='init must be finite')
+test_fail(lambda: kmeans(few, 3, iters=0.5), exc=TypeError, contains='iters must be an int')
+
+# %% [markdown]
+# The work is done in units of a power of two near the largest coordinate, an exact rescaling: points at the ends of
+# the float range, whose squared distances would overflow or underflow, are clustered as any others:
+
+# %%
+for scale in (2.**-1000, 2.**1000):
+    far_out = kmeans(blobs * scale, 3, seed=1)
+    test_eq(far_out.assignments, km.assignments); test_eq(far_out.centers, km.centers * scale)
+    test_eq(far_out.inertia, km.inertia * scale * scale)   # 0 and inf where the inertia itself is beyond the range
 
 # %% [markdown]
 # `nearest_center` is the lookup the cache below uses; it agrees with brute force:
@@ -242,6 +277,9 @@ brute = ((pts[:, None] - km_c[None])**2).sum(-1)
 test_eq(idx, brute.argmin(1))
 test_close(d2, brute.min(1).values, eps=1e-12)
 test_fail(lambda: nearest_center(pts, km_c[:, :3]), contains='points of the same size')
+test_fail(lambda: nearest_center(pts, km_c.float()), exc=TypeError, contains='x is torch.float64 but centers is torch.float32')
+test_eq([t.shape for t in nearest_center(pts[:0], km_c)], [(0,), (0,)])
+test_eq(nearest_center(pts * 1e300, km_c * 1e300)[0], idx)
 
 
 # %% [markdown]
@@ -259,14 +297,21 @@ def farthest_members(
     assignments:Tensor,  # (N,) cluster of each point, e.g. kmeans(...).assignments
 )->Tensor:               # (k,) int64: index in x of each cluster's member farthest from its center (-1: empty)
     "Index of the member of each cluster farthest from the cluster's center (the baseline of Alfadly et al. 2020, Table 4)."
-    xf, cf = _flat_points(x, 'x'), _flat_points(centers, 'centers')
+    xf, cf = _flat_points(x, 'x', empty=True), _flat_points(centers, 'centers')
+    _same_kind(x, centers, 'x', 'centers')
+    if xf.shape[1] != cf.shape[1]:
+        raise ValueError(f'x and centers must have points of the same size; got x {tuple(x.shape)} and '
+                         f'centers {tuple(centers.shape)}')
     k = cf.shape[0]
+    if not isinstance(assignments, Tensor):
+        raise TypeError(f'assignments must be an int64 tensor; got {type(assignments).__name__}')
     if assignments.shape != (xf.shape[0],) or assignments.dtype != torch.long:
         raise ValueError(f'assignments must be an int64 tensor of shape ({xf.shape[0]},); got '
                          f'{assignments.dtype} {tuple(assignments.shape)}')
     if len(assignments) and not 0 <= int(assignments.min()) <= int(assignments.max()) < k:
         raise ValueError(f'assignments must lie in [0, {k}); found {int(assignments.min())}..{int(assignments.max())}')
-    d2 = ((xf - cf[assignments])**2).sum(-1)
+    s = _unit(xf, cf)                      # exact rescaling: the squares neither overflow nor underflow
+    d2 = ((xf / s - cf[assignments] / s)**2).sum(-1)
     worst = d2.new_full((k,), -1.).scatter_reduce(0, assignments, d2, 'amax')
     at_worst = d2 == worst[assignments]
     rows = torch.arange(len(xf), device=xf.device)
@@ -284,6 +329,11 @@ for j in range(3):
     members = (km.assignments == j).nonzero()[:, 0]
     test_eq(far[j].item(), members[dist[members].argmax()].item())
 test_eq(farthest_members(blobs, torch.cat([km.centers, km.centers[:1] + 99]), km.assignments)[3].item(), -1)
+test_eq(farthest_members(blobs[:0], km.centers, km.assignments[:0]), torch.full((3,), -1))
+test_eq(farthest_members(blobs * 1e-300, km.centers * 1e-300, km.assignments), far)
+test_fail(lambda: farthest_members(blobs, km.centers.float(), km.assignments), exc=TypeError, contains='but centers is torch.float32')
+test_fail(lambda: farthest_members(blobs, km.centers, km.assignments.tolist()), exc=TypeError,
+          contains='assignments must be an int64 tensor; got list')
 
 
 # %% [markdown]
@@ -318,7 +368,11 @@ class LinearizationCache:
         _flat_points(points, 'points')
         if points.shape != centers.shape:
             raise ValueError(f'points must have the shape of centers {tuple(centers.shape)}; got {tuple(points.shape)}')
-        if chunk < 1: raise ValueError(f'chunk must be >= 1; got {chunk}')
+        _check_points(centers, model, 'centers')   # a module with finite weights, of the centers' dtype and device
+        if points is not centers: _check_points(points, model, 'points')
+        with eval_mode(model): _relu_positions(model_layers(model), layer)   # the split exists
+        if at not in ('relu', 'pre'): raise ValueError(f"at must be 'relu' or 'pre'; got {at!r}")
+        chunk = check_count(chunk, 'chunk', 1)
         self.model, self.centers, self.points, self.layer, self.at = model, centers, points, layer, at
         self.chunk, self.progress = chunk, progress
         self.forget()
@@ -346,6 +400,7 @@ def _farthest(cls,
               **kwargs,            # at, precompute, chunk, progress
              )->LinearizationCache:
     "The baseline of Alfadly et al. 2020: keys are the centers, each linearized at its cluster's member farthest from it."
+    _check_points(x, model, 'x')
     far = farthest_members(x, centers, assignments)
     if (far < 0).any():
         raise ValueError(f'{int((far < 0).sum())} of the {len(far)} clusters are empty: they have no farthest member')
@@ -366,6 +421,8 @@ def _forget(self):
 
 def _ensure(self, index:Tensor):
     "Linearize at the points of the keys `index` (int64, any shape) that are not stored yet."
+    if not isinstance(index, Tensor) or index.dtype != torch.long:
+        raise TypeError(f'index must be an int64 tensor; got {getattr(index, "dtype", type(index).__name__)}')
     index = index.reshape(-1)
     if len(index) and not 0 <= int(index.min()) <= int(index.max()) < self.k:
         raise ValueError(f'index must lie in [0, {self.k}); found {int(index.min())}..{int(index.max())}')
@@ -390,6 +447,7 @@ LinearizationCache.forget, LinearizationCache.ensure = _forget, _ensure
 #| export
 def _nearest_key(self, x:Tensor)->Tensor:
     "Index (N,) of the nearest center of each input x (N, *input_shape)."
+    _flat_points(x, 'x', empty=True)
     if x.shape[1:] != self.centers.shape[1:]:
         raise ValueError(f'x must hold inputs of shape {tuple(self.centers.shape[1:])} like the centers; '
                          f'got x of shape {tuple(x.shape)}')
@@ -403,6 +461,7 @@ def _lookup(self,
     if (x is None) == (index is None): raise ValueError('give exactly one of x and index')
     if index is None: index = self.nearest(x)
     self.ensure(index)
+    if self._store is None: return two_stage(self.model, self.points[:0], self.layer, self.at)   # nothing asked for
     return AffineReluAffine(*(t[self._slot[index]] for t in self._store))
 
 def _moments(self,
@@ -412,8 +471,10 @@ def _moments(self,
              **kwargs,                # method, terms, full, chunk: passed to ara_moments
             )->AraMoments:
     "Moments of the network for x ~ N(x_i, cov_i), each linearized at its center: ara_moments(x, cov, *rows)."
+    _flat_points(x, 'x', empty=True)
+    _same_kind(x, self.centers, 'x', 'centers')
     lin = self.lookup(x) if index is None else self.lookup(index=index)
-    return ara_moments(x.reshape(len(x), -1), cov, *lin, **kwargs)
+    return ara_moments(x.reshape(len(x), math.prod(x.shape[1:])), cov, *lin, **kwargs)
 
 LinearizationCache.nearest, LinearizationCache.lookup, LinearizationCache.moments = _nearest_key, _lookup, _moments
 
@@ -469,6 +530,21 @@ test_fail(lambda: cache.lookup(imgs[:, :, :4]), contains='x must hold inputs of 
 test_fail(lambda: cache.lookup(index=torch.tensor([4])), contains='index must lie in [0, 4)')
 test_fail(lambda: cache.lookup(), contains='exactly one of x and index')
 test_fail(lambda: LinearizationCache(small_net, km4.centers.float(), 2, precompute=True), contains='float64')
+test_fail(lambda: LinearizationCache(small_net, km4.centers, 3), exc=ValueError, contains='layer must be between 1 and 2')
+test_fail(lambda: LinearizationCache(small_net, km4.centers, 2, at='post'), exc=ValueError, contains="at must be 'relu' or 'pre'")
+test_fail(lambda: cache.lookup(index=[0, 1]), exc=TypeError, contains='index must be an int64 tensor')
+test_fail(lambda: cache.moments(imgs.float(), 1e-3), exc=TypeError, contains='x is torch.float32 but centers is torch.float64')
+broken = copy.deepcopy(small_net)
+with torch.no_grad(): broken[0].weight[0, 0, 0, 0] = float('inf')
+test_fail(lambda: LinearizationCache(broken, km4.centers, 2), exc=ValueError, contains='model must have finite parameters')
+
+# %% [markdown]
+# No inputs give no rows, shaped as the linearizations are:
+
+# %%
+empty_cache = LinearizationCache(small_net, km4.centers, 2)
+test_eq([t.shape for t in empty_cache.lookup(imgs[:0])], [(0, 8, 64), (0, 8), (0, 4, 8), (0, 4)])   # q = 8 at l = 2
+test_eq(empty_cache.moments(imgs[:0], 1e-3).mean.shape, (0, 4))
 
 
 # %% [markdown]
@@ -491,14 +567,18 @@ def centers_tightness(
     progress:bool=False,                  # progress bar over the images' Monte Carlo runs
 )->dict:                                  # name -> TightnessTable
     "One Monte Carlo run per image against the analytic moments of each linearization in `lins` (Alfadly et al. 2020, Table 4)."
-    like = next(model.parameters())
-    N, n = images.shape[0], images[0].numel()
-    for name, lin in lins.items():
-        if lin.A.shape[0] != N: raise ValueError(f'lins[{name!r}] has {lin.A.shape[0]} rows for {N} images')
+    _check_points(images, model, 'images')   # a module with finite weights; finite images of its dtype and device
+    sigma, n_mc = _check_sigma(sigma), check_count(n_mc, 'n_mc', 2)
+    _check_generator(generator)
+    if not isinstance(lins, dict): raise TypeError(f'lins must be a dict of name -> AffineReluAffine; got {type(lins).__name__}')
+    N, n = images.shape[0], math.prod(images.shape[1:])
+    for name, lin in lins.items(): _check_lin(lin, N, n, f'lins[{name!r}]')
+    if N == 0: return {name: TightnessTable(sigma, *[lin.c2.new_zeros(lin.c2.shape)] * 10) for name, lin in lins.items()}
     covs = [random_covariance(n, sigma, generator) for _ in range(N)]
     seeds = torch.randint(2**62, (N,), generator=generator).tolist()
-    mcs = [mc_moments(model, images[i].to(like), LowRankCov(*(t.to(like) for t in covs[i])), n=n_mc, seed=seeds[i],
-                      full_cov=False) for i in tqdm(range(N), disable=not progress, unit='image')]
+    with eval_mode(model):                   # the network as evaluated: no dropout, running batch-norm statistics
+        mcs = [mc_moments(model, images[i], LowRankCov(*(t.to(images) for t in covs[i])), n=n_mc, seed=seeds[i],
+                          full_cov=False) for i in tqdm(range(N), disable=not progress, unit='image')]
     out = {}
     for name, lin in lins.items():
         mu, S = images.reshape(N, n).to(lin.A), torch.stack([dense(c) for c in covs]).to(lin.A)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 from tqdm.auto import tqdm
-from netmoments.core import check_finite, as_tensors
+from netmoments.core import check_count, check_finite, check_model, as_tensors
 
 # %%
 #| hide
@@ -76,6 +76,15 @@ def _check_bound(v, name, low=0.0):
     "Raise ValueError unless v is a finite real number >= low."
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < low:
         raise ValueError(f'{name} must be a finite number >= {low:g}; got {v!r}')
+
+def _check_net(model, name, x=None, x_name='x'):
+    "`core.check_model` (a module with finite weights), and an input `x` of the parameters' floating dtype, naming both."
+    check_model(model, name)
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if isinstance(x, Tensor) and x.is_floating_point() and dtypes and x.dtype not in dtypes:
+        found = ', '.join(sorted(str(d).removeprefix('torch.') for d in dtypes))
+        raise TypeError(f'{name} has {found} parameters but {x_name} is {str(x.dtype).removeprefix("torch.")}; '
+                        f'convert one (e.g. {name}.double() or {x_name}.double())')
 
 def linear_bound(
     W:Tensor,   # weights (C, n), one row per class
@@ -233,7 +242,8 @@ def derivative_bounds(
     if isinstance(act, nn.Softplus): return 1.0, act.beta / 4
     for kind, ab in DERIVATIVE_BOUNDS.items():
         if isinstance(act, kind): return ab
-    raise ValueError(f'unsupported activation {type(act).__name__}: expected one of Sigmoid, Tanh, Softplus, ReLU')
+    raise ValueError(f'act must be an activation module Sigmoid, Tanh, Softplus or ReLU; got unsupported activation '
+                     f'{type(act).__name__}')
 
 
 # %%
@@ -258,7 +268,9 @@ def algorithm41(
     relu_second:float=1.0,  # ReLU's second-derivative bound (Peck 2017: 1)
 )->float:                   # M: bounds max_j sum_kl |d^2 h_L^(j) / dx_k dx_l|
     "The second-derivative bound M of the last hidden layer h_L (Peck 2017, Algorithm 4.1)."
+    _check_bound(relu_second, 'relu_second')
     hidden, _ = _mlp_parts(model)
+    check_model(model, 'model')
     M, N = 0.0, 1.0
     for lin, act in hidden:
         A, B = derivative_bounds(act, relu_second)
@@ -282,8 +294,16 @@ def random_mlp(
     "An MLP [Linear, act, ..., Linear] with i.i.d. uniform(low, high) weights and biases (Peck 2017, §4.3)."
     if len(sizes) < 2 or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in sizes):
         raise ValueError(f'sizes must be at least two positive integer widths (d, ..., C); got {sizes!r}')
-    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-        raise ValueError(f'low and high must be finite with low <= high; got low={low!r}, high={high!r}')
+    for v, name in ((low, 'low'), (high, 'high')):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ValueError(f'{name} must be a finite number; got {v!r}')
+    if low > high: raise ValueError(f'low must be <= high; got low={low!r}, high={high!r}')
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f'dtype must be a floating torch.dtype; got {dtype!r}')
+    if not (isinstance(activation, type) and issubclass(activation, nn.Module)):
+        raise TypeError(f'activation must be an nn.Module class such as nn.Tanh; got {activation!r}')
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f'generator must be a torch.Generator or None; got {type(generator).__name__}')
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         lin = nn.Linear(a, b, dtype=dtype)
@@ -307,6 +327,17 @@ worst = hess.abs().sum((-1, -2)).max()
 M = algorithm41(mlp)
 assert 0 < worst <= M
 print(f'max sum |d2 h| = {worst:.4f} <= M = {M:.4f}')
+
+# %% [markdown]
+# Unsupported activations, NaN or infinite weights and parameter intervals that are not finite are refused, naming the
+# argument:
+
+# %%
+test_fail(lambda: derivative_bounds(nn.GELU()), contains='act must be an activation module')
+test_fail(lambda: random_mlp((3, 2), low=float('nan')), contains='low must be a finite number')
+nan_mlp = copy.deepcopy(mlp)
+with torch.no_grad(): nan_mlp[0].weight[0, 0] = torch.nan
+test_fail(lambda: algorithm41(nan_mlp), contains='model must have finite parameters')
 
 
 # %% [markdown]
@@ -363,6 +394,8 @@ def mlp_bound(
     check_finite(x, 'x')
     if len(x) == 0: raise ValueError(f'x must hold at least one sample; got shape {tuple(x.shape)}')
     _check_bound(relu_second, 'relu_second')
+    _mlp_parts(model)
+    _check_net(model, 'model', x)
     net = copy.deepcopy(model).double().eval().requires_grad_(False)
     hidden, out = _mlp_parts(net)
     if x.shape[1] != (hidden[0][0] if hidden else out).in_features:
@@ -405,8 +438,15 @@ power_norms = _jacobian_norm(head, feats)
 assert (power_norms <= exact_norms * (1 + 1e-9)).all() and (power_norms >= exact_norms * (1 - 1e-3)).all()
 print(f'power iteration / exact: min {(power_norms / exact_norms).min():.6f}')
 
+# %% [markdown]
+# Unsupported layers, inputs of the wrong width or of another dtype than the network's parameters, and NaN weights are
+# refused; the network and `x` share one dtype, and the bound is computed and returned in float64 whatever it is:
+
 # %%
 test_fail(lambda: mlp_bound(nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 2)), xs), exc=ValueError, contains='unsupported activation GELU')
+test_fail(lambda: mlp_bound(copy.deepcopy(mlp).float(), xs), exc=TypeError, contains='model has float32 parameters but x is float64')
+test_fail(lambda: mlp_bound(nan_mlp, xs), contains='model must have finite parameters')
+test_eq(mlp_bound(copy.deepcopy(mlp).float(), xs[:5].float()).bound.dtype, torch.float64)
 test_fail(lambda: mlp_bound(nn.Sequential(nn.Linear(3, 4), nn.Tanh()), xs), exc=ValueError, contains='must end with an nn.Linear')
 test_fail(lambda: mlp_bound(mlp, xs[:, :2]), exc=ValueError, contains='x must have 3 features')
 
@@ -551,6 +591,7 @@ def _float64_layers(model, x):
         raise ValueError(f'x must be a floating tensor (N, ...); got {getattr(x, "dtype", type(x).__name__)} {tuple(getattr(x, "shape", ()))}')
     check_finite(x, 'x')
     if len(x) == 0: raise ValueError(f'x must hold at least one sample; got shape {tuple(x.shape)}')
+    _check_net(model, 'model', x)
     net = copy.deepcopy(model).double().eval().requires_grad_(False)
     layers = list(net)
     if layers and isinstance(layers[-1], nn.Softmax): layers = layers[:-1]
@@ -640,6 +681,7 @@ test_fail(lambda: network_bound(nn.Sequential(nn.Conv2d(1, 2, 3), nn.GELU(), nn.
 test_fail(lambda: network_bound(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()), images[:2]), exc=ValueError, contains='must end with an nn.Linear')
 test_fail(lambda: network_bound(net, images[:2, :, :20]), exc=ValueError, contains='trailing MLP expects 800 features')
 test_fail(lambda: network_bound(net, images[0, 0, 0]), exc=ValueError, contains='x must be a floating tensor (N, ...)')
+test_fail(lambda: network_bound(net, images[:2].double()), exc=TypeError, contains='model has float32 parameters but x is float64')
 
 
 # %% [markdown]
@@ -677,10 +719,15 @@ test_fail(lambda: network_bound(net, images[0, 0, 0]), exc=ValueError, contains=
 
 # %%
 #| export
+def _positive_ints(shape, n):
+    "Is `shape` a sequence of n positive ints?"
+    return (isinstance(shape, (tuple, list, torch.Size)) and len(shape) == n and
+            all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape))
+
 def _conv_geometry(conv, input_shape):
     "Padded size and dilated kernel of `conv` on inputs `input_shape`, with a clear error for inputs it cannot take."
     if not isinstance(conv, nn.Conv2d): raise TypeError(f'conv must be an nn.Conv2d; got {type(conv).__name__}')
-    if len(input_shape) != 3 or any(int(s) != s or s < 1 for s in input_shape):
+    if not _positive_ints(input_shape, 3):
         raise ValueError(f'input_shape must be three positive integers (C, H, W); got {tuple(input_shape)}')
     if input_shape[0] != conv.in_channels:
         raise ValueError(f'input_shape has {input_shape[0]} channels; {conv} takes {conv.in_channels}')
@@ -714,6 +761,10 @@ def conv_spectral_norm(
 )->float:                  # the norm (fft: an upper bound; power: an estimate from below)
     "L2 operator norm of a convolution layer (no bias) on inputs of `input_shape`."
     Hp, Wp, Wd = _conv_geometry(conv, input_shape)
+    check_model(conv, 'conv')
+    iters = check_count(iters, 'iters', 1)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f'generator must be a torch.Generator or None; got {type(generator).__name__}')
     if method == 'power':
         op = copy.deepcopy(conv).double().requires_grad_(False)
         op.bias = None
@@ -757,8 +808,9 @@ for label, kw in [('zeros', dict(padding=2)), ('circular', dict(padding=2, paddi
     rows.append([label, exact, cert])
 test_fail(lambda: conv_spectral_norm(nn.Conv2d(1, 2, 5), (1, 2, 2)), contains='is smaller than the 5x5 reach')
 test_fail(lambda: conv_spectral_norm(nn.Conv2d(3, 2, 3), (1, 8, 8)), contains='channels')
+test_fail(lambda: conv_spectral_norm(conv, (3, 6, 6), 'power', iters=0), contains='iters must be >= 1')
+test_fail(lambda: conv_spectral_norm(conv, (3, 6.5, 6)), contains='input_shape must be three positive integers')
 Table(rows, ['Conv2d(2, 4, 3) padding', 'exact norm (7x6 input)', 'certified'], fmt='.4f')
-
 
 # %% [markdown]
 # ### Pooling
@@ -777,6 +829,8 @@ Table(rows, ['Conv2d(2, 4, 3) padding', 'exact norm (7x6 input)', 'certified'], 
 
 # %%
 #| export
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
+
 def _cover(n, n_out, windows):
     "Most windows of a 1-d pooling that hold one of the n inputs; `windows(o)` lists output o's input indices."
     c = [0] * n
@@ -804,8 +858,12 @@ def pool_lipschitz(
     input_shape:tuple,     # (C, H, W) of its input
 )->float:                  # a certified L2 Lipschitz constant (exact for max pooling)
     "Certified L2 Lipschitz constant of a 2-d pooling layer on inputs of `input_shape`."
+    if not isinstance(m, _POOLS):
+        raise TypeError(f'm must be a 2-d max or average pooling (MaxPool2d, AvgPool2d, AdaptiveMaxPool2d, '
+                        f'AdaptiveAvgPool2d); got {m!r}')
+    if not _positive_ints(input_shape, 3):
+        raise ValueError(f'input_shape must be three positive integers (C, H, W); got {input_shape!r}')
     if isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)): return math.sqrt(_max_pool_cover(m, input_shape))
-    if not isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)): raise TypeError(f'not a 2-d max or average pooling: {m}')
     x = torch.ones((1,) + tuple(input_shape), dtype=torch.float64, requires_grad=True)
     with torch.enable_grad():   # also under no_grad, as inside lipschitz_margin_bound
         try: y = m(x)
@@ -862,8 +920,11 @@ for label, m in pools.items():
 Table(rows, ['layer', 'input', 'operator norm', 'certified'], fmt='.4f')
 
 # %%
+test_fail(lambda: pool_lipschitz(nn.ReLU(), (1, 4, 4)), exc=TypeError, contains='m must be a 2-d max or average pooling')
+test_fail(lambda: pool_lipschitz(nn.MaxPool2d(2), (1, 0, 4)), contains='input_shape must be three positive integers')
+
+# %%
 #| export
-_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
 _LIP_LAYERS = 'Linear, Conv2d, Max/AvgPool2d, AdaptiveMax/AvgPool2d, BatchNorm1d/2d, Flatten, Dropout, Identity, ReLU/Tanh/Sigmoid/Softplus'
 
 def _lipschitz(m, x):

@@ -8,14 +8,14 @@
 # %%
 #| export
 from __future__ import annotations
-import copy, math, time
+import copy, math, numbers, time
 from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from netmoments.bounds import linear_bound, lipschitz_margin_bound, mlp_bound, network_bound
-from netmoments.core import Table
+from netmoments.bounds import linear_bound, lipschitz_margin_bound, mlp_bound, network_bound, _check_net
+from netmoments.core import Table, check_count, check_finite, eval_mode
 from netmoments.data import load, split_indices, standardize
 from netmoments.minimal import minimal_l2, strongest
 from netmoments.models import lenet
@@ -57,18 +57,59 @@ FULL = os.environ.get('NETMOMENTS_FULL') == '1'
 # at the features $h_L(x)$ ([Lower bounds](16_bounds.ipynb), Theorem 3.6), for networks ending in `nn.Linear`.
 
 # %%
-#| export
-def margin_delta(
-    out:nn.Linear,  # the output layer
-    h:Tensor,       # its inputs h_L(x), (N, n)
-)->Tensor:          # (N,) delta(h_L(x); f): distance of h to the nearest decision boundary of `out`
-    "The output layer's linear bound at h (Peck 2017, Theorem 3.6), differentiable, ties allowed (distance 0)."
+#| exporti
+def _check_real(v, name, positive=False):
+    "Raise ValueError unless v is a finite real number (> 0 when `positive`)."
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or (positive and v <= 0):
+        raise ValueError(f'{name} must be a finite number{" > 0" if positive else ""}; got {v!r}')
+
+def _check_batch(x, name, ndim=None):
+    "Raise unless x is a non-empty finite floating batch (N, ...), of `ndim` dimensions if given."
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2 or (ndim is not None and x.ndim != ndim):
+        shape = '(N, C, H, W)' if ndim == 4 else '(N, ...)'
+        raise ValueError(f'{name} must be a floating tensor of shape {shape}; got '
+                         f'{getattr(x, "dtype", type(x).__name__)} {tuple(getattr(x, "shape", ()))}')
+    if len(x) == 0: raise ValueError(f'{name} must hold at least one sample; got shape {tuple(x.shape)}')
+    check_finite(x, name)
+
+def _check_labels(y, name, n, classes):
+    "Raise ValueError unless y holds n integer class indices in [0, classes)."
+    if not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.shape != (n,):
+        raise ValueError(f'{name} must be integer class labels of shape ({n},); got '
+                         f'{getattr(y, "dtype", type(y).__name__)} {tuple(getattr(y, "shape", ()))}')
+    bad = (y < 0) | (y >= classes)
+    if bad.any(): raise ValueError(f'{name} must hold class indices in [0, {classes}); got {int(y[bad][0])}')
+
+def _check_sizes(sizes):
+    "Raise ValueError unless sizes is a sequence of at least two positive int widths."
+    if (not isinstance(sizes, (tuple, list)) or len(sizes) < 2 or
+            any(isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 for k in sizes)):
+        raise ValueError(f'sizes must be at least two positive integer widths (d, ..., C); got {sizes!r}')
+
+def _margin_delta(out, h):
+    "margin_delta without the argument checks (inside the training loop)."
     scores = out(h)
     c = scores.argmax(1)
     dw = out.weight[None] - out.weight[c][:, None]
     wn = dw.norm(dim=2)
     dist = (scores - scores.gather(1, c[:, None])).abs() / torch.where(wn > 0, wn, torch.ones_like(wn))
     return torch.where(wn > 0, dist, torch.full_like(dist, torch.inf)).min(1).values
+
+
+# %%
+#| export
+def margin_delta(
+    out:nn.Linear,  # the output layer
+    h:Tensor,       # its inputs h_L(x), (N, n)
+)->Tensor:          # (N,) delta(h_L(x); f): distance of h to the nearest decision boundary of `out`
+    "The output layer's linear bound at h (Peck 2017, Theorem 3.6), differentiable, ties allowed (distance 0)."
+    if not isinstance(out, nn.Linear): raise TypeError(f'out must be an nn.Linear; got {type(out).__name__}')
+    if not isinstance(h, Tensor) or not h.is_floating_point() or h.ndim != 2 or h.shape[1] != out.in_features:
+        raise ValueError(f'h must be a floating tensor of shape (N, {out.in_features}); got '
+                         f'{getattr(h, "dtype", type(h).__name__)} {tuple(getattr(h, "shape", ()))}')
+    check_finite(h, 'h')
+    _check_net(out, 'out', h, 'h')
+    return _margin_delta(out, h)
 
 def train_classifier(
     net:nn.Sequential,          # the network to train, in place (its last module must be nn.Linear if penalty != 0)
@@ -82,6 +123,23 @@ def train_classifier(
     progress:bool=False,        # tqdm bar over the epochs
 )->nn.Sequential:               # `net`, in eval mode, with the best validation accuracy's parameters
     "Adam training with validation-accuracy model selection and the optional margin penalty of Peck 2017, §4.4."
+    if not isinstance(net, nn.Sequential): raise TypeError(f'net must be an nn.Sequential; got {type(net).__name__}')
+    _check_net(net, 'net', x)
+    _check_batch(x, 'x'); _check_batch(x_val, 'x_val')
+    if x_val.dtype != x.dtype:
+        raise TypeError(f'x and x_val must share one floating dtype; found x {str(x.dtype).removeprefix("torch.")}, '
+                        f'x_val {str(x_val.dtype).removeprefix("torch.")}')
+    if x_val.shape[1:] != x.shape[1:]:
+        raise ValueError(f'x_val must have the sample shape of x {tuple(x.shape[1:])}; got {tuple(x_val.shape)}')
+    epochs = check_count(epochs, 'epochs', 1)
+    if batch_size is not None: batch_size = check_count(batch_size, 'batch_size', 1)
+    _check_real(lr, 'lr', positive=True); _check_real(penalty, 'penalty')
+    if penalty and not isinstance(net[-1], nn.Linear):
+        raise ValueError(f'penalty needs a net whose last module is nn.Linear; it ends with {type(net[-1]).__name__}')
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f'generator must be a torch.Generator or None; got {type(generator).__name__}')
+    with torch.no_grad(), eval_mode(net): classes = net(x[:1]).shape[-1]
+    _check_labels(y, 'y', len(x), classes); _check_labels(y_val, 'y_val', len(x_val), classes)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     best, state = -1.0, None
     n = len(x); bs = n if batch_size is None else batch_size
@@ -92,7 +150,7 @@ def train_classifier(
             i = order[s:s + bs]
             h = net[:-1](x[i])
             loss = F.cross_entropy(net[-1](h), y[i])
-            if penalty: loss = loss - penalty * margin_delta(net[-1], h).mean()
+            if penalty: loss = loss - penalty * _margin_delta(net[-1], h).mean()
             opt.zero_grad(); loss.backward(); opt.step()
         net.eval()
         with torch.no_grad(): acc = (net(x_val).argmax(1) == y_val).float().mean().item()
@@ -112,6 +170,23 @@ test_close(margin_delta(out, h), linear_bound(out.weight.detach(), out.bias.deta
 margin_delta(out, h).sum().backward()
 assert out.weight.grad.abs().sum() > 0
 
+# %% [markdown]
+# Both refuse bad arguments before any work, naming them: NaN or infinite inputs, empty batches, inputs of another
+# dtype than the network's, labels outside the classes, and counts that are not positive integers. An empty batch of
+# features has an empty margin.
+
+# %%
+y6 = torch.tensor([0, 1, 2, 0, 1, 2])
+test_fail(lambda: margin_delta(out, h[:, :3]), contains='h must be a floating tensor of shape (N, 4)')
+test_fail(lambda: margin_delta(out, h.float()), exc=TypeError, contains='h is float32')
+test_fail(lambda: margin_delta(out, torch.full_like(h, torch.nan)), contains='h must be finite')
+test_eq(margin_delta(out, h[:0]).shape, (0,))
+seq = nn.Sequential(nn.Linear(4, 3).double())
+test_fail(lambda: train_classifier(seq, h, y6 + 1, h, y6), contains='y must hold class indices in [0, 3)')
+test_fail(lambda: train_classifier(seq, h, y6, h, y6, epochs=0), contains='epochs must be >= 1')
+test_fail(lambda: train_classifier(seq, h, y6, h.float(), y6), exc=TypeError, contains='x_val float32')
+test_fail(lambda: train_classifier(seq, h[:0], y6[:0], h, y6), contains='x must hold at least one sample')
+
 
 # %% [markdown]
 # ## Tanh MLPs on Iris, Wine and Spambase: Peck (2017), Table 4.3
@@ -130,7 +205,8 @@ def tanh_mlp(
     seed:int=0,    # seeds the initialization
 )->nn.Sequential:  # Linear and Tanh layers, float64
     "A float64 tanh MLP with the given widths, torch's default initialization drawn from `seed`."
-    g = torch.Generator().manual_seed(seed)
+    _check_sizes(sizes)
+    g = torch.Generator().manual_seed(check_count(seed, 'seed', 0))
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         lin = nn.Linear(a, b, dtype=torch.float64)
@@ -145,6 +221,7 @@ def uci_split(
     seed:int=0,   # seed of the 70/20/10 split
 )->tuple:         # (x_train, y_train, x_test, y_test, x_val, y_val), float64 inputs standardized with training statistics
     "The protocol of Peck 2017: standardize, then a random 70% train / 20% test / 10% validation split."
+    seed = check_count(seed, 'seed', 0)
     data = load(name, 'all')
     tr, te, va = split_indices(len(data.x), (0.7, 0.2, 0.1), seed=seed)
     xs = standardize(data.x[tr].double(), data.x[te].double(), data.x[va].double())
@@ -171,6 +248,11 @@ def check_bounds(
     eps_max:float=1e3,     # largest FGS scale tried
 )->BoundCheck:
     "Run `bound_fn`, the Lipschitz margin bound, FGS and the strongest attack on the points x."
+    _check_batch(x, 'x')
+    _check_net(net, 'net', x)
+    if not callable(bound_fn): raise TypeError(f'bound_fn must be callable; got {type(bound_fn).__name__}')
+    steps = check_count(steps, 'steps', 1)
+    _check_real(eps_max, 'eps_max', positive=True)
     return BoundCheck(bound_fn(net, x).bound, lipschitz_margin_bound(net, x).bound,
                       minimal_l2(net, x, 'fgs', eps_max=eps_max).norm, strongest(net, x, steps=steps).norm)
 
@@ -216,6 +298,14 @@ for name, (acc, c) in checks.items():
                     (c.lipschitz / c.best)[ok].median()])
 Table(tight43, ['data set', 'strongest attack', 'FGS', 'Thm 4.2 / strongest', 'Lipschitz / strongest'], fmt='.3f')
 
+# %%
+test_fail(lambda: tanh_mlp((4,)), contains='sizes must be at least two')
+test_fail(lambda: tanh_mlp((4, 3), seed=-1), contains='seed must be >= 0')
+test_fail(lambda: uci_split('iris', seed=1.5), exc=TypeError, contains='seed must be an int')
+test_fail(lambda: check_bounds(mlps['iris'], xte.float()), exc=TypeError, contains='net has float64 parameters but x is float32')
+test_fail(lambda: check_bounds(mlps['iris'], xte, steps=0), contains='steps must be >= 1')
+test_fail(lambda: check_bounds(mlps['iris'], xte[:0]), contains='x must hold at least one sample')
+
 
 # %% [markdown]
 # ## Training with the output-layer margin penalty: Peck (2017), §4.4
@@ -237,6 +327,12 @@ def penalty_curve(
     seed:int=0,            # seeds the split and the initialization
 )->list:                   # one dict per l: accuracy on the whole data set, error rate, mean Thm 4.2 bound
     "Accuracy and adversarial error rate of tanh MLPs trained with L - l delta (Peck 2017, §4.4, Fig. 4.3)."
+    _check_sizes(sizes)
+    if not isinstance(penalties, (tuple, list)) or not penalties:
+        raise ValueError(f'penalties must be a non-empty tuple of numbers; got {penalties!r}')
+    for l in penalties: _check_real(l, 'penalties')
+    epochs, seed = check_count(epochs, 'epochs', 1), check_count(seed, 'seed', 0)
+    _check_real(eps_max, 'eps_max', positive=True)
     xtr, ytr, xte, yte, xva, yva = uci_split(name, seed)
     xall, yall = torch.cat([xtr, xte, xva]), torch.cat([ytr, yte, yva])
     rows = []
@@ -259,6 +355,10 @@ Table([[name, r['penalty'], r['accuracy'], r['error'], r['bound'], majority[name
       ['data set', 'penalty l', 'accuracy', 'error rate', 'mean bound', 'majority share'],
       fmt={'penalty l': 'g', 'accuracy': '.1%', 'error rate': '.1%', 'mean bound': '.3f', 'majority share': '.1%'},
       caption=f'Tanh MLPs trained with the margin penalty ({time.perf_counter() - t0:.1f} s)')
+
+# %%
+test_fail(lambda: penalty_curve('iris', (4, 3), (0.,), epochs=0), contains='epochs must be >= 1')
+test_fail(lambda: penalty_curve('iris', (4, 3), (float('nan'),)), contains='penalties must be a finite number')
 
 # %%
 #| label: fig-penalty
@@ -294,21 +394,27 @@ def cnn_table(
     steps:int=40,         # iterations of the strongest attack's DDN
     batch_size:int=100,   # images per batch
     progress:bool=False,  # tqdm bar over the batches
-)->dict:                  # n, pixels; per-pixel means peck_norm, fgs_norm, best_norm; fgs_rate; violation counts; median ratios
+)->dict:                  # n, pixels; per-pixel means peck_norm, fgs_norm, best_norm; fgs_rate; violation counts; median ratios (None where no image was attacked)
     "The quantities of Peck et al. 2017, Table 1, with violation counts, for a CNN on images x (N, C, H, W)."
+    _check_batch(x, 'x', ndim=4)
+    _check_net(net, 'net', x)
+    _check_real(eps_cap, 'eps_cap', positive=True)
+    steps, batch_size = check_count(steps, 'steps', 1), check_count(batch_size, 'batch_size', 1)
     parts = []
     for s in tqdm(range(0, len(x), batch_size), disable=not progress):
         xb = x[s:s + batch_size]
         parts.append((network_bound(net, xb).bound, lipschitz_margin_bound(net, xb).bound,
                       minimal_l2(net, xb, 'fgs', eps_max=eps_cap).norm, strongest(net, xb, steps=steps).norm))
     peck, lip, fgs, best = (torch.cat(p) for p in zip(*parts))
-    ok = torch.isfinite(best)
+    ok, flipped = torch.isfinite(best), torch.isfinite(fgs)
     d = x[0].numel()
-    return dict(n=len(x), pixels=d, peck_norm=peck.mean().item() / d, fgs_norm=fgs[torch.isfinite(fgs)].mean().item() / d,
-                fgs_rate=torch.isfinite(fgs).float().mean().item(), best_norm=best[ok].mean().item() / d,
+    stat = lambda t, f: f(t).item() if len(t) else None     # None: no attacked image to average over
+    per_pixel = lambda v: None if v is None else v / d
+    return dict(n=len(x), pixels=d, peck_norm=peck.mean().item() / d, fgs_norm=per_pixel(stat(fgs[flipped], torch.mean)),
+                fgs_rate=flipped.float().mean().item(), best_norm=per_pixel(stat(best[ok], torch.mean)),
                 peck_violations=int((peck[ok] > best[ok]).sum()), lipschitz_violations=int((lip[ok] > best[ok]).sum()),
-                attacked=int(ok.sum()), lip_ratio=(lip / best)[ok].median().item(), peck_ratio=(peck / best)[ok].median().item(),
-                min_best=best[ok].min().item())
+                attacked=int(ok.sum()), lip_ratio=stat((lip / best)[ok], torch.median),
+                peck_ratio=stat((peck / best)[ok], torch.median), min_best=stat(best[ok], torch.min))
 
 CNN_ROWS = {'peck_norm': 'Peck bound / pixel', 'fgs_norm': 'FGS norm / pixel', 'fgs_rate': 'FGS success rate',
             'best_norm': 'strongest attack norm / pixel', 'attacked': 'attacked images',
@@ -323,9 +429,15 @@ def show_cnn(
     source:str='published',    # header of the published column
 )->Table:                      # one row per quantity: ours, the norms times `scale`, and the published value
     "A `cnn_table` result as a Table, beside published values (Peck et al. 2017, Table 1)."
+    missing = [k for k in ('n', *CNN_ROWS) if k not in t] if isinstance(t, dict) else None
+    if missing != []: raise ValueError(f't must be a cnn_table result (a dict); missing {missing or "everything"}')
+    if published is not None and not isinstance(published, dict):
+        raise TypeError(f'published must be a dict or None; got {type(published).__name__}')
+    _check_real(scale, 'scale', positive=True)
     published = published or {}
     scaled = ('peck_norm', 'fgs_norm', 'best_norm')
-    return Table([[label, t[k], t[k] * scale if k in scaled else None, published.get(k)] for k, label in CNN_ROWS.items()],
+    return Table([[label, t[k], t[k] * scale if k in scaled and t[k] is not None else None, published.get(k)]
+                  for k, label in CNN_ROWS.items()],
                  ['quantity', 'ours', f'ours x {scale:g}', source], caption=f'{name}, {t["n"]} test images')
 
 
@@ -338,6 +450,12 @@ t0 = time.perf_counter()
 lenet_table = cnn_table(lenet_net, mnist.x[:N_MNIST], eps_cap=100 / 255)
 assert lenet_table['lipschitz_violations'] == 0 and lenet_table['attacked'] == N_MNIST
 show_cnn(f'LeNet ({time.perf_counter() - t0:.1f} s)', lenet_table, PUBLISHED_LENET, 255, 'published (pixels in [0, 255])')
+
+# %%
+test_fail(lambda: cnn_table(lenet_net, mnist.x[:2].double(), eps_cap=0.1), exc=TypeError, contains='net has float32 parameters but x is float64')
+test_fail(lambda: cnn_table(lenet_net, mnist.x[:2, 0], eps_cap=0.1), contains='x must be a floating tensor of shape (N, C, H, W)')
+test_fail(lambda: cnn_table(lenet_net, mnist.x[:2], eps_cap=0.), contains='eps_cap must be a finite number > 0')
+test_fail(lambda: show_cnn('LeNet', {'n': 1}), contains='t must be a cnn_table result')
 
 # %% [markdown]
 # The sound bound is never violated (asserted). Peck's bound, on this ReLU network, is checked by observation only:
@@ -396,7 +514,7 @@ def small_cnn(
     seed:int=0,    # seeds the initialization
 )->nn.Sequential:  # float32, 28 x 28 single-channel inputs, 10 classes
     "conv(8, 5) - ReLU - maxpool 2 - conv(16, 5) - ReLU - maxpool 2 - flatten - linear(256, 10), for 28 x 28 inputs."
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(check_count(seed, 'seed', 0))
     net = nn.Sequential(nn.Conv2d(1, 8, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
                         nn.Flatten(), nn.Linear(256, 10))
     with torch.no_grad():
@@ -474,7 +592,10 @@ def lenet_lrn(
     seed:int=0,      # seeds the initialization
 )->nn.Sequential:    # LeNet with the LRN layers inserted
     "LeNet (`netmoments.models.lenet`) with nn.LocalResponseNorm(5, 1e-4, 0.75, 2) after pooling layer 1 and/or 2."
-    net = list(lenet(torch.Generator().manual_seed(seed)))
+    if (not isinstance(where, (tuple, list)) or len(set(where)) != len(where) or
+            any(isinstance(w, bool) or w not in (1, 2) for w in where)):
+        raise ValueError(f'where must be a tuple of distinct pooling layers 1 and/or 2; got {where!r}')
+    net = list(lenet(torch.Generator().manual_seed(check_count(seed, 'seed', 0))))
     for pos in sorted(where, reverse=True):
         net.insert(3 * pos, nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.))
     return nn.Sequential(*net)
@@ -484,8 +605,10 @@ def lrn_table(
     epochs:int,      # training epochs
     n_test:int=200,  # test images attacked (the accuracy uses the whole test set)
     seed:int=0,      # seeds initialization and shuffling
-)->dict:             # network name -> accuracy, FGS epsilon statistics ([0, 255] units), rate, mean Peck bound, peck_above_fgs
+)->dict:             # network name -> accuracy, FGS epsilon statistics ([0, 255] units; None without enough FGS successes), rate, mean Peck bound, peck_above_fgs
     "Peck et al. 2017, Table 2, for LeNet and LeNet-LRN1/2/3, trained on the first n_train MNIST training images."
+    n_train, epochs = check_count(n_train, 'n_train', 1), check_count(epochs, 'epochs', 1)
+    n_test, seed = check_count(n_test, 'n_test', 1), check_count(seed, 'seed', 0)
     train, test = load('mnist', 'train', limit=n_train + 1000), load('mnist', 'test')
     rows = {}
     for name, where in (('LeNet', ()), ('LeNet-LRN1', (1,)), ('LeNet-LRN2', (2,)), ('LeNet-LRN3', (1, 2))):
@@ -497,8 +620,9 @@ def lrn_table(
         fgs = minimal_l2(net, x, 'fgs', eps_max=100 / 255)
         eps = fgs.norm[fgs.success] / x[0].numel()**0.5 * 255           # ||eps sign(g)|| = eps sqrt(d), in [0, 255] units
         peck = network_bound(net, x).bound
-        rows[name] = dict(accuracy=acc, min=eps.min().item(), max=eps.max().item(), mean=eps.mean().item(),
-                          median=eps.median().item(), std=eps.std().item(), rate=fgs.success.float().mean().item(),
+        stat = lambda f, least=1: f(eps).item() if len(eps) >= least else None   # None: too few FGS successes
+        rows[name] = dict(accuracy=acc, min=stat(torch.min), max=stat(torch.max), mean=stat(torch.mean),
+                          median=stat(torch.median), std=stat(torch.std, 2), rate=fgs.success.float().mean().item(),
                           peck=peck.mean().item(), peck_above_fgs=int((peck > fgs.norm).sum()))
     return rows
 
@@ -514,6 +638,13 @@ def show_lrn(
     caption:str|None=None,  # a line above the table
 )->Table:                   # per network, our row and, under it, the published one
     "A `lrn_table` result as a Table, each network's published row (Peck et al. 2017, Table 2) under ours."
+    if not isinstance(rows, dict) or not rows:
+        raise ValueError(f'rows must be a non-empty lrn_table result (a dict); got {type(rows).__name__}')
+    for name, r in rows.items():
+        if name not in LRN_PUBLISHED:
+            raise ValueError(f'rows must name networks among {", ".join(LRN_PUBLISHED)}; got {name!r}')
+        missing = [c for c in (*LRN_COLUMNS, 'peck') if c not in r] if isinstance(r, dict) else ['everything']
+        if missing: raise ValueError(f'rows[{name!r}] of rows misses {", ".join(missing)}')
     out = []
     for name, r in rows.items():
         p = [None if math.isnan(v) else v for v in LRN_PUBLISHED[name]]
@@ -528,6 +659,12 @@ t0 = time.perf_counter()
 lrn_rows = lrn_table(2000, 1, n_test=50)
 assert all(r['accuracy'] > 0.7 for r in lrn_rows.values())
 show_lrn(lrn_rows, f'FGS epsilon in [0, 255] units, 50 test images ({time.perf_counter() - t0:.1f} s)')
+
+# %%
+test_fail(lambda: lenet_lrn((3,)), contains='where must be a tuple of distinct pooling layers')
+test_fail(lambda: lrn_table(0, 1), contains='n_train must be >= 1')
+test_fail(lambda: lrn_table(100, 1, seed=-1), contains='seed must be >= 0')
+test_fail(lambda: show_lrn({'AlexNet': lrn_rows['LeNet']}), contains='rows must name networks among')
 
 # %% [markdown]
 # At this training size one seed per network cannot rank the variants, so the paper's ranking is not tested by the

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from netmoments.attacks import lp_perturbation
-from netmoments.core import check_finite, check_var
+from netmoments.core import check_count, check_finite, check_model, check_var, eval_mode
 from netmoments.gaussian import normal_cdf, normal_pdf
 from netmoments.linearize import _flatten
-from netmoments.relu import _relu_mean, _relu_var, _safe_std
+from netmoments.relu import _pow2, _relu_mean, _relu_var, _safe_std
 
 # %%
 #| hide
@@ -103,8 +103,8 @@ def _first_block(model):
                         f'got {type(model).__name__}')
     layers = list(_flatten(model))
     names = ', '.join(type(m).__name__ for m in layers[:4])
-    bad = ValueError(f'the first block of the model must be Linear or Conv2d, an optional eval-mode BatchNorm, then '
-                     f'ReLU; the model starts {names}')
+    bad = ValueError(f'the first block of model must be Linear or Conv2d, an optional eval-mode BatchNorm, then '
+                     f'ReLU; model starts {names}')
     i, flat = 0, None
     if i < len(layers) and isinstance(layers[i], nn.Flatten): flat, i = layers[i], i + 1
     if i >= len(layers) or not isinstance(layers[i], (nn.Linear, nn.Conv2d)): raise bad
@@ -112,10 +112,53 @@ def _first_block(model):
     if i < len(layers) and isinstance(layers[i], (nn.BatchNorm1d, nn.BatchNorm2d)):
         bn, i = layers[i], i + 1
         if bn.training or bn.running_var is None:
-            raise ValueError('the BatchNorm of the first block must be in eval mode with running statistics: in '
-                             'training mode it normalizes by the batch, which is not an affine map of one input')
+            raise ValueError('the BatchNorm of the first block of model must be in eval mode with running statistics: '
+                             'in training mode it normalizes by the batch, which is not an affine map of one input')
     if i >= len(layers) or not isinstance(layers[i], nn.ReLU): raise bad
     return flat, affine, bn, nn.Sequential(*layers[i + 1:])
+
+def _check_weight(v, name, high=math.inf):
+    "Raise ValueError unless v is a finite number in [0, high]."
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= high:
+        within = f'in [0, {high:g}]' if high < math.inf else '>= 0'
+        raise ValueError(f'{name} must be a finite number {within}; got {v!r}')
+
+def _check_batch(x, y=None, empty=False):
+    "Checks without a device sync: x a floating batch (N, ...) (non-empty unless `empty`), y labels or targets (N, ...)."
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
+        raise ValueError(f'x must be a floating batch (N, ...) of inputs; got '
+                         f'{f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__}')
+    if not empty and len(x) == 0: raise ValueError(f'x must hold at least one sample; got shape {tuple(x.shape)}')
+    if y is None: return
+    if not isinstance(y, Tensor) or y.ndim < 1 or y.dtype == torch.bool or y.is_complex():
+        raise ValueError(f'y must be a tensor of class indices (N,) or targets (N, ...); got '
+                         f'{f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__}')
+    if len(y) != len(x): raise ValueError(f'x and y must hold as many samples; got {len(x)} and {len(y)}')
+    if y.is_floating_point() and y.dtype != x.dtype:
+        raise TypeError(f'x and y must share one floating dtype; found x {str(x.dtype).removeprefix("torch.")}, '
+                        f'y {str(y.dtype).removeprefix("torch.")}')
+
+def _check_dtype(model, x):
+    "TypeError, without a device sync, unless model is a module whose floating parameters have x's dtype."
+    if not isinstance(model, nn.Module): raise TypeError(f'model must be a torch.nn.Module; got {type(model).__name__}')
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if p is not None and p.dtype != x.dtype:
+        have, want = (str(d).removeprefix('torch.') for d in (p.dtype, x.dtype))
+        raise TypeError(f'model has {have} parameters but x is {want}; convert one (e.g. model.to(x.dtype) or x.to(torch.{have}))')
+
+def _check_values(model, x, y, logits):
+    "One device sync: raise naming x, y or model where x, y or a weight is not finite, or a class index is out of range."
+    classes = logits.shape[1] if logits.ndim > 1 else logits.shape[0]
+    y_bad = ~torch.isfinite(y).all() if y.is_floating_point() else ((y < 0) | (y >= classes)).any()
+    # a NaN or infinite weight makes the sum of the weights NaN or infinite (a sum that merely overflows is looked at
+    # entry by entry, and passes)
+    sums = [t.detach().sum().float() for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    w_bad = ~torch.isfinite(torch.stack(sums).sum()) if sums else torch.zeros((), dtype=torch.bool, device=x.device)
+    x_bad, y_bad, w_bad = torch.stack([~torch.isfinite(x).all(), y_bad.to(x.device), w_bad.to(x.device)]).tolist()
+    if x_bad: check_finite(x, 'x')
+    if y_bad and y.is_floating_point(): check_finite(y, 'y')
+    if y_bad: raise ValueError(f'y must hold class indices in [0, {classes}); got {int(y[(y < 0) | (y >= classes)][0])}')
+    if w_bad: check_model(model, 'model')
 
 
 # %% [markdown]
@@ -126,22 +169,30 @@ def _first_block(model):
 
 # %%
 #| exporti
-def _noise_var(x, sigma):
-    "sigma**2 as a tensor of x's dtype/device, shaped (1, *x.shape[1:]) or x.shape; checked."
+def _noise_std(x, sigma):
+    "sigma as a tensor of x's dtype/device, shaped (1, *x.shape[1:]) or x.shape; checked."
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
         raise ValueError(f'x must be a floating batch (N, ...) of inputs; got '
                          f'{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}')
-    if isinstance(sigma, (int, float)):      # checked on the host: no device round trip in a training step
+    if isinstance(sigma, (int, float)) and not isinstance(sigma, bool):   # checked on the host: no device round trip
         check_var(torch.tensor(float(sigma), dtype=torch.float64), 'sigma')
-        return x.new_full((1, *x.shape[1:]), float(sigma) ** 2)
-    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        if sigma > torch.finfo(x.dtype).max:
+            raise ValueError(f'sigma must be at most the largest {str(x.dtype).removeprefix("torch.")} (the dtype of x); '
+                             f'got {sigma!r}')
+        return x.new_full((1, *x.shape[1:]), float(sigma))
+    if not isinstance(sigma, Tensor) or not sigma.is_floating_point():
+        raise TypeError(f'sigma must be a number or a floating tensor; got '
+                        f'{sigma.dtype if isinstance(sigma, Tensor) else type(sigma).__name__}')
+    if sigma.dtype != x.dtype:
+        raise TypeError(f'x and sigma must share one floating dtype; found x {str(x.dtype).removeprefix("torch.")}, '
+                        f'sigma {str(sigma.dtype).removeprefix("torch.")}')
     check_var(sigma, 'sigma')
-    if sigma.shape == x.shape: return sigma ** 2
-    try: var = torch.broadcast_to(sigma ** 2, x.shape[1:])
+    sigma = sigma.to(x.device)
+    if sigma.shape == x.shape: return sigma
+    try: return torch.broadcast_to(sigma, x.shape[1:])[None]
     except RuntimeError:
         raise ValueError(f'sigma must be a number, have the shape of one input {tuple(x.shape[1:])} (or broadcast to '
                          f'it), or the shape of x {tuple(x.shape)}; got {tuple(sigma.shape)}') from None
-    return var[None]
 
 def _affine_var(affine, bn, var):
     "Variances after the affine layer (squared weights, no bias) and an eval-mode batch norm (squared scale)."
@@ -152,6 +203,12 @@ def _affine_var(affine, bn, var):
         out = out * (scale ** 2).reshape(-1, *[1] * (out.ndim - 2))
     return out
 
+def _first_std(affine, bn, std):
+    "Standard deviations after the affine layer and batch norm; the input std is first divided by a power of two >= its largest entry, so no variance overflows."
+    k = _pow2(std.detach().amax().clamp(min=1))[1] * 2      # a power of two above every entry
+    s, zero = _safe_std(_affine_var(affine, bn, (std / k) ** 2))
+    return s.masked_fill(zero, 0) * k
+
 
 # %%
 #| export
@@ -161,16 +218,22 @@ def first_layer_moments(
     sigma:float|Tensor,   # noise std >= 0: a number, one per input entry (x.shape[1:]), or per sample (x.shape)
 )->tuple:                 # (mean, var) of relu(first_layer(x + n)), n ~ N(0, diag(sigma^2)), each (N, hidden...)
     "Exact mean and variance of the first ReLU's output under Gaussian input noise (Alfadly et al. 2019, eqs. 1 and 5)."
-    flat, affine, bn, _ = _first_block(model)
-    var_x = _noise_var(x, sigma)
-    if flat is not None: x, var_x = flat(x), flat(var_x)
-    try:
-        mu2 = affine(x)
-        if bn is not None: mu2 = bn(mu2)
-    except RuntimeError as e:
-        raise ValueError(f'x of shape {tuple(x.shape)} does not fit the first layer {affine}: {e}') from None
-    var2 = _affine_var(affine, bn, var_x).expand_as(mu2)
-    return _relu_mean(mu2, var2), _relu_var(mu2, var2)
+    with eval_mode(model):       # the network's eval-mode map: running statistics used, never updated
+        flat, affine, bn, _ = _first_block(model)
+        std_x = _noise_std(x, sigma)
+        check_finite(x, 'x')
+        check_model(model, 'model'); _check_dtype(model, x)
+        if flat is not None: x, std_x = flat(x), flat(std_x)
+        try:
+            mu2 = affine(x)
+            if bn is not None: mu2 = bn(mu2)
+        except RuntimeError as e:
+            raise ValueError(f'x of shape {tuple(x.shape)} does not fit the first layer {affine}: {e}') from None
+        s2 = _first_std(affine, bn, std_x).expand_as(mu2)
+        # both moments are positively homogeneous in (mu, s): with s divided by a power of two K >= s, no s^2 overflows
+        K = _pow2(s2.clamp(min=1))[1] * 2
+        mu, var = mu2 / K, (s2 / K) ** 2
+        return _relu_mean(mu, var) * K, _relu_var(mu, var) * K * K
 
 
 # %% [markdown]
@@ -204,16 +267,44 @@ mp, vp = first_layer_moments(net, images[:4], patch)
 test_eq(vp[..., 5:, :].abs().max().item(), 0.); test_eq(bool((vp[..., 0, 0] > 0).all()), True)
 
 # %% [markdown]
-# Bad inputs are refused with the reason:
+# Bad inputs are refused with the reason: a negative, NaN or infinite $\sigma$, NaN inputs or weights, inputs of
+# another dtype than the network's (or than a tensor $\sigma$), and networks that do not start with an affine layer and
+# a ReLU:
 
 # %%
 test_fail(lambda: first_layer_moments(net, x0, -0.1), contains='sigma must be >= 0')
-test_fail(lambda: first_layer_moments(net, x0, torch.ones(3, 3)), contains='sigma must be a number')
+test_fail(lambda: first_layer_moments(net, x0, float('nan')), contains='sigma must be finite')
+test_fail(lambda: first_layer_moments(net, x0.clone().fill_(float('nan')), 0.1), contains='x must be finite')
+test_fail(lambda: first_layer_moments(net, x0.float(), 0.1), exc=TypeError, contains='x is float32')
+test_fail(lambda: first_layer_moments(net, x0, torch.full((1, 28, 28), 0.1)), exc=TypeError,
+          contains='x and sigma must share one floating dtype')
+test_fail(lambda: first_layer_moments(net, x0, torch.ones(3, 3, dtype=torch.float64)), contains='sigma must be a number')
 test_fail(lambda: first_layer_moments(nn.Sequential(nn.Linear(3, 3), nn.ReLU()), torch.ones(2, 4), 0.1),
           contains='does not fit the first layer')
 test_fail(lambda: first_layer_moments(nn.Sequential(nn.Linear(3, 3), nn.Sigmoid()), torch.ones(1, 3), 0.1),
-          contains='first block of the model must be')
+          contains='first block of model must be')
 test_fail(lambda: first_layer_moments(nn.Linear(3, 3), torch.ones(1, 3), 0.1), contains='must be an nn.Sequential')
+
+# %% [markdown]
+# The moments are those of the network in eval mode, whatever mode it is in: a batch norm uses its running statistics,
+# which stay as they were, and every module's mode flag is restored. Very large or very small noise gives the limits,
+# never NaN: the variances are computed from standard deviations divided by a power of two (exact in floating point), so
+# none overflows before the result itself would.
+
+# %%
+bn_net = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3)).double()
+with torch.no_grad(): bn_net[1].running_mean.fill_(0.3); bn_net[1].running_var.fill_(2.)
+xb = torch.randn(4, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+eval_moments = first_layer_moments(bn_net.eval(), xb, 0.2)
+state = {k: v.clone() for k, v in bn_net.state_dict().items()}
+train_moments = first_layer_moments(bn_net.train(), xb, 0.2)
+test_eq(torch.equal(train_moments[0], eval_moments[0]) and torch.equal(train_moments[1], eval_moments[1]), True)
+test_eq(bn_net.training and bn_net[1].training, True)
+test_eq(all(torch.equal(v, bn_net.state_dict()[k]) for k, v in state.items()), True)
+bn_net.eval()
+huge_mean, huge_var = first_layer_moments(bn_net, xb, 1e200)
+test_eq(bool(torch.isfinite(huge_mean).all() and not torch.isnan(huge_var).any()), True)
+test_close(first_layer_moments(bn_net, xb, 1e-200)[0], bn_net[:3](xb), eps=1e-12)
 
 
 # %% [markdown]
@@ -230,7 +321,7 @@ def analytic_expected_logits(
 )->Tensor:                # Omega(mu_3) ~ E[model(x + n)], shape (N, d)
     "The cheap approximation of Alfadly et al. 2019, eq. 4, to the expected logits under Gaussian input noise."
     mean, _ = first_layer_moments(model, x, sigma)
-    return _first_block(model)[3](mean)
+    with eval_mode(model): return _first_block(model)[3](mean)
 
 
 # %% [markdown]
@@ -384,22 +475,25 @@ class GaussianMomentLoss(nn.Module):
                  alpha:float=1.,      # weight of the expected-logit term; >= 0
                  loss=F.cross_entropy):  # l(logits, y) -> scalar
         super().__init__()
-        if not (isinstance(alpha, (int, float)) and alpha >= 0): raise ValueError(f'alpha must be a number >= 0; got {alpha!r}')
+        _check_weight(alpha, 'alpha')
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float, Tensor)):
+            raise TypeError(f'sigma must be a number or a floating tensor; got {type(sigma).__name__}')
         check_var(torch.as_tensor(sigma, dtype=torch.float64), 'sigma')
         self.sigma, self.alpha, self.loss = sigma, alpha, loss
 
     def forward(self, model:nn.Sequential, x:Tensor, y:Tensor)->Tensor:
         "The regularized loss of `model` on the batch (x, y)."
         flat, affine, bn, rest = _first_block(model)
-        var_x = _noise_var(x, self.sigma)
-        if len(y) != len(x): raise ValueError(f'x and y must hold as many samples; got {len(x)} and {len(y)}')
-        if flat is not None: x, var_x = flat(x), flat(var_x)
+        _check_batch(x, y); _check_dtype(model, x)
+        std_x, x0 = _noise_std(x, self.sigma), x
+        if flat is not None: x, std_x = flat(x), flat(std_x)
         mu2 = affine(x)
         if bn is not None: mu2 = bn(mu2)
-        pair = _relu_pair(mu2, _affine_var(affine, bn, var_x))
+        pair = _ReluPair.apply(mu2, _first_std(affine, bn, std_x).to(mu2.dtype))
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in rest.modules()):
             logits = torch.cat([rest(pair[:len(x)]), rest(pair[len(x):])])   # each half its own batch statistics
         else: logits = rest(pair)
+        _check_values(model, x0, y, logits)
         return self.loss(logits[:len(x)], y) + self.alpha * self.loss(logits[len(x):], y)
 
 
@@ -417,6 +511,10 @@ test_close(GaussianMomentLoss(0.3, 1.5)(net, images[:16], ys), plain + 1.5 * exp
 test_fail(lambda: GaussianMomentLoss(0.3, -1.), contains='alpha must be')
 test_fail(lambda: GaussianMomentLoss(-0.3, 1.), contains='sigma must be >= 0')
 test_fail(lambda: GaussianMomentLoss(0.3)(net, images[:16], ys[:3]), contains='as many samples')
+test_fail(lambda: GaussianMomentLoss(0.3)(net, images[:16], ys + 10), contains='y must hold class indices in [0, 10)')
+test_fail(lambda: GaussianMomentLoss(0.3)(net, images[:0], ys[:0]), contains='x must hold at least one sample')
+test_fail(lambda: GaussianMomentLoss(0.3)(net, images[:16].float(), ys), exc=TypeError, contains='x is float32')
+test_fail(lambda: GaussianMomentLoss(0.3, float('inf')), contains='alpha must be a finite number')
 
 
 # %% [markdown]
@@ -436,9 +534,12 @@ def noisy_augmentation(
     generator:torch.Generator|None=None,  # source of the noise
 )->tuple:                         # (x', y'): (folds * N, ...) and (folds * N,), clean batch first
     "N-fold Gaussian noise augmentation with fresh i.i.d. noise for every sample of every fold."
-    if not isinstance(folds, int) or folds < 1: raise ValueError(f'folds must be an int >= 1; got {folds!r}')
-    if len(y) != len(x): raise ValueError(f'x and y must hold as many samples; got {len(x)} and {len(y)}')
-    s = _noise_var(x, sigma).sqrt()
+    folds = check_count(folds, 'folds', 1)
+    s = _noise_std(x, sigma)
+    _check_batch(x, y, empty=True)
+    check_finite(x, 'x')
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f'generator must be a torch.Generator or None; got {type(generator).__name__}')
     noise = torch.randn((folds - 1, *x.shape), generator=generator, dtype=x.dtype, device=x.device) * s
     return torch.cat([x[None], x[None] + noise]).flatten(0, 1), y.repeat(folds)
 
@@ -454,6 +555,10 @@ test_close(noise.std().item(), 0.2, eps=4 * 0.2 / (2 * noise.numel())**0.5)
 test_eq(bool((noise[:500] - noise[500:1000]).abs().min() > 0), True)      # fold 1 vs fold 2
 test_eq(bool((noise[0] - noise[1]).abs().min() > 0), True)                # sample 0 vs sample 1
 test_fail(lambda: noisy_augmentation(xa, ya, 0.1, 0), contains='folds must be')
+test_fail(lambda: noisy_augmentation(xa, ya, 0.1, True), exc=TypeError, contains='folds must be an int')
+test_fail(lambda: noisy_augmentation(xa, ya[:3], 0.1, 2), contains='as many samples')
+test_eq(noisy_augmentation(xa[:0], ya[:0], 0.1, 3)[0].shape, (0, 3, 4))
+test_eq(bool(torch.isfinite(noisy_augmentation(xa[:4].double(), ya[:4], 1e300, 2)[0]).all()), True)   # no sigma^2 overflows
 
 # %% [markdown]
 # ## The gradient family of Lyu et al. (2015), eqs. 1-4
@@ -470,9 +575,9 @@ _DUAL = {1: float('inf'), 2: 2., float('inf'): 1.}
 
 def _check_p(p):
     "p as 1., 2. or inf; anything else raises."
-    p = float(p) if p in (1, 2) or p == float('inf') else p
-    if p not in _DUAL: raise ValueError(f"p must be 1, 2 or float('inf'); got {p!r}")
-    return p
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or p not in _DUAL:
+        raise ValueError(f"p must be 1, 2 or float('inf'); got {p!r}")
+    return float(p)
 
 def _dual_norm(g, q):
     "Per-sample q-norm of g (N, ...), with a finite gradient at g = 0."
@@ -494,14 +599,16 @@ class GradientNormLoss(nn.Module):
                  p:float=2,           # the perturbation norm: 1, 2 or inf; the penalty uses its dual p*
                  loss=F.cross_entropy):  # loss(logits, y, reduction='none') -> per-sample losses
         super().__init__()
-        if not (isinstance(sigma, (int, float)) and sigma >= 0): raise ValueError(f'sigma must be a number >= 0; got {sigma!r}')
+        _check_weight(sigma, 'sigma')
         self.sigma, self.p, self.loss = sigma, _check_p(p), loss
 
     def forward(self, model:nn.Module, x:Tensor, y:Tensor)->Tensor:
         "The loss plus the gradient-norm penalty of `model` on the batch (x, y)."
-        if len(y) != len(x): raise ValueError(f'x and y must hold as many samples; got {len(x)} and {len(y)}')
+        _check_batch(x, y); _check_dtype(model, x)
         x = x.detach().requires_grad_(True)
-        losses = self.loss(model(x), y, reduction='none')
+        logits = model(x)
+        _check_values(model, x, y, logits)
+        losses = self.loss(logits, y, reduction='none')
         g, = torch.autograd.grad(losses.sum(), x, create_graph=True)   # per-sample gradients: samples are independent
         return losses.mean() + self.sigma * _dual_norm(g, _DUAL[self.p]).mean()
 
@@ -521,13 +628,17 @@ for p, q in ((1, float('inf')), (2, 2.), (float('inf'), 1.)):
 GradientNormLoss(0.3, 2)(nn.Sequential(lin), xl, yl).backward()
 test_eq(bool(torch.isfinite(lin.weight.grad).all() and lin.weight.grad.abs().sum() > 0), True)
 test_fail(lambda: GradientNormLoss(0.3, 3), contains='p must be 1, 2')
+test_fail(lambda: GradientNormLoss(float('nan')), contains='sigma must be a finite number')
+test_fail(lambda: GradientNormLoss(0.3)(nn.Sequential(lin), xl, yl + 3), contains='y must hold class indices in [0, 3)')
 
 
 # %% [markdown]
 # ## Adversarial training with $\epsilon(p)$
 # `AdversarialLoss` trains on $w\,L(x) + (1 - w)\,L(x + \epsilon(p))$ with the perturbation above computed at the
 # current weights and held fixed (the objective of Goodfellow et al. (2015), which Lyu et al. (2015) generalize to any
-# $p$).
+# $p$). `adversarial_examples` attacks the network in eval mode (a batch norm on its running statistics, no dropout),
+# leaving its statistics and mode flags as they were; the training loss then runs in the model's own mode, so in
+# training mode only that forward pass updates the batch statistics.
 
 # %%
 #| export
@@ -541,9 +652,14 @@ def adversarial_examples(
 )->Tensor:               # x + eps(p), detached
     "x plus the first-order worst l_p perturbation of size eps (Lyu et al. 2015, eq. 3, via `attacks.lp_perturbation`; FGSM for p = inf)."
     p = _check_p(p)
-    if len(y) != len(x): raise ValueError(f'x and y must hold as many samples; got {len(x)} and {len(y)}')
+    _check_weight(eps, 'eps')
+    _check_batch(x, y, empty=True); _check_dtype(model, x)
+    if len(x) == 0: return x.detach().clone()
     x = x.detach().requires_grad_(True)
-    with torch.enable_grad(): g, = torch.autograd.grad(loss(model(x), y, reduction='sum'), x)
+    with torch.enable_grad(), eval_mode(model):    # the eval-mode network: no statistics updated, flags restored
+        logits = model(x)
+        _check_values(model, x, y, logits)
+        g, = torch.autograd.grad(loss(logits, y, reduction='sum'), x)
     return (x + lp_perturbation(g, eps, p)).detach()
 
 class AdversarialLoss(nn.Module):
@@ -554,11 +670,12 @@ class AdversarialLoss(nn.Module):
                  weight:float=0.5,      # weight of the clean loss, in [0, 1]
                  loss=F.cross_entropy): # loss(logits, y) -> scalar
         super().__init__()
-        if not 0 <= weight <= 1: raise ValueError(f'weight must be in [0, 1]; got {weight!r}')
+        _check_weight(weight, 'weight', 1); _check_weight(eps, 'eps')
         self.eps, self.p, self.weight, self.loss = eps, _check_p(p), weight, loss
 
     def forward(self, model:nn.Module, x:Tensor, y:Tensor)->Tensor:
-        "The weighted clean and adversarial loss of `model` on the batch (x, y)."
+        "The weighted clean and adversarial loss of `model` on the batch (x, y): the attack in eval mode, the loss in the model's mode."
+        _check_batch(x, y)
         xa = adversarial_examples(model, x, y, self.eps, self.p, self.loss)
         out = model(torch.cat([x, xa]))
         return self.weight * self.loss(out[:len(x)], y) + (1 - self.weight) * self.loss(out[len(x):], y)
@@ -575,6 +692,10 @@ for p, q in ((1, float('inf')), (2, 2.), (float('inf'), 1.)):
     rise = F.cross_entropy(lin(xl + d), yl, reduction='none') - F.cross_entropy(lin(xl), yl, reduction='none')
     test_close(rise / 1e-6, torch.linalg.vector_norm(g_true, q, dim=1), eps=1e-5)
 test_close(AdversarialLoss(0., 2)(nn.Sequential(lin), xl, yl), ce, eps=1e-12)
+test_fail(lambda: adversarial_examples(nn.Sequential(lin), xl, yl, -0.1), contains='eps must be a finite number >= 0')
+test_fail(lambda: AdversarialLoss(0.1, weight=1.5), contains='weight must be a finite number in [0, 1]')
+test_fail(lambda: adversarial_examples(nn.Sequential(lin), xl, yl + 3, 0.1), contains='y must hold class indices')
+test_eq(adversarial_examples(nn.Sequential(lin), xl[:0], yl[:0], 0.1).shape, (0, 6))
 
 # %% [markdown]
 # ## Export -

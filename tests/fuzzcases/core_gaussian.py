@@ -2,12 +2,13 @@
 import torch
 
 from helpers import Case, rand, randn
-from netmoments.core import Table, check_broadcast, check_count, check_cov, check_finite, check_model, check_var
+from netmoments.core import (Table, check_broadcast, check_count, check_cov, check_device, check_finite, check_model,
+                             check_var)
 from netmoments.gaussian import bvn_cdf, bvn_pdf, normal_cdf, normal_pdf
 
 _validator = 'a validator: the refusals it raises are what every other case checks'
 EXEMPT = {f'core.{f.__name__}': _validator for f in (check_finite, check_var, check_count, check_broadcast,
-                                                       check_cov, check_model)}
+                                                       check_cov, check_model, check_device)}
 EXEMPT |= {'core.as_tensors': _validator, 'core.eval_mode': 'a context manager: every model case checks it'}
 
 
