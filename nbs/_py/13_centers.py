@@ -32,6 +32,7 @@ from nbdev.showdoc import show_doc
 from sklearn.cluster import KMeans as SkKMeans
 from netmoments.bench import best_time
 from netmoments.core import Table
+from netmoments.data import load
 from netmoments.linearize import seeded
 from netmoments.models import pretrained, mnist_slice
 
@@ -746,7 +747,6 @@ shows when it exists.""")
 # %%
 #| slow
 if os.environ.get('NETMOMENTS_FULL') == '1':
-    from netmoments.data import load
     t0 = time.perf_counter()
     device = os.environ.get('NETMOMENTS_DEVICE', 'cpu')
     test_images = load('mnist', 'test').x.reshape(-1, 1, 28, 28).to(device)

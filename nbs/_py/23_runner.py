@@ -35,6 +35,8 @@ from typing import Callable, NamedTuple
 # %%
 #| hide
 import shutil, signal
+import netmoments.runner as runner      # Ray workers import the unit functions from the package
+from netmoments.core import Table
 from fastcore.test import test_eq, test_fail, test_ne
 
 
@@ -566,7 +568,6 @@ summary = run('relu-mean', 'tiny', out=out, engine='local', progress=False)
 test_eq((summary.done, summary.skipped, summary.pending), (list(range(6)), [], 0))
 res = load_result('relu-mean', 'tiny', out)
 assert res['result']['max_abs_z'] < 4.5 and res['provenance']['units'] == 6
-from netmoments.core import Table
 Table([[r['mu'], r['sigma'], r['estimate'], r['exact'], r['z']] for r in res['result']['rows']],
       ['mu', 'sigma', 'sampled mean', 'exact mean', 'z'], fmt={'z': '.2f'})
 
@@ -605,7 +606,6 @@ del EXPERIMENTS['flaky']
 
 # %%
 #| slow
-import netmoments.runner as runner      # Ray workers import the unit functions from the package
 out4 = Path(tempfile.mkdtemp())
 summary = runner.run('relu-mean', 'tiny', out=out4, engine='ray', workers=2, progress=False)
 test_eq(load_result('relu-mean', 'tiny', out4)['result'], res['result'])

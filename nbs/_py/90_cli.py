@@ -29,10 +29,11 @@ if TYPE_CHECKING:
 #| hide
 import contextlib, io, subprocess, tempfile
 import matplotlib.pyplot as plt
+from matplotlib.backend_bases import FigureCanvasBase
 import torch
 from fastcore.test import test_eq, test_fail
 from netmoments.tightness import tightness_table
-from netmoments.models import mnist_slice, pretrained
+from netmoments.models import _PRETRAINED, mnist_slice, pretrained
 
 # %% [markdown]
 # ## Options checked before any work
@@ -636,7 +637,6 @@ test_eq([r['label'] for r in tightness_rows(table, torch.tensor([7, 2]))], [7, 2
 # writes:
 
 # %%
-from matplotlib.backend_bases import FigureCanvasBase
 assert set(_FIGURE_FORMATS) <= set(FigureCanvasBase.get_supported_filetypes())
 with tempfile.TemporaryDirectory() as tmp:
     for ext in ('png', 'svg'): tightness_figure(table, os.path.join(tmp, f't.{ext}'))
@@ -1020,7 +1020,6 @@ for argv, message in ((['tightness', '--images', '1001'], 'argument --images: mu
     test_eq(code, 2)
     assert line.startswith(f'netmoments {argv[0]}: error: {message}'), line
 assert not os.path.exists('same.png')
-from netmoments.models import _PRETRAINED
 test_eq(set(_MODELS), set(_PRETRAINED))
 test_eq(sum(isinstance(m, torch.nn.ReLU) for m in pretrained().modules()), _MODELS['lenet-mnist'])
 test_eq(len(mnist_slice()[0]), _MNIST_SLICE)

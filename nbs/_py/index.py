@@ -73,11 +73,18 @@
 # | [Training loop](21_train.ipynb) | validation split, learning-rate decay on plateau, early stopping, best checkpoint | [Alfadly et al. (2019)](99_references.ipynb#alfadly2019) |
 # | [Robust training experiments](22_robust_training.ipynb) | accuracy against robustness for augmentation and the regularizer on MNIST and Fashion-MNIST; gradient regularization; training cost | [Alfadly et al. (2019)](99_references.ipynb#alfadly2019), [Lyu et al. (2015)](99_references.ipynb#lyu2015) |
 #
+# ## Experiments at scale
+#
+# | chapter | what it holds |
+# |---|---|
+# | [Running experiments at scale](23_runner.ipynb) | a named grid of independent units run on Ray (a local instance or a cluster) or in process; each unit saved atomically with its provenance; resume, shards, merge |
+# | [The papers' experiments as grids](24_experiments.ipynb) | the registered experiments of `netmoments run`, each with the paper's grid as its default and reduced presets |
+#
 # ## Tools
 #
 # | chapter | what it holds |
 # |---|---|
-# | [Command line](90_cli.ipynb) | `netmoments check`, `bench`, `tightness` and `stepcost` |
+# | [Command line](90_cli.ipynb) | `netmoments check`, `bench`, `tightness`, `stepcost` and `run` |
 # | [Running the package](91_main.ipynb) | `python -m netmoments` |
 #
 # The [References](99_references.ipynb) list every work cited in the book.
