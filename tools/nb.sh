@@ -3,6 +3,9 @@
 # Restart & Run All (outputs stored for the book), clean, and re-sync so both sides agree.
 # Usage: tools/nb.sh 01_gaussian [02_relu ...]   (no argument: every notebook)
 set -euo pipefail
+# One torch/OpenMP thread unless the caller says otherwise: on a small machine shared with other work, a second
+# thread that gets descheduled stalls every parallel region (chapters ran ten times slower on two threads).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 cd "$(dirname "$0")/.."
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then for f in nbs/_py/*.py; do names+=("$(basename "$f" .py)"); done; fi
