@@ -23,7 +23,9 @@ from netmoments.relu import relu_mean
 import os, platform, time
 import numpy as np
 import matplotlib.pyplot as plt
+import sympy as sp
 from IPython.display import Markdown, display
+import netmoments.minimal, netmoments.survival
 from netmoments.core import Table
 from fastcore.test import test_eq, test_close, test_fail
 from netmoments.bench import best_time
@@ -732,7 +734,6 @@ test_fail(lambda: gaussian_sparse_smooth(net, nine, 0., target=9), contains='tar
 # close to 1. The check of the dual-norm identity in sympy:
 
 # %%
-import sympy as sp
 t_, g1, g2 = sp.symbols('t g1 g2', positive=True)     # t = 1/(p - 1) > 0 covers every p in (1, inf)
 p_ = 1 + 1 / t_
 q_ = p_ / (p_ - 1)                                    # the dual exponent p*
@@ -1184,7 +1185,6 @@ from netmoments.minimal import minimal_l2
 _all_ = ['noise_survival', 'minimal_l2']
 
 # %%
-import netmoments.survival, netmoments.minimal
 assert noise_survival is netmoments.survival.noise_survival and minimal_l2 is netmoments.minimal.minimal_l2
 
 # %% [markdown]
