@@ -484,6 +484,26 @@ if (RESULTS / 'bounds_lenet_mnist.json').exists():
     display(show_cnn('LeNet, saved full run', full, PUBLISHED_LENET, 255, 'published (pixels in [0, 255])'))
 
 # %% [markdown]
+# **All 10,000 test images.** The registered `bounds` experiment ([The papers' experiments as grids](24_experiments.ipynb))
+# splits the test set into independent units, run with `netmoments run bounds --out data/results`; its merged result,
+# with the run's provenance:
+
+# %%
+paper_run = RESULTS / 'bounds-paper.json'
+if paper_run.exists():
+    run10k = json.loads(paper_run.read_text())
+    lt10k, prov = run10k['result']['lenet'], run10k['provenance']
+    assert lt10k['n'] == 10_000 and lt10k['peck_violations'] == 0 and lt10k['lipschitz_violations'] == 0
+    display(show_cnn('LeNet, all 10,000 MNIST test images', lt10k, PUBLISHED_LENET, 255, 'published (pixels in [0, 255])'))
+    display(Markdown(
+        f"Peck's bound is violated {lt10k['peck_violations']} times and the Lipschitz margin bound "
+        f"{lt10k['lipschitz_violations']} times on the {lt10k['attacked']:,} attacked images (test accuracy "
+        f"{100 * lt10k['accuracy']:.2f}%). The run: {prov['units']} units, {prov['unit_seconds_total'] / 3600:.2f} "
+        f"unit-hours in all (longest unit {prov['unit_seconds_max']:.0f} s) on {', '.join(prov['devices'])}, "
+        f"torch {', '.join(prov['torchs'])}, finished {prov['last_finished'][:10]}."))
+else: print('no run of all 10,000 test images yet: netmoments run bounds --out data/results')
+
+# %% [markdown]
 # **Cost.** Peck's bound is cheap: one forward pass, one Jacobian of the MLP head, and per-layer norms. Timed
 # side by side on 500 images (DeepFool on 100, scaled by 5), per image, with the ratio to one DeepFool attack; the full
 # test set's time is extrapolated.
